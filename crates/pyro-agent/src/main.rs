@@ -1,0 +1,242 @@
+//! The pyro guest agent. It is `/init` of the initramfs that pyro builds,
+//! switches to the root disk and stays PID 1 there: it mounts the usual
+//! filesystems, reaps orphans, and serves the host over the virtio-serial
+//! port named [`pyro_protocol::PORT_NAME`]. Everything a sandbox does inside
+//! the guest goes through here.
+//!
+//! It depends on nothing of the host's: only the protocol crate and libc.
+//! All `unsafe` lives in [`sys`].
+
+mod boot;
+mod exec;
+mod reaper;
+mod sys;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyro_protocol::{Decoder, Frame, Kind, Message, CONTROL_STREAM, SUPPORTED_GENERATIONS};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The host end: frames are written whole under one lock.
+pub struct Link {
+    port: Mutex<File>,
+}
+
+impl Link {
+    pub fn send(&self, frame: &Frame) {
+        // A write fails only while no host is connected; the host that
+        // connects next starts a fresh conversation, so dropping is right.
+        let _ = self.port.lock().unwrap().write_all(&frame.encode());
+    }
+}
+
+pub struct Agent {
+    link: Arc<Link>,
+    reaper: Arc<reaper::Reaper>,
+    /// Requests in flight, by stream, so `cancel` can reach them.
+    streams: Mutex<HashMap<u32, Sender<exec::Event>>>,
+}
+
+impl Agent {
+    fn send(&self, frame: &Frame) {
+        self.link.send(frame)
+    }
+}
+
+fn main() {
+    if sys::getpid() == 1 {
+        if std::path::Path::new(boot::INITRAMFS_MARKER).exists() {
+            if let Err(e) = boot::switch_to_root_disk() {
+                eprintln!("pyro-agent: cannot switch to the root disk: {e}");
+                boot::power_off();
+            }
+        }
+        boot::prepare_userland();
+    }
+    let port = match find_port() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pyro-agent: {e}");
+            if sys::getpid() == 1 {
+                boot::power_off();
+            }
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = serve(&port) {
+        eprintln!("pyro-agent: {e}");
+    }
+    if sys::getpid() == 1 {
+        boot::power_off();
+    }
+}
+
+/// The device node of the agent's virtio-serial port.
+fn find_port() -> io::Result<PathBuf> {
+    for _ in 0..5000 {
+        if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for entry in entries.flatten() {
+                let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if name.trim() == pyro_protocol::PORT_NAME {
+                    let dev = PathBuf::from("/dev").join(entry.file_name());
+                    if dev.exists() {
+                        return Ok(dev);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("virtio-serial port {} not found", pyro_protocol::PORT_NAME),
+    ))
+}
+
+fn serve(path: &std::path::Path) -> io::Result<()> {
+    let port = OpenOptions::new().read(true).write(true).open(path)?;
+    let agent = Arc::new(Agent {
+        link: Arc::new(Link {
+            port: Mutex::new(port.try_clone()?),
+        }),
+        reaper: Arc::new(reaper::Reaper::default()),
+        streams: Mutex::new(HashMap::new()),
+    });
+    let reaper = agent.reaper.clone();
+    std::thread::spawn(move || reaper.run());
+
+    let mut reader = port;
+    let mut decoder = Decoder::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut host_connected = false;
+    loop {
+        match reader.read(&mut buf) {
+            // End-of-file means no host is connected right now. Wait for
+            // one; whatever the old host had in flight is abandoned.
+            Ok(0) => {
+                if host_connected {
+                    host_connected = false;
+                    decoder.reset();
+                    cancel_all(&agent);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(n) => {
+                host_connected = true;
+                decoder.push(&buf[..n]);
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(frame)) => dispatch(&agent, frame),
+                        Ok(None) => break,
+                        Err(e) => {
+                            eprintln!("pyro-agent: dropping input: {e}");
+                            decoder.reset();
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("pyro-agent: read: {e}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+fn cancel_all(agent: &Agent) {
+    for (_, tx) in agent.streams.lock().unwrap().drain() {
+        let _ = tx.send(exec::Event::Cancel);
+    }
+}
+
+fn dispatch(agent: &Arc<Agent>, frame: Frame) {
+    let stream = frame.stream;
+    if frame.kind != Kind::Message {
+        return; // No request takes input yet.
+    }
+    let reply = |m: Message| agent.send(&Frame::message(stream, &m));
+    let message = match frame.decode_message() {
+        Ok(m) => m,
+        Err(e) => {
+            return reply(Message::Error {
+                message: format!("unsupported request: {e}"),
+            })
+        }
+    };
+    match message {
+        Message::Hello { generations, .. } if stream == CONTROL_STREAM => {
+            let Some(generation) = generations
+                .iter()
+                .filter(|g| SUPPORTED_GENERATIONS.contains(g))
+                .max()
+            else {
+                return reply(Message::Error {
+                    message: format!(
+                        "no common protocol generation: host speaks {generations:?}, agent {SUPPORTED_GENERATIONS:?}"
+                    ),
+                });
+            };
+            reply(Message::Welcome {
+                generation: *generation,
+                agent_version: VERSION.into(),
+                kernel_release: sys::kernel_release(),
+                boot_ms: sys::boottime_ms(),
+            })
+        }
+        Message::Activate(a) => {
+            let mut problems = Vec::new();
+            if let Err(e) = sys::set_realtime(a.unix_time_ms) {
+                problems.push(format!("clock: {e}"));
+            }
+            if let Err(e) = sys::sethostname(&a.hostname) {
+                problems.push(format!("hostname: {e}"));
+            }
+            let _ = std::fs::write("/etc/hostname", format!("{}\n", a.hostname));
+            if problems.is_empty() {
+                reply(Message::Done)
+            } else {
+                reply(Message::Error {
+                    message: problems.join("; "),
+                })
+            }
+        }
+        Message::Exec(req) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            agent.streams.lock().unwrap().insert(stream, tx.clone());
+            let agent = agent.clone();
+            std::thread::spawn(move || {
+                exec::run(&agent, stream, req, tx, rx);
+                agent.streams.lock().unwrap().remove(&stream);
+            });
+        }
+        Message::Cancel => {
+            if let Some(tx) = agent.streams.lock().unwrap().get(&stream) {
+                let _ = tx.send(exec::Event::Cancel);
+            }
+        }
+        Message::Ping => reply(Message::Pong),
+        Message::Shutdown => {
+            reply(Message::Done);
+            boot::power_off();
+        }
+        other => reply(Message::Error {
+            message: format!("unexpected message: {}", type_name(&other)),
+        }),
+    }
+}
+
+fn type_name(m: &Message) -> String {
+    serde_json::to_value(m)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+        .unwrap_or_default()
+}

@@ -1,0 +1,228 @@
+//! Every `unsafe` call of the agent lives here, each behind a safe wrapper.
+//! The agent runs as PID 1 inside a guest that we treat as hostile to the
+//! host, not to itself: these wrappers only ever act on the guest.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("no interior NUL")
+}
+
+fn path_cstr(p: &Path) -> CString {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes()).expect("no interior NUL")
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let source = cstr(source);
+    let target = path_cstr(target);
+    let fstype = fstype.map(cstr);
+    let data = data.map(cstr);
+    // SAFETY: every pointer is either null or a NUL-terminated string that
+    // outlives the call.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            flags,
+            data.as_ref()
+                .map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
+        )
+    })
+}
+
+pub fn chroot(path: &Path) -> io::Result<()> {
+    let p = path_cstr(path);
+    // SAFETY: `p` is a NUL-terminated string that outlives the call.
+    check(unsafe { libc::chroot(p.as_ptr()) })
+}
+
+/// Loads a kernel module from an open file.
+pub fn finit_module(file: &std::fs::File) -> io::Result<()> {
+    let params = cstr("");
+    // SAFETY: the fd is open for the duration of the call and `params` is a
+    // NUL-terminated string.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            file.as_raw_fd(),
+            params.as_ptr(),
+            0 as libc::c_int,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes.
+    check(unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) })
+}
+
+pub fn set_realtime(unix_time_ms: u64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (unix_time_ms / 1000) as libc::time_t,
+        tv_nsec: ((unix_time_ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec on the stack.
+    check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) })
+}
+
+/// Milliseconds since the kernel started.
+pub fn boottime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain old data; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is valid and writable.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return String::new();
+    }
+    // SAFETY: uname NUL-terminates `release`.
+    unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn kill_group(pgid: i32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions; a negative pid names
+    // the process group.
+    unsafe { libc::kill(-pgid, signal) };
+}
+
+pub fn kill_all(signal: i32) {
+    // SAFETY: kill(-1) signals every process but PID 1 itself.
+    unsafe { libc::kill(-1, signal) };
+}
+
+pub fn sync() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+}
+
+pub fn power_off() -> ! {
+    // SAFETY: reboot with RB_POWER_OFF does not return on success.
+    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    // If it did return, exiting PID 1 panics the kernel, and `panic=-1`
+    // with QEMU's `-no-reboot` ends the VM all the same.
+    std::process::exit(1)
+}
+
+/// A child that has exited, found without reaping it.
+pub struct Exited {
+    pub pid: i32,
+}
+
+/// Waits until some child has exited and names it, leaving it unreaped
+/// (`WNOWAIT`) so its owner can collect the status. `Ok(None)`: no children.
+pub fn wait_any_exited() -> io::Result<Option<Exited>> {
+    loop {
+        // SAFETY: siginfo_t is plain old data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is valid and writable.
+        let ret = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        // SAFETY: waitid succeeded with WEXITED, so si_pid is set.
+        let pid = unsafe { info.si_pid() };
+        return Ok(Some(Exited { pid }));
+    }
+}
+
+/// Reaps one exited child and returns its raw wait status.
+pub fn reap(pid: i32) -> Option<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is valid and writable.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret == pid {
+            return Some(status);
+        }
+        if ret < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// Decodes a raw wait status into (exit code, signal).
+pub fn decode_status(status: i32) -> (i32, Option<i32>) {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        (128 + sig, Some(sig))
+    } else {
+        (libc::WEXITSTATUS(status), None)
+    }
+}
+
+/// Brings the loopback interface up.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket has no memory-safety preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain old data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq for SIOCGIFFLAGS/SIOCSIFFLAGS and `fd`
+    // is an open socket; the union field written is the flags one.
+    let ret = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            -1
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req)
+        }
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: `fd` is ours to close.
+    unsafe { libc::close(fd) };
+    if ret < 0 {
+        Err(err)
+    } else {
+        Ok(())
+    }
+}

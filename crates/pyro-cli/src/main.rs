@@ -1,0 +1,208 @@
+//! The `pyro` binary: argument parsing, rendering and exit codes over the
+//! `pyro` library. Each command is one façade call.
+
+mod render;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use pyro::{Pyro, RunParams};
+
+#[derive(Parser)]
+#[command(
+    name = "pyro",
+    version,
+    about = "Disposable, isolated Linux sandboxes that are real microVMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a microVM, run one command in it, delete it; exits with the command's exit code.
+    Run(RunArgs),
+    /// Check what this host can run, and how to fix what it cannot.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the one-shot lifecycle on debian:12 as JSON.
+    Demo {
+        /// Give the guest network access.
+        #[arg(long)]
+        network: bool,
+    },
+    /// Manage environments (root filesystems guests boot from).
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// The per-VM supervisor (internal).
+    #[command(name = "__supervise", hide = true)]
+    Supervise { dir: PathBuf },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Environment to boot, e.g. debian:12 (see `pyro env list`).
+    environment: String,
+    #[arg(long, default_value_t = 1)]
+    vcpu_count: u32,
+    #[arg(long, default_value_t = 1024)]
+    mem_mib: u32,
+    /// Kill the command (and everything it started) after this long; exit code 124.
+    #[arg(long, default_value_t = 30)]
+    timeout_seconds: u64,
+    /// Delete the VM after this long, whatever happens.
+    #[arg(long, default_value_t = 600)]
+    ttl_seconds: u64,
+    /// Give the guest outbound network access.
+    #[arg(long)]
+    network: bool,
+    /// If no guest can boot, run the command on this host without isolation.
+    #[arg(long)]
+    allow_host_compat: bool,
+    /// Print one JSON result object on stdout instead of streaming.
+    #[arg(long)]
+    json: bool,
+    /// The command. One argument is a shell command string (`/bin/sh -lc`);
+    /// several are an argv.
+    #[arg(last = true, required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// List the catalog and what is installed.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build or download an environment (and the guest kernel).
+    Pull {
+        environment: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an environment's manifest.
+    Inspect {
+        environment: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Supervise { dir } = &cli.command {
+        pyro::supervise(dir);
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PYRO_LOG"))
+        .init();
+    let json = match &cli.command {
+        Command::Run(a) => a.json,
+        Command::Doctor { json } => *json,
+        Command::Demo { .. } => true,
+        Command::Env(
+            EnvCommand::List { json }
+            | EnvCommand::Pull { json, .. }
+            | EnvCommand::Inspect { json, .. },
+        ) => *json,
+        Command::Supervise { .. } => false,
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            render::error(&e, json);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let pyro = Pyro::new();
+    match cli.command {
+        Command::Run(a) => run(&pyro, a),
+        Command::Demo { network } => {
+            let mut params = RunParams::new("debian:12", vec!["git --version".into()]);
+            params.network = network;
+            let result = pyro.run_in_vm(&params, &render::Stderr, &mut render::Discard)?;
+            render::json(&result)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { json } => {
+            let report = pyro.doctor();
+            if json {
+                render::json(&report)?;
+            } else {
+                render::doctor(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCommand::List { json }) => {
+            let list = pyro.list_environments();
+            if json {
+                render::json(&serde_json::json!({
+                    "catalog_version": pyro::CATALOG_VERSION,
+                    "environments": list,
+                }))?;
+            } else {
+                render::environment_list(&list);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCommand::Pull { environment, json }) => {
+            let info = pyro.pull_environment(&environment, &render::Stderr)?;
+            if json {
+                render::json(&info)?;
+            } else {
+                render::environment(&info, "Pulled");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCommand::Inspect { environment, json }) => {
+            let info = pyro.inspect_environment(&environment)?;
+            if json {
+                render::json(&info)?;
+            } else {
+                render::environment(&info, "Environment");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Supervise { .. } => unreachable!("handled before dispatch"),
+    }
+}
+
+fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let params = RunParams {
+        environment: a.environment,
+        command: a.command,
+        vcpu_count: a.vcpu_count,
+        mem_mib: a.mem_mib,
+        timeout_seconds: a.timeout_seconds,
+        ttl_seconds: a.ttl_seconds,
+        network: a.network,
+        allow_host_compat: a.allow_host_compat,
+    };
+    let result = if a.json {
+        let r = pyro.run_in_vm(&params, &pyro::Silent, &mut render::Discard)?;
+        render::json(&r)?;
+        r
+    } else {
+        let r = pyro.run_in_vm(&params, &render::Stderr, &mut render::Stream)?;
+        let _ = std::io::stdout().flush();
+        eprintln!(
+            "[run] environment={} execution_mode={} exit_code={} duration_ms={}",
+            r.environment,
+            render::mode(r.execution_mode),
+            r.exit_code,
+            r.duration_ms
+        );
+        r
+    };
+    Ok(ExitCode::from(result.exit_code.clamp(0, 255) as u8))
+}

@@ -1,0 +1,159 @@
+//! Human and JSON rendering. JSON goes to stdout; progress and errors to
+//! stderr.
+
+use std::io::Write;
+
+use pyro::{DoctorReport, EnvironmentInfo, ExecutionMode, OutputSink, Progress};
+
+/// Progress as `[area] detail` lines on stderr.
+pub struct Stderr;
+
+impl Progress for Stderr {
+    fn phase(&self, area: &str, detail: &str) {
+        eprintln!("[{area}] {detail}");
+    }
+}
+
+/// Guest output straight to ours, as it arrives.
+pub struct Stream;
+
+impl OutputSink for Stream {
+    fn stdout(&mut self, bytes: &[u8]) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(bytes);
+        let _ = out.flush();
+    }
+    fn stderr(&mut self, bytes: &[u8]) {
+        let _ = std::io::stderr().lock().write_all(bytes);
+    }
+}
+
+/// Output is only wanted in the result.
+pub struct Discard;
+
+impl OutputSink for Discard {
+    fn stdout(&mut self, _: &[u8]) {}
+    fn stderr(&mut self, _: &[u8]) {}
+}
+
+pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn error(e: &anyhow::Error, json: bool) {
+    let message = format!("{e:#}");
+    if json {
+        let _ = self::json(&serde_json::json!({ "ok": false, "error": message }));
+    } else {
+        eprintln!("[error] {message}");
+    }
+}
+
+pub fn mode(m: ExecutionMode) -> &'static str {
+    match m {
+        ExecutionMode::GuestVirtioSerial => "guest_virtio_serial",
+        ExecutionMode::HostCompat => "host_compat",
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+pub fn doctor(r: &DoctorReport) {
+    let caps = &r.runtime.capabilities;
+    println!("Platform: {}", r.platform);
+    println!("Runtime: {}", if r.runtime_ok { "PASS" } else { "FAIL" });
+    println!(
+        "Accelerator: {} ({})",
+        serde_json::to_value(r.accelerator.accel)
+            .unwrap()
+            .as_str()
+            .unwrap_or(""),
+        r.accelerator.reason
+    );
+    println!(
+        "KVM: exists={} readable={} writable={}",
+        yes(r.kvm.exists),
+        yes(r.kvm.readable),
+        yes(r.kvm.writable)
+    );
+    println!(
+        "QEMU: {}",
+        r.qemu.version.as_deref().unwrap_or("not installed")
+    );
+    println!(
+        "Guest kernel: {}",
+        r.runtime
+            .kernel_source
+            .as_deref()
+            .unwrap_or("not installed")
+    );
+    println!("Environment cache: {}", r.runtime.cache_dir);
+    for e in &r.runtime.environments {
+        println!(
+            "  {} {}",
+            e.name,
+            if e.installed {
+                "installed"
+            } else {
+                "not installed"
+            }
+        );
+    }
+    println!(
+        "Capabilities: vm_boot={} guest_exec={} guest_network={}",
+        yes(caps.supports_vm_boot),
+        yes(caps.supports_guest_exec),
+        yes(caps.supports_guest_network)
+    );
+    println!(
+        "Networking: passt={}",
+        r.networking
+            .passt_binary
+            .as_deref()
+            .unwrap_or("not installed")
+    );
+    if r.issues.is_empty() {
+        println!("Issues: none");
+    } else {
+        println!("Issues:");
+        for i in &r.issues {
+            println!("  - {}\n    fix: {}", i.problem, i.remedy);
+        }
+    }
+}
+
+pub fn environment_list(list: &[EnvironmentInfo]) {
+    println!("Catalog version: {}", pyro::CATALOG_VERSION);
+    for e in list {
+        let state = if e.installed {
+            "installed"
+        } else {
+            "not installed"
+        };
+        println!("{} [{state}] {}", e.name, e.description);
+    }
+}
+
+pub fn environment(e: &EnvironmentInfo, heading: &str) {
+    println!("{heading}: {}", e.name);
+    println!("Version: {}", e.version);
+    println!("Distribution: {}", e.distribution);
+    println!("Installed: {}", yes(e.installed));
+    println!("Default packages: {}", e.default_packages.join(", "));
+    println!("Description: {}", e.description);
+    println!("Install dir: {}", e.install_dir);
+    if let Some(m) = &e.manifest {
+        println!("Image size: {} bytes", m.image_size_bytes);
+        println!("Image sha256: {}", m.image_sha256);
+        println!("Installed packages: {}", m.installed_packages.len());
+    }
+}

@@ -1,0 +1,422 @@
+//! The wire format between the pyro host and the guest agent.
+//!
+//! One byte stream (a virtio-serial port on the guest side, a UNIX socket on
+//! the host side) carries many concurrent conversations. Each conversation is
+//! a *stream*, named by a `u32` that travels in the frame header, outside the
+//! body, so a router (the supervisor) can forward frames without parsing
+//! them.
+//!
+//! # Frame layout (immutable across protocol generations)
+//!
+//! ```text
+//! +------------------+------------------+----------+----------------------+
+//! | body length: u32 | stream id: u32   | kind: u8 | body: `length` bytes |
+//! | little endian    | little endian    |          |                      |
+//! +------------------+------------------+----------+----------------------+
+//! ```
+//!
+//! `kind` is [`Kind`]: a JSON-encoded [`Message`], or raw bytes of one of a
+//! command's standard streams. Raw data frames keep large outputs free of any
+//! encoding overhead.
+//!
+//! # Conversations
+//!
+//! Stream 0 carries the handshake: the host sends [`Message::Hello`] with the
+//! generations it speaks, the agent answers [`Message::Welcome`] with the one
+//! it chose. A request (for example [`Message::Exec`]) opens a stream chosen
+//! by the host; the agent answers on the same stream, and a *terminal*
+//! message ([`Message::is_terminal`]) closes it. [`Message::Cancel`] on an
+//! open stream asks the agent to abandon that request.
+//!
+//! # Evolution
+//!
+//! New message types are only sent once the peer's generation is known to
+//! understand them; new fields are optional (`#[serde(default)]`). A newer
+//! host must keep driving an older agent frozen inside an image or snapshot.
+//! `tests/golden/` holds one example of every message per generation, so any
+//! change to the encoding shows up in review.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The newest protocol generation this crate speaks.
+pub const GENERATION: u32 = 1;
+
+/// Every generation this crate can speak, oldest first.
+pub const SUPPORTED_GENERATIONS: &[u32] = &[1];
+
+/// Header bytes in front of every body.
+pub const HEADER_LEN: usize = 9;
+
+/// Largest body a peer may send. Larger payloads are split into several
+/// frames by the sender.
+pub const MAX_BODY_LEN: usize = 1 << 20;
+
+/// The stream reserved for the handshake.
+pub const CONTROL_STREAM: u32 = 0;
+
+/// Name of the virtio-serial port the agent serves on.
+pub const PORT_NAME: &str = "org.pyro.agent";
+
+/// What a frame's body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A JSON-encoded [`Message`].
+    Message = 0,
+    /// Bytes written by a command to its standard output.
+    Stdout = 1,
+    /// Bytes written by a command to its standard error.
+    Stderr = 2,
+}
+
+impl Kind {
+    fn from_byte(b: u8) -> Option<Kind> {
+        match b {
+            0 => Some(Kind::Message),
+            1 => Some(Kind::Stdout),
+            2 => Some(Kind::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// One frame on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub stream: u32,
+    pub kind: Kind,
+    pub body: Vec<u8>,
+}
+
+/// Why bytes could not be turned into a frame or a message.
+#[derive(Debug)]
+pub enum FrameError {
+    Io(io::Error),
+    TooLarge(usize),
+    UnknownKind(u8),
+    /// The peer closed the stream in the middle of a frame.
+    Truncated,
+    BadMessage(serde_json::Error),
+    NotAMessage,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Io(e) => write!(f, "i/o error: {e}"),
+            FrameError::TooLarge(n) => {
+                write!(f, "frame body of {n} bytes exceeds {MAX_BODY_LEN}")
+            }
+            FrameError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            FrameError::Truncated => write!(f, "connection closed mid-frame"),
+            FrameError::BadMessage(e) => write!(f, "malformed message: {e}"),
+            FrameError::NotAMessage => write!(f, "expected a message frame"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            FrameError::BadMessage(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+impl Frame {
+    pub fn message(stream: u32, message: &Message) -> Frame {
+        let body = serde_json::to_vec(message).expect("messages always serialize");
+        Frame {
+            stream,
+            kind: Kind::Message,
+            body,
+        }
+    }
+
+    pub fn data(stream: u32, kind: Kind, body: Vec<u8>) -> Frame {
+        Frame { stream, kind, body }
+    }
+
+    /// Header and body in one buffer, so a single `write_all` under a lock
+    /// keeps frames from interleaving.
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.body.len() <= MAX_BODY_LEN, "frame body too large");
+        let mut out = Vec::with_capacity(HEADER_LEN + self.body.len());
+        out.extend_from_slice(&(self.body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.stream.to_le_bytes());
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(&self.encode())
+    }
+
+    /// Reads one frame. `Ok(None)` means the peer closed the stream cleanly
+    /// between frames.
+    pub fn read_from(r: &mut impl Read) -> Result<Option<Frame>, FrameError> {
+        let mut header = [0u8; HEADER_LEN];
+        let mut got = 0;
+        while got < HEADER_LEN {
+            match r.read(&mut header[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(FrameError::Truncated),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (len, stream, kind) = parse_header(&header)?;
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+            _ => FrameError::Io(e),
+        })?;
+        Ok(Some(Frame { stream, kind, body }))
+    }
+
+    pub fn decode_message(&self) -> Result<Message, FrameError> {
+        if self.kind != Kind::Message {
+            return Err(FrameError::NotAMessage);
+        }
+        serde_json::from_slice(&self.body).map_err(FrameError::BadMessage)
+    }
+}
+
+fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(usize, u32, Kind), FrameError> {
+    let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+    let stream = u32::from_le_bytes(header[4..8].try_into().unwrap());
+    if len > MAX_BODY_LEN {
+        return Err(FrameError::TooLarge(len));
+    }
+    let kind = Kind::from_byte(header[8]).ok_or(FrameError::UnknownKind(header[8]))?;
+    Ok((len, stream, kind))
+}
+
+/// Incremental decoder for transports that deliver bytes in arbitrary
+/// pieces and may restart (the guest's virtio-serial port reads end-of-file
+/// while no host is connected; a new host starts a fresh byte stream).
+#[derive(Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Drops any partial frame, for when the peer went away.
+    pub fn reset(&mut self) {
+        self.buf.clear();
+    }
+
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let header: [u8; HEADER_LEN] = self.buf[..HEADER_LEN].try_into().unwrap();
+        let (len, stream, kind) = parse_header(&header)?;
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let body = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
+        self.buf.drain(..HEADER_LEN + len);
+        Ok(Some(Frame { stream, kind, body }))
+    }
+}
+
+/// Every message of the protocol. The `type` field names the variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// Host → agent, stream 0: the generations the host speaks.
+    Hello {
+        generations: Vec<u32>,
+        host_version: String,
+    },
+    /// Agent → host, stream 0: the generation chosen and facts about the guest.
+    Welcome {
+        generation: u32,
+        agent_version: String,
+        kernel_release: String,
+        /// Milliseconds from kernel start to the agent being ready.
+        boot_ms: u64,
+    },
+    /// Host → agent: give this booted guest its identity.
+    Activate(Activation),
+    /// Host → agent: run a command.
+    Exec(ExecRequest),
+    /// Host → agent: abandon the request open on this stream.
+    Cancel,
+    /// Host → agent: sync disks and power off.
+    Shutdown,
+    /// Host → agent: liveness probe.
+    Ping,
+    /// Agent → host: a request without a payload of its own succeeded.
+    Done,
+    /// Agent → host: the command of an `exec` started.
+    Started { pid: u32 },
+    /// Agent → host: the command of an `exec` finished (terminal).
+    Exited(ExitStatus),
+    /// Agent → host: answer to `ping`.
+    Pong,
+    /// Agent → host: the request failed (terminal).
+    Error { message: String },
+}
+
+impl Message {
+    /// Whether this message ends its stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Message::Welcome { .. }
+                | Message::Done
+                | Message::Exited(_)
+                | Message::Pong
+                | Message::Error { .. }
+        )
+    }
+}
+
+/// Per-sandbox identity, sent after boot so that a booted guest can be
+/// snapshotted once and activated many times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Activation {
+    pub hostname: String,
+    /// Host wall clock, milliseconds since the Unix epoch.
+    pub unix_time_ms: u64,
+}
+
+/// What to run: an argv run directly, or one string given to `/bin/sh -lc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub command: Command,
+    /// Added to the agent's base environment (PATH, HOME, LANG).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; the guest's `/` when absent.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Kill the command's process group after this long.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// The exit code; `128 + signal` when a signal ended the command, 124
+    /// when the timeout did.
+    pub exit_code: i32,
+    /// The signal that ended the command, if one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_through_reader_and_decoder() {
+        let frames = vec![
+            Frame::message(0, &Message::Ping),
+            Frame::data(7, Kind::Stdout, b"hello".to_vec()),
+            Frame::data(7, Kind::Stderr, Vec::new()),
+            Frame::message(u32::MAX, &Message::Cancel),
+        ];
+        let wire: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+
+        let mut cursor = io::Cursor::new(wire.clone());
+        for expected in &frames {
+            assert_eq!(
+                Frame::read_from(&mut cursor).unwrap().as_ref(),
+                Some(expected)
+            );
+        }
+        assert!(Frame::read_from(&mut cursor).unwrap().is_none());
+
+        // Byte at a time through the decoder.
+        let mut decoder = Decoder::default();
+        let mut decoded = Vec::new();
+        for b in wire {
+            decoder.push(&[b]);
+            while let Some(f) = decoder.next_frame().unwrap() {
+                decoded.push(f);
+            }
+        }
+        assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_rejected() {
+        let mut header = Vec::new();
+        header.extend_from_slice(&((MAX_BODY_LEN + 1) as u32).to_le_bytes());
+        header.extend_from_slice(&1u32.to_le_bytes());
+        header.push(0);
+        let err = Frame::read_from(&mut io::Cursor::new(header)).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(_)));
+
+        let mut unknown = Frame::data(1, Kind::Stdout, vec![]).encode();
+        unknown[8] = 99;
+        let mut d = Decoder::default();
+        d.push(&unknown);
+        assert!(matches!(d.next_frame(), Err(FrameError::UnknownKind(99))));
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error_not_a_clean_close() {
+        let mut wire = Frame::data(1, Kind::Stdout, b"abc".to_vec()).encode();
+        wire.pop();
+        let err = Frame::read_from(&mut io::Cursor::new(wire)).unwrap_err();
+        assert!(matches!(err, FrameError::Truncated));
+    }
+
+    #[test]
+    fn unknown_message_types_fail_to_decode() {
+        let f = Frame {
+            stream: 1,
+            kind: Kind::Message,
+            body: br#"{"type":"from_the_future"}"#.to_vec(),
+        };
+        assert!(matches!(f.decode_message(), Err(FrameError::BadMessage(_))));
+    }
+
+    #[test]
+    fn optional_fields_may_be_omitted() {
+        let m: Message =
+            serde_json::from_str(r#"{"type":"exec","command":{"shell":"true"}}"#).unwrap();
+        assert_eq!(
+            m,
+            Message::Exec(ExecRequest {
+                command: Command::Shell("true".into()),
+                env: BTreeMap::new(),
+                cwd: None,
+                timeout_ms: None,
+            })
+        );
+    }
+}

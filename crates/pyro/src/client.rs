@@ -1,0 +1,109 @@
+//! A connection to a VM's supervisor (see `supervisor`).
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+
+use pyro_protocol::{ExecRequest, ExitStatus, Frame, Kind, Message, CONTROL_STREAM};
+
+use crate::error::{Error, Result};
+use crate::supervisor::{ControlRequest, ControlResponse};
+use crate::vm::VmDir;
+
+pub struct VmClient {
+    socket: UnixStream,
+    next_stream: u32,
+}
+
+/// Receives a command's output as it arrives.
+pub trait OutputSink {
+    fn stdout(&mut self, bytes: &[u8]);
+    fn stderr(&mut self, bytes: &[u8]);
+}
+
+impl VmClient {
+    pub fn connect(dir: &VmDir) -> Result<VmClient> {
+        let socket = UnixStream::connect(dir.control_socket()).map_err(|e| {
+            Error::VmLost(format!("cannot reach the supervisor of {}: {e}", dir.id))
+        })?;
+        Ok(VmClient {
+            socket,
+            next_stream: 1,
+        })
+    }
+
+    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse> {
+        let frame = Frame {
+            stream: CONTROL_STREAM,
+            kind: Kind::Message,
+            body: serde_json::to_vec(req).unwrap(),
+        };
+        self.socket
+            .write_all(&frame.encode())
+            .map_err(|e| Error::VmLost(format!("supervisor: {e}")))?;
+        loop {
+            match Frame::read_from(&mut self.socket) {
+                Ok(Some(f)) if f.stream == CONTROL_STREAM => {
+                    return serde_json::from_slice(&f.body)
+                        .map_err(|e| Error::VmLost(format!("bad supervisor reply: {e}")))
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(Error::VmLost("the supervisor closed the connection".into()))
+                }
+                Err(e) => return Err(Error::VmLost(format!("supervisor: {e}"))),
+            }
+        }
+    }
+
+    /// Announces this connection; an owner's disconnect deletes a one-shot VM.
+    pub fn attach(&mut self, owner: bool) -> Result<()> {
+        match self.control(&ControlRequest::Attach { owner })? {
+            ControlResponse::Attached { .. } => Ok(()),
+            other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Deletes the VM and waits until it is gone.
+    pub fn delete(mut self) -> Result<()> {
+        match self.control(&ControlRequest::Delete) {
+            Ok(ControlResponse::Deleted) => Ok(()),
+            // The supervisor exits as it finishes; a closed socket means done.
+            Err(Error::VmLost(_)) => Ok(()),
+            Ok(other) => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs a command in the guest, streaming its output into `sink`.
+    pub fn exec(&mut self, req: ExecRequest, sink: &mut dyn OutputSink) -> Result<ExitStatus> {
+        let stream = self.next_stream;
+        self.next_stream += 1;
+        self.socket
+            .write_all(&Frame::message(stream, &Message::Exec(req)).encode())
+            .map_err(|e| Error::VmLost(format!("supervisor: {e}")))?;
+        loop {
+            let frame = match Frame::read_from(&mut self.socket) {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    return Err(Error::VmLost(
+                        "the supervisor closed the connection mid-command".into(),
+                    ))
+                }
+                Err(e) => return Err(Error::VmLost(format!("supervisor: {e}"))),
+            };
+            if frame.stream != stream {
+                continue;
+            }
+            match frame.kind {
+                Kind::Stdout => sink.stdout(&frame.body),
+                Kind::Stderr => sink.stderr(&frame.body),
+                Kind::Message => match frame.decode_message() {
+                    Ok(Message::Exited(status)) => return Ok(status),
+                    Ok(Message::Error { message }) => return Err(Error::VmLost(message)),
+                    Ok(_) => {}
+                    Err(e) => return Err(Error::VmLost(format!("bad agent reply: {e}"))),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The host: facts read from it and the tools run on it. Every external
+//! program pyro starts, other than QEMU and the supervisor (see `vm`), is
+//! started through [`tool`], so failures read the same everywhere.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Runs a host tool to completion, with stdin closed; a non-zero exit is an
+/// error carrying the tail of its stderr.
+pub fn tool(cmd: &mut Command) -> Result<String> {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    // Resolve through `which`, which also looks in the sbin directories.
+    let mut resolved = Command::new(which(&name).unwrap_or_else(|| PathBuf::from(&name)));
+    resolved.args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        resolved.current_dir(dir);
+    }
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => resolved.env(k, v),
+            None => resolved.env_remove(k),
+        };
+    }
+    let out = resolved
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Tool {
+            tool: name.clone(),
+            detail: if e.kind() == io::ErrorKind::NotFound {
+                format!("{name} is not installed (run scripts/setup.sh)")
+            } else {
+                e.to_string()
+            },
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Tool {
+            tool: name,
+            detail: format!("{}: {}", out.status, tail(&stderr, 15)),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.trim_end().lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Finds a program on `PATH` (and the sbin directories a non-root `PATH`
+/// often lacks).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Which accelerator QEMU should use, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccelChoice {
+    pub accel: Accel,
+    pub reason: String,
+    pub kvm_device: bool,
+    pub kvm_writable: bool,
+    pub cpu_virtualization_flag: bool,
+}
+
+/// KVM only when `/dev/kvm` opens read-write *and* the CPU advertises
+/// hardware virtualization (`vmx`/`svm`); nested paravirtual KVM without
+/// those flags boots stock kernels too slowly to use. `PYRO_ACCEL` overrides.
+pub fn choose_accel() -> AccelChoice {
+    let kvm_device = Path::new("/dev/kvm").exists();
+    let kvm_writable = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flag = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let mk = |accel, reason: String| AccelChoice {
+        accel,
+        reason,
+        kvm_device,
+        kvm_writable,
+        cpu_virtualization_flag: flag,
+    };
+    match std::env::var("PYRO_ACCEL").ok().as_deref() {
+        Some("kvm") => return mk(Accel::Kvm, "PYRO_ACCEL=kvm".into()),
+        Some("tcg") => return mk(Accel::Tcg, "PYRO_ACCEL=tcg".into()),
+        _ => {}
+    }
+    if kvm_writable && flag {
+        mk(
+            Accel::Kvm,
+            "/dev/kvm is usable and the CPU has hardware virtualization".into(),
+        )
+    } else if !kvm_device {
+        mk(Accel::Tcg, "/dev/kvm does not exist".into())
+    } else if !kvm_writable {
+        mk(
+            Accel::Tcg,
+            "/dev/kvm is not readable and writable by this user".into(),
+        )
+    } else {
+        mk(
+            Accel::Tcg,
+            "/dev/kvm exists but the CPU has no vmx/svm flag (nested paravirtual KVM is too slow for stock kernels)".into(),
+        )
+    }
+}
+
+/// The host's TSC frequency in kHz, for `tsc_early_khz=` under TCG: microvm
+/// has no HPET or PM timer, and early TSC calibration otherwise hangs a few
+/// percent of boots.
+pub fn tsc_khz() -> Option<u64> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// `qemu-system-x86_64 --version`, first line.
+pub fn qemu_version() -> Option<String> {
+    let out = Command::new(QEMU)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_owned)
+}
+
+/// A random identifier of `bytes` bytes, as hex.
+pub fn random_id(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // SAFETY: `buf` is valid for `bytes` writable bytes.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr() as *mut libc::c_void, bytes, 0) };
+    assert_eq!(n as usize, bytes, "getrandom failed");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same
+/// directory, flushed, then renamed over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        random_id(4)
+    ));
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write()
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            e
+        })
+        .ctx(|| format!("write {}", path.display()))
+}
+
+/// An exclusive advisory lock on a file, released on drop.
+pub struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    pub fn acquire(path: &Path) -> Result<FileLock> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .ctx(|| format!("open lock {}", path.display()))?;
+        loop {
+            // SAFETY: flock on an fd we own.
+            let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if ret == 0 {
+                return Ok(FileLock { _file: file });
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e).ctx(|| format!("lock {}", path.display()));
+            }
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(path).ctx(|| format!("open {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        use std::io::Read;
+        let n = f
+            .read(&mut buf)
+            .ctx(|| format!("read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Starts QEMU for `spec`, as a child that dies with its parent (the
+/// supervisor), with its stderr in `log`.
+pub fn spawn_qemu(spec: &crate::qemu::VmSpec, log: &Path) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ctx(|| format!("open {}", log.display()))?;
+    let mut cmd = Command::new(QEMU);
+    cmd.args(crate::qemu::args(spec))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().ctx(|| "dup log".into())?)
+        .stderr(log);
+    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| Error::Tool {
+        tool: QEMU.into(),
+        detail: if e.kind() == io::ErrorKind::NotFound {
+            "QEMU is not installed (run scripts/setup.sh, or apt-get install qemu-system-x86)"
+                .into()
+        } else {
+            e.to_string()
+        },
+    })
+}
+
+/// Detaches the calling process from its parent: fork, the parent exits at
+/// once (so whoever spawned us can reap it), the child starts a new session.
+/// Must be called before any thread is started.
+pub fn daemonize() {
+    // SAFETY: called while the process is single-threaded, so the child
+    // inherits a consistent address space; the parent only calls _exit.
+    unsafe {
+        match libc::fork() {
+            -1 => panic!("fork failed: {}", io::Error::last_os_error()),
+            0 => {
+                libc::setsid();
+            }
+            _ => libc::_exit(0),
+        }
+    }
+}
+
+/// Points this process's stdout at `/dev/null` (after the supervisor has
+/// reported readiness through it).
+pub fn stdout_to_null() {
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        // SAFETY: dup2 between two fds this process owns.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, sig) };
+    }
+}

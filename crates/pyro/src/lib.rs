@@ -1,0 +1,154 @@
+//! pyro: disposable, isolated Linux sandboxes that are real microVMs.
+//!
+//! [`Pyro`] is the façade: every front end (the `pyro` CLI, the MCP server,
+//! Rust programs) makes one call on it per operation, with plain data in and
+//! out. Behind it:
+//!
+//! - `assets`: the guest kernel, its modules and the initramfs with the
+//!   agent embedded in this crate;
+//! - `environments`: the catalog and the root filesystem images;
+//! - `qemu`: the QEMU command line, a pure function of a spec;
+//! - `vm` and `supervisor`: one detached supervisor process per VM, owning
+//!   QEMU and the agent connection, serving a control socket;
+//! - `client`: the control-socket client;
+//! - `run`: one-shot runs; `doctor`: host diagnosis;
+//! - `host`: every fact read from, and tool run on, the host.
+//!
+//! The façade keeps no state between calls: VM directories on disk are the
+//! truth, so separate processes see the same VMs.
+
+mod assets;
+mod client;
+mod doctor;
+mod environments;
+mod error;
+mod host;
+mod paths;
+mod progress;
+mod qemu;
+mod run;
+mod supervisor;
+mod vm;
+
+use std::path::{Path, PathBuf};
+
+pub use client::OutputSink;
+pub use doctor::DoctorReport;
+pub use environments::{CatalogEntry, EnvironmentManifest, CATALOG, CATALOG_VERSION};
+pub use error::{Error, Result};
+pub use paths::Paths;
+pub use progress::{Progress, Silent};
+pub use run::{command_from_args, Cleanup, ExecutionMode, RunParams, RunResult};
+
+/// The entry point of the library.
+#[derive(Debug, Clone)]
+pub struct Pyro {
+    paths: Paths,
+    /// The `pyro` binary, started in its hidden supervisor mode for each VM.
+    program: PathBuf,
+}
+
+/// An environment as `env list`/`pull`/`inspect` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EnvironmentInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub distribution: String,
+    pub default_packages: Vec<String>,
+    pub installed: bool,
+    pub install_dir: String,
+    pub manifest: Option<EnvironmentManifest>,
+}
+
+impl Pyro {
+    /// Locations from the environment (`PYRO_HOME`, XDG dirs,
+    /// `PYRO_ENVIRONMENT_CACHE_DIR`); the supervisor program from `PYRO_BIN`
+    /// or, failing that, the running executable.
+    pub fn new() -> Pyro {
+        let program = std::env::var_os("PYRO_BIN")
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("pyro"));
+        Pyro {
+            paths: Paths::from_env(),
+            program,
+        }
+    }
+
+    pub fn with_paths(mut self, paths: Paths) -> Pyro {
+        self.paths = paths;
+        self
+    }
+
+    /// The `pyro` binary to start as each VM's supervisor.
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Pyro {
+        self.program = program.into();
+        self
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// Boots a VM, runs one command in it, deletes the VM. The command's
+    /// output streams into `output` as it arrives and is also returned.
+    /// A non-zero exit code is a result, not an error.
+    pub fn run_in_vm(
+        &self,
+        params: &RunParams,
+        progress: &dyn Progress,
+        output: &mut dyn OutputSink,
+    ) -> Result<RunResult> {
+        run::run_in_vm(self, params, progress, output)
+    }
+
+    pub fn doctor(&self) -> DoctorReport {
+        doctor::doctor(self)
+    }
+
+    pub fn list_environments(&self) -> Vec<EnvironmentInfo> {
+        CATALOG.iter().map(|e| self.info(e)).collect()
+    }
+
+    pub fn inspect_environment(&self, name: &str) -> Result<EnvironmentInfo> {
+        Ok(self.info(environments::lookup(name)?))
+    }
+
+    /// Installs an environment (and the guest kernel), building it from
+    /// Debian packages if it is not installed yet.
+    pub fn pull_environment(&self, name: &str, progress: &dyn Progress) -> Result<EnvironmentInfo> {
+        let entry = environments::lookup(name)?;
+        assets::ensure(&self.paths, progress)?;
+        environments::ensure(&self.paths, entry, progress)?;
+        Ok(self.info(entry))
+    }
+
+    fn info(&self, e: &CatalogEntry) -> EnvironmentInfo {
+        let installed = environments::installed(&self.paths, e);
+        EnvironmentInfo {
+            name: e.name.into(),
+            version: e.version.into(),
+            description: e.description.into(),
+            distribution: e.distribution.into(),
+            default_packages: e.packages.iter().map(|s| s.to_string()).collect(),
+            installed: installed.is_some(),
+            install_dir: environments::install_dir(&self.paths, e)
+                .display()
+                .to_string(),
+            manifest: installed.map(|i| i.manifest),
+        }
+    }
+}
+
+impl Default for Pyro {
+    fn default() -> Self {
+        Pyro::new()
+    }
+}
+
+/// The hidden supervisor mode of the `pyro` binary: `pyro __supervise DIR`.
+/// Never returns.
+pub fn supervise(dir: &Path) -> ! {
+    supervisor::main(dir)
+}

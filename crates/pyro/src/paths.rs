@@ -1,0 +1,53 @@
+//! Where pyro keeps things. State (`$PYRO_HOME`, default the XDG data dir)
+//! holds VM directories and records; the cache (`$XDG_CACHE_HOME/pyro`)
+//! holds the guest kernel, initramfs and environment images, which can be
+//! rebuilt at any time. `PYRO_ENVIRONMENT_CACHE_DIR` moves the environment
+//! images alone.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `$PYRO_HOME`: VM directories and records.
+    pub home: PathBuf,
+    /// Runtime assets: kernel, modules, initramfs.
+    pub runtime_cache: PathBuf,
+    /// Installed environments.
+    pub environment_cache: PathBuf,
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn home_dir() -> PathBuf {
+    env_path("HOME").unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+impl Paths {
+    /// Locations from the environment, with XDG defaults.
+    pub fn from_env() -> Paths {
+        let home = env_path("PYRO_HOME").unwrap_or_else(|| {
+            env_path("XDG_DATA_HOME")
+                .unwrap_or_else(|| home_dir().join(".local/share"))
+                .join("pyro")
+        });
+        let cache = env_path("PYRO_CACHE_DIR").unwrap_or_else(|| {
+            env_path("XDG_CACHE_HOME")
+                .unwrap_or_else(|| home_dir().join(".cache"))
+                .join("pyro")
+        });
+        Paths {
+            home,
+            runtime_cache: cache.join("runtime"),
+            environment_cache: env_path("PYRO_ENVIRONMENT_CACHE_DIR")
+                .unwrap_or_else(|| cache.join("environments")),
+        }
+    }
+
+    pub fn vms(&self) -> PathBuf {
+        self.home.join("vms")
+    }
+}

@@ -1,0 +1,181 @@
+//! The QEMU command line, as a pure function of a [`VmSpec`].
+//!
+//! The machine is QEMU's `microvm` with ACPI (the cloud kernel finds its
+//! virtio-mmio devices through ACPI), no default devices, one virtio disk,
+//! a virtio-serial port for the agent, virtio-rng for entropy, the serial
+//! console captured to a file and QMP on a socket. QEMU's seccomp sandbox is
+//! on, with spawning denied.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::Accel;
+
+/// Everything QEMU needs to start one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub accel: Accel,
+    pub vcpu_count: u32,
+    pub mem_mib: u32,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// The VM's own disk (a qcow2 overlay on the environment image).
+    pub disk: PathBuf,
+    /// Writes may be lost on a host crash (one-shot VMs, whose disk is
+    /// thrown away anyway).
+    pub disk_cache_unsafe: bool,
+    /// Host TSC frequency, passed as `tsc_early_khz` under TCG.
+    pub tsc_khz: Option<u64>,
+    pub agent_socket: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub console_log: PathBuf,
+}
+
+pub fn kernel_cmdline(spec: &VmSpec) -> String {
+    let mut parts = vec![
+        "console=ttyS0".to_string(),
+        "quiet".into(),
+        "panic=-1".into(),
+        "reboot=t".into(),
+        "8250.nr_uarts=1".into(),
+        "random.trust_cpu=on".into(),
+    ];
+    if spec.accel == Accel::Tcg {
+        if let Some(khz) = spec.tsc_khz {
+            parts.push(format!("tsc_early_khz={khz}"));
+        }
+    }
+    parts.join(" ")
+}
+
+/// Arguments after the program name.
+pub fn args(spec: &VmSpec) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| a.push(s.into());
+    push("-M");
+    push("microvm,acpi=on");
+    match spec.accel {
+        Accel::Kvm => {
+            push("-accel");
+            push("kvm");
+            push("-cpu");
+            push("host");
+        }
+        Accel::Tcg => {
+            push("-accel");
+            push("tcg,thread=multi");
+            push("-cpu");
+            push("max");
+        }
+    }
+    for s in [
+        "-smp".to_string(),
+        spec.vcpu_count.to_string(),
+        "-m".into(),
+        format!("{}M", spec.mem_mib),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        "-serial".into(),
+        format!("file:{}", spec.console_log.display()),
+        "-kernel".into(),
+        spec.kernel.display().to_string(),
+        "-initrd".into(),
+        spec.initramfs.display().to_string(),
+        "-append".into(),
+        kernel_cmdline(spec),
+        "-drive".into(),
+        format!(
+            "id=root,file={},format=qcow2,if=none,discard=unmap,cache={}",
+            spec.disk.display(),
+            if spec.disk_cache_unsafe {
+                "unsafe"
+            } else {
+                "writeback"
+            }
+        ),
+        "-device".into(),
+        "virtio-blk-device,drive=root".into(),
+        "-object".into(),
+        "rng-random,id=rng0,filename=/dev/urandom".into(),
+        "-device".into(),
+        "virtio-rng-device,rng=rng0".into(),
+        "-device".into(),
+        "virtio-serial-device".into(),
+        "-chardev".into(),
+        format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            spec.agent_socket.display()
+        ),
+        "-device".into(),
+        format!(
+            "virtserialport,chardev=agent,name={}",
+            pyro_protocol::PORT_NAME
+        ),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", spec.qmp_socket.display()),
+    ] {
+        a.push(s.into());
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(accel: Accel) -> VmSpec {
+        VmSpec {
+            accel,
+            vcpu_count: 2,
+            mem_mib: 1024,
+            kernel: "/c/vmlinuz".into(),
+            initramfs: "/c/initramfs.cpio".into(),
+            disk: "/v/disk.qcow2".into(),
+            disk_cache_unsafe: true,
+            tsc_khz: Some(2_596_128),
+            agent_socket: "/v/agent.sock".into(),
+            qmp_socket: "/v/qmp.sock".into(),
+            console_log: "/v/console.log".into(),
+        }
+    }
+
+    fn render(spec: &VmSpec) -> String {
+        args(spec)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn tcg_command_line() {
+        assert_eq!(
+            render(&spec(Accel::Tcg)),
+            "-M microvm,acpi=on -accel tcg,thread=multi -cpu max -smp 2 -m 1024M -nodefaults \
+             -no-user-config -nographic -no-reboot \
+             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
+             -serial file:/v/console.log -kernel /c/vmlinuz -initrd /c/initramfs.cpio \
+             -append console=ttyS0 quiet panic=-1 reboot=t 8250.nr_uarts=1 random.trust_cpu=on \
+             tsc_early_khz=2596128 \
+             -drive id=root,file=/v/disk.qcow2,format=qcow2,if=none,discard=unmap,cache=unsafe \
+             -device virtio-blk-device,drive=root -object rng-random,id=rng0,filename=/dev/urandom \
+             -device virtio-rng-device,rng=rng0 -device virtio-serial-device \
+             -chardev socket,id=agent,path=/v/agent.sock,server=on,wait=off \
+             -device virtserialport,chardev=agent,name=org.pyro.agent \
+             -qmp unix:/v/qmp.sock,server=on,wait=off"
+        );
+    }
+
+    #[test]
+    fn kvm_uses_host_cpu_and_no_tsc_hint() {
+        let line = render(&spec(Accel::Kvm));
+        assert!(line.contains("-accel kvm -cpu host"));
+        assert!(!line.contains("tsc_early_khz"));
+    }
+}
