@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use pyro_protocol::{ExecRequest, ExitStatus, Frame, Kind, Message};
 
+use crate::cgroup::Cgroup;
 use crate::{sys, Agent};
 
 /// What an exec's control loop waits for.
@@ -56,6 +57,16 @@ pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: 
         .process_group(0);
     let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
     cmd.current_dir(&cwd);
+    let cgroup = Cgroup::create(&format!("exec-{stream}-{}", sys::boottime_ms()));
+    if let Some(cg) = &cgroup {
+        sys::join_cgroup_on_spawn(&mut cmd, cg.procs_path());
+    }
+    let kill_tree = |pid: i32| {
+        if let Some(cg) = &cgroup {
+            cg.kill();
+        }
+        sys::kill_group(pid, libc::SIGKILL);
+    };
 
     let mut child = match agent.reaper.spawn(&mut cmd, tx.clone(), Event::Exited) {
         Ok(c) => c,
@@ -125,10 +136,10 @@ pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: 
                 grace_until = Some(Instant::now() + OUTPUT_GRACE);
             }
             Ok(Event::OutputClosed) => open_pipes -= 1,
-            Ok(Event::Cancel) => sys::kill_group(pid, libc::SIGKILL),
+            Ok(Event::Cancel) => kill_tree(pid),
             Err(RecvTimeoutError::Timeout) if status.is_none() => {
                 timed_out = true;
-                sys::kill_group(pid, libc::SIGKILL);
+                kill_tree(pid);
                 // Wait for the kill to land; no further deadline.
                 deadline = None;
             }

@@ -8,6 +8,7 @@
 //! All `unsafe` lives in [`sys`].
 
 mod boot;
+mod cgroup;
 mod exec;
 mod reaper;
 mod sys;

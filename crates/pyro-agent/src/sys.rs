@@ -226,3 +226,23 @@ pub fn loopback_up() -> io::Result<()> {
         Ok(())
     }
 }
+
+/// Makes the child of `cmd` move itself into the cgroup whose
+/// `cgroup.procs` file is `procs` before it executes, so that everything it
+/// ever starts stays in that cgroup.
+pub fn join_cgroup_on_spawn(cmd: &mut std::process::Command, procs: CString) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec; it only makes the
+    // async-signal-safe calls open, write and close, and allocates nothing
+    // (the path was built before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1);
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+}

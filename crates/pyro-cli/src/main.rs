@@ -195,8 +195,10 @@ fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         let r = pyro.run_in_vm(&params, &render::Stderr, &mut render::Stream)?;
         let _ = std::io::stdout().flush();
+        let signal = r.signal.map(|s| format!(" signal={s}")).unwrap_or_default();
+        let timed_out = if r.timed_out { " timed_out=yes" } else { "" };
         eprintln!(
-            "[run] environment={} execution_mode={} exit_code={} duration_ms={}",
+            "[run] environment={} execution_mode={} exit_code={}{signal}{timed_out} duration_ms={}",
             r.environment,
             render::mode(r.execution_mode),
             r.exit_code,

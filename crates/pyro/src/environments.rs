@@ -20,9 +20,9 @@ use crate::progress::Progress;
 pub const CATALOG_VERSION: &str = "1.0.0";
 const MANIFEST_VERSION: u32 = 1;
 const SUITE: &str = "bookworm";
-/// Apparent size of every image; the file is sparse, so only what the
-/// filesystem uses takes disk space, and a workspace has room to grow.
-const IMAGE_SIZE: &str = "4G";
+/// Free space left in every image beyond its contents. The file is sparse:
+/// only what the filesystem uses takes disk space.
+const IMAGE_HEADROOM_MIB: u64 = 1024;
 
 /// One entry of the catalog.
 #[derive(Debug, Clone, Serialize)]
@@ -187,12 +187,22 @@ fn build(paths: &Paths, entry: &CatalogEntry, progress: &dyn Progress) -> Result
 
         progress.phase("pull", &format!("phase=image environment={}", entry.name));
         let image = partial.join("rootfs.ext4");
+        let used_mib: u64 = host::tool(
+            Command::new("du")
+                .args(["-s", "-x", "--block-size=1M"])
+                .arg(&tree),
+        )?
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1024);
+        let size_mib = used_mib + used_mib / 4 + IMAGE_HEADROOM_MIB;
         host::tool(
             Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-L", "pyro-root", "-E", "root_owner=0:0", "-d"])
                 .arg(&tree)
                 .arg(&image)
-                .arg(IMAGE_SIZE),
+                .arg(format!("{size_mib}M")),
         )?;
         fs::remove_dir_all(&tree).ctx(|| "remove build tree".into())?;
         progress.phase("pull", &format!("phase=verify environment={}", entry.name));

@@ -38,7 +38,7 @@ pub use environments::{CatalogEntry, EnvironmentManifest, CATALOG, CATALOG_VERSI
 pub use error::{Error, Result};
 pub use paths::Paths;
 pub use progress::{Progress, Silent};
-pub use run::{command_from_args, Cleanup, ExecutionMode, RunParams, RunResult};
+pub use run::{command_from_args, Cleanup, ExecutionMode, RunParams, RunResult, RunTimings};
 
 /// The entry point of the library.
 #[derive(Debug, Clone)]

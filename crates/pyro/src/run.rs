@@ -70,11 +70,27 @@ pub struct RunResult {
     pub signal: Option<i32>,
     pub timed_out: bool,
     pub duration_ms: u64,
-    /// From QEMU start to the agent's answer.
-    pub boot_ms: u64,
+    pub timings: RunTimings,
     pub stdout: String,
     pub stderr: String,
     pub cleanup: Cleanup,
+}
+
+/// Where a run's time went, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunTimings {
+    /// Resolving assets and the environment, creating the VM's disk.
+    pub prepare_ms: u64,
+    /// From starting the supervisor to the agent's welcome (QEMU start,
+    /// kernel, agent).
+    pub boot_ms: u64,
+    /// The guest's own clock at the agent's welcome: kernel start to agent
+    /// ready.
+    pub guest_boot_ms: u64,
+    /// From sending the command to its exit status.
+    pub exec_ms: u64,
+    /// Deleting the VM.
+    pub cleanup_ms: u64,
 }
 
 /// Turns the words after `--` into a command, by the one rule: exactly one
@@ -174,8 +190,11 @@ pub(crate) fn run_in_vm(
         console_log: dir.console_log(),
     };
     let record = vm::new_record(&id, entry.name, true, p.ttl_seconds, spec);
+    let mut timings = RunTimings::default();
+    let boot_started = std::cell::Cell::new(started);
     let created = vm::create(&dir, &record, &env.rootfs)
         .and_then(|()| {
+            boot_started.set(Instant::now());
             progress.phase("run", &format!("phase=start vm_id={id}"));
             vm::start_supervisor(&pyro.program, &dir)
         })
@@ -192,7 +211,11 @@ pub(crate) fn run_in_vm(
         }
     };
 
+    timings.prepare_ms = (boot_started.get() - started).as_millis() as u64;
+    timings.boot_ms = report.boot_ms;
+    timings.guest_boot_ms = report.guest_boot_ms;
     progress.phase("run", &format!("phase=execute vm_id={id}"));
+    let exec_started = Instant::now();
     let mut capture = Capture {
         inner: sink,
         stdout: Vec::new(),
@@ -205,6 +228,8 @@ pub(crate) fn run_in_vm(
         timeout_ms: Some(p.timeout_seconds * 1000),
     };
     let outcome = client.exec(request, &mut capture);
+    timings.exec_ms = exec_started.elapsed().as_millis() as u64;
+    let cleanup_started = Instant::now();
     let (cleanup_reason, deleted) = match &outcome {
         Ok(_) => ("post_exec_cleanup", client.delete().is_ok()),
         Err(_) => {
@@ -213,6 +238,7 @@ pub(crate) fn run_in_vm(
             ("run_vm_error_cleanup", true)
         }
     };
+    timings.cleanup_ms = cleanup_started.elapsed().as_millis() as u64;
     let status = outcome?;
     Ok(RunResult {
         environment: entry.name.to_string(),
@@ -222,7 +248,7 @@ pub(crate) fn run_in_vm(
         signal: status.signal,
         timed_out: status.timed_out,
         duration_ms: started.elapsed().as_millis() as u64,
-        boot_ms: report.boot_ms,
+        timings,
         stdout: String::from_utf8_lossy(&capture.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&capture.stderr).into_owned(),
         cleanup: Cleanup {
@@ -284,7 +310,7 @@ fn run_on_host(p: &RunParams, command: Command, sink: &mut dyn OutputSink) -> Re
         signal: None,
         timed_out: false,
         duration_ms: started.elapsed().as_millis() as u64,
-        boot_ms: 0,
+        timings: RunTimings::default(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
         cleanup: Cleanup {

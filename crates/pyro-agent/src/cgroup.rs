@@ -1,0 +1,44 @@
+//! One cgroup (v2) per command, so that a timeout or a cancel ends every
+//! process the command started, including those that left its process
+//! group or session.
+
+use std::ffi::CString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub const ROOT: &str = "/sys/fs/cgroup";
+const PARENT: &str = "/sys/fs/cgroup/pyro";
+
+pub struct Cgroup {
+    dir: PathBuf,
+}
+
+impl Cgroup {
+    /// A fresh cgroup, or `None` where cgroup v2 is not mounted.
+    pub fn create(name: &str) -> Option<Cgroup> {
+        if !Path::new(ROOT).join("cgroup.procs").exists() {
+            return None;
+        }
+        let dir = Path::new(PARENT).join(name);
+        fs::create_dir_all(&dir).ok()?;
+        Some(Cgroup { dir })
+    }
+
+    pub fn procs_path(&self) -> CString {
+        use std::os::unix::ffi::OsStrExt;
+        CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap()
+    }
+
+    /// SIGKILLs every process in the cgroup.
+    pub fn kill(&self) {
+        let _ = fs::write(self.dir.join("cgroup.kill"), b"1");
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Fails while processes remain (a command's background children);
+        // such a cgroup stays until the VM ends.
+        let _ = fs::remove_dir(&self.dir);
+    }
+}

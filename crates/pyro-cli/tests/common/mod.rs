@@ -1,0 +1,112 @@
+//! Helpers for the real-VM tests: each test gets its own `PYRO_HOME` (so it
+//! can check that nothing is left behind) and shares the machine's cache of
+//! kernels and environments.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Sandbox {
+    pub home: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            home: tempfile::Builder::new()
+                .prefix("pyro-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pyro"));
+        c.env("PYRO_HOME", self.home.path()).stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// `pyro run --json ENV -- COMMAND...`, parsed.
+    pub fn run_json(&self, env: &str, command: &[&str]) -> serde_json::Value {
+        let mut args = vec!["run", "--json", env, "--"];
+        args.extend_from_slice(command);
+        let out = self.run(&args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON from pyro ({e}): stdout={} stderr={}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    pub fn vm_dirs(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.home.path().join("vms")) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Processes whose command line mentions this sandbox's home: its
+    /// supervisors and QEMUs.
+    pub fn processes(&self) -> Vec<String> {
+        processes_mentioning(self.home.path())
+    }
+
+    /// Waits until no VM directory and no process of this sandbox remain.
+    pub fn assert_clean_within(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let dirs = self.vm_dirs();
+            let procs = self.processes();
+            if dirs.is_empty() && procs.is_empty() {
+                return;
+            }
+            if start.elapsed() > limit {
+                panic!("left behind after {limit:?}: dirs={dirs:?} processes={procs:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn processes_mentioning(needle: &Path) -> Vec<String> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false);
+        if cmdline.contains(&needle) && !zombie {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,241 @@
+//! `pyro run` on real guests.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{stderr, stdout, Sandbox};
+use sha2::{Digest, Sha256};
+
+#[test]
+fn git_version_comes_from_inside_the_guest() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["run", "debian:12", "--", "git", "--version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("git version 2.39."),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    for line in [
+        "[run] phase=create environment=debian:12",
+        "[run] phase=start vm_id=",
+        "[run] phase=execute vm_id=",
+        "[run] environment=debian:12 execution_mode=guest_virtio_serial exit_code=0 duration_ms=",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in {err}");
+    }
+
+    // The kernel is the guest's, not the host's.
+    let r = sb.run_json("debian:12", &["uname -r; hostname"]);
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let lines: Vec<&str> = r["stdout"].as_str().unwrap().lines().collect();
+    assert_eq!(lines.len(), 2, "{r}");
+    assert_ne!(lines[0], host_release.trim());
+    assert!(lines[0].ends_with("-cloud-amd64"), "{r}");
+    assert!(lines[1].starts_with("pyro-"), "{r}");
+    assert_eq!(r["execution_mode"], "guest_virtio_serial");
+    assert_eq!(r["environment"], "debian:12");
+    assert_eq!(r["cleanup"]["deleted"], true);
+    assert_eq!(r["cleanup"]["reason"], "post_exec_cleanup");
+    assert!(r["vm_id"].as_str().unwrap().len() == 12);
+    assert!(r["duration_ms"].as_u64().unwrap() > 0);
+    sb.assert_clean_within(Duration::from_secs(5));
+}
+
+#[test]
+fn exit_codes_signals_and_timeouts_come_back_exactly() {
+    let sb = Sandbox::new();
+    for (command, code) in [
+        ("true", 0),
+        ("false", 1),
+        ("exit 7", 7),
+        ("no-such-command", 127),
+    ] {
+        let out = sb.run(&["run", "debian:12", "--", command]);
+        assert_eq!(out.status.code(), Some(code), "{command}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("exit_code={code} ")),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // An argv whose program does not exist also reads 127.
+    let r = sb.run_json("debian:12", &["/no/such/program", "arg"]);
+    assert_eq!(r["exit_code"], 127, "{r}");
+
+    let r = sb.run_json("debian:12", &["kill -KILL $$"]);
+    assert_eq!(r["exit_code"], 137, "{r}");
+    assert_eq!(r["signal"], 9, "{r}");
+    let out = sb.run(&["run", "debian:12", "--", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(143));
+    assert!(stderr(&out).contains("signal=15"), "{}", stderr(&out));
+
+    // The timeout ends the command and everything it started, even a
+    // process that left the process group and holds stdout open.
+    let start = Instant::now();
+    let out = sb.run(&[
+        "run",
+        "--json",
+        "--timeout-seconds",
+        "2",
+        "debian:12",
+        "--",
+        "setsid sh -c 'while :; do echo tick; sleep 0.5; done' & echo started; sleep 60",
+    ]);
+    let elapsed = start.elapsed();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(124), "{r}");
+    assert_eq!(r["exit_code"], 124);
+    assert_eq!(r["timed_out"], true);
+    assert!(
+        r["stderr"].as_str().unwrap().contains("timed out after 2s"),
+        "{r}"
+    );
+    assert!(
+        r["stdout"].as_str().unwrap().starts_with("started\n"),
+        "{r}"
+    );
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    sb.assert_clean_within(Duration::from_secs(5));
+}
+
+#[test]
+fn ten_mib_of_stdout_arrives_intact_and_streams_stay_separate() {
+    let sb = Sandbox::new();
+    // The guest checksums what it sends, on stderr; stdout carries the bytes.
+    let out = sb.run(&[
+        "run",
+        "debian:12",
+        "--",
+        "head -c 10485760 /dev/urandom > /tmp/blob && sha256sum /tmp/blob | cut -d' ' -f1 >&2 && cat /tmp/blob",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout.len(), 10 * 1024 * 1024);
+    let ours: String = Sha256::digest(&out.stdout)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let theirs = stderr(&out)
+        .lines()
+        .find(|l| l.len() == 64 && l.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(ours, theirs);
+
+    let r = sb.run_json(
+        "debian:12",
+        &["echo to-out; echo to-err >&2; read line; echo \"read=$?\""],
+    );
+    assert_eq!(r["stdout"], "to-out\nread=1\n", "stdin is closed: {r}");
+    assert_eq!(r["stderr"], "to-err\n");
+    sb.assert_clean_within(Duration::from_secs(5));
+}
+
+#[test]
+fn commands_are_quoted_by_the_one_rule() {
+    let sb = Sandbox::new();
+    // Several words: an argv, passed through untouched.
+    let r = sb.run_json("debian:12", &["sh", "-c", "echo \"$0\"", "hi"]);
+    assert_eq!(r["stdout"], "hi\n", "{r}");
+    let r = sb.run_json(
+        "debian:12",
+        &["printf", "%s|", "a b", "'c'", "\"d\"", "$HOME"],
+    );
+    assert_eq!(r["stdout"], "a b|'c'|\"d\"|$HOME|", "{r}");
+    // One word: a shell command string.
+    let r = sb.run_json("debian:12-build", &["python3 -c \"print(1)\""]);
+    assert_eq!(r["stdout"], "1\n", "{r}");
+    assert_eq!(r["exit_code"], 0);
+}
+
+#[test]
+fn concurrent_runs_are_isolated_and_all_clean_up() {
+    let sb = Sandbox::new();
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            sb.cmd()
+                .args(["run", "--json", "debian:12", "--"])
+                .arg(format!(
+                    "echo {i} > /root/mark-{i}; echo {i} > /workspace/mark-{i}; sleep 1; ls /root /workspace | grep mark | sort -u"
+                ))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("run {i}: {}", stderr(&out)));
+        assert_eq!(r["exit_code"], 0, "{r}");
+        assert_eq!(
+            r["stdout"],
+            format!("mark-{i}\n"),
+            "run {i} saw others' files: {r}"
+        );
+    }
+    sb.assert_clean_within(Duration::from_secs(5));
+}
+
+#[test]
+fn a_killed_client_leaves_nothing_behind() {
+    let sb = Sandbox::new();
+    let mut child = sb
+        .cmd()
+        .args(["run", "debian:12", "--", "echo running; sleep 120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the command runs in the guest.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "running\n");
+    assert!(!sb.vm_dirs().is_empty());
+    assert!(!sb.processes().is_empty());
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    sb.assert_clean_within(Duration::from_secs(10));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["run", "debian:99", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown environment \"debian:99\""),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = sb.run(&[
+        "run",
+        "--json",
+        "--vcpu-count",
+        "0",
+        "debian:12",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["ok"], false);
+    assert!(r["error"].as_str().unwrap().contains("vcpu_count"), "{r}");
+
+    let out = sb.run(&["run", "debian:12", "--", ""]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("command is required"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(sb.vm_dirs().is_empty());
+}
