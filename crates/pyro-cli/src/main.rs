@@ -92,6 +92,28 @@ enum EnvCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Remove partial builds, incomplete installs and unknown directories.
+    Prune {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write an installed environment and the guest kernel to one archive.
+    Export {
+        environment: String,
+        #[arg(long)]
+        output: PathBuf,
+        /// Overwrite OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install an environment from an archive made by `env export`.
+    Import {
+        archive: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,7 +132,10 @@ fn main() -> ExitCode {
         Command::Env(
             EnvCommand::List { json }
             | EnvCommand::Pull { json, .. }
-            | EnvCommand::Inspect { json, .. },
+            | EnvCommand::Inspect { json, .. }
+            | EnvCommand::Prune { json }
+            | EnvCommand::Export { json, .. }
+            | EnvCommand::Import { json, .. },
         ) => *json,
         Command::Supervise { .. } => false,
     };
@@ -130,7 +155,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { network } => {
             let mut params = RunParams::new("debian:12", vec!["git --version".into()]);
             params.network = network;
-            let result = pyro.run_in_vm(&params, &render::Stderr, &mut render::Discard)?;
+            let result = pyro.run_in_vm(&params, &render::Phases::new(), &mut render::Discard)?;
             render::json(&result)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -156,7 +181,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Env(EnvCommand::Pull { environment, json }) => {
-            let info = pyro.pull_environment(&environment, &render::Stderr)?;
+            let progress = render::Phases::new();
+            let info = pyro.pull_environment(&environment, &progress)?;
+            progress.finish();
             if json {
                 render::json(&info)?;
             } else {
@@ -170,6 +197,62 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 render::json(&info)?;
             } else {
                 render::environment(&info, "Environment");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCommand::Prune { json }) => {
+            let report = pyro.prune_environments()?;
+            if json {
+                render::json(&report)?;
+            } else {
+                for d in &report.deleted {
+                    println!(
+                        "Deleted {} ({}, {})",
+                        d.path,
+                        d.reason,
+                        render::bytes(d.bytes)
+                    );
+                }
+                println!(
+                    "Pruned {} entries, freed {}",
+                    report.count,
+                    render::bytes(report.freed_bytes)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCommand::Export {
+            environment,
+            output,
+            force,
+            json,
+        }) => {
+            let report = pyro.export_environment(&environment, &output, force)?;
+            if json {
+                render::json(&report)?;
+            } else {
+                println!(
+                    "Exported {} to {} ({}{})",
+                    report.environment,
+                    report.output_path,
+                    render::bytes(report.bytes_written),
+                    if report.includes_kernel {
+                        ", with the guest kernel"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCommand::Import { archive, json }) => {
+            let progress = render::Phases::new();
+            let info = pyro.import_environment(&archive, &progress)?;
+            progress.finish();
+            if json {
+                render::json(&info)?;
+            } else {
+                render::environment(&info, "Imported");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -14,6 +14,67 @@ impl Progress for Stderr {
     }
 }
 
+/// Progress for long work: a spinner with the current phase on a terminal,
+/// plain `[area] detail` lines otherwise (logs, CI, pipes).
+pub struct Phases {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Phases {
+    pub fn new() -> Phases {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+                    .expect("valid template"),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Phases { bar }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Phases {
+    fn phase(&self, area: &str, detail: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.println(format!("[{area}] {detail}"));
+                bar.set_message(format!("{area}: {detail}"));
+            }
+            None => eprintln!("[{area}] {detail}"),
+        }
+    }
+}
+
+impl Drop for Phases {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 /// Guest output straight to ours, as it arrives.
 pub struct Stream;
 

@@ -121,25 +121,197 @@ pub fn installed(paths: &Paths, entry: &CatalogEntry) -> Option<Installed> {
     (size == manifest.image_size_bytes).then_some(Installed { rootfs, manifest })
 }
 
-/// Returns the install, building it first if needed.
-pub fn ensure(paths: &Paths, entry: &CatalogEntry, progress: &dyn Progress) -> Result<Installed> {
+/// What identifies the image file as last verified: any write to it, or a
+/// `touch`, changes its ctime, which no user can set back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Stamp {
+    size: u64,
+    inode: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).ok()?;
+    Some(Stamp {
+        size: m.len(),
+        inode: m.ino(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+    })
+}
+
+fn stamp_path(dir: &Path) -> PathBuf {
+    dir.join("verified.json")
+}
+
+fn write_stamp(dir: &Path, rootfs: &Path) -> Result<()> {
+    let s = stamp(rootfs).ok_or_else(|| Error::Environment {
+        name: dir.display().to_string(),
+        detail: "image vanished".into(),
+    })?;
+    host::write_atomic(&stamp_path(dir), &serde_json::to_vec(&s).unwrap())
+}
+
+/// Checks an install's image against its manifest. The full sha256 is
+/// computed only when the file changed since it was last verified; an
+/// unchanged file costs one `stat`.
+pub fn verify(install: &Installed, dir: &Path) -> Result<()> {
+    let recorded: Option<Stamp> = fs::read(stamp_path(dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if recorded.is_some() && recorded == stamp(&install.rootfs) {
+        return Ok(());
+    }
+    let actual = host::sha256_file(&install.rootfs)?;
+    if actual != install.manifest.image_sha256 {
+        return Err(Error::Environment {
+            name: install.manifest.name.clone(),
+            detail: format!(
+                "the image {} is corrupted (sha256 {actual}, expected {}); run `pyro env pull {}` to repair it",
+                install.rootfs.display(),
+                install.manifest.image_sha256,
+                install.manifest.name
+            ),
+        });
+    }
+    write_stamp(dir, &install.rootfs)
+}
+
+fn lock_path(paths: &Paths, entry: &CatalogEntry) -> PathBuf {
+    paths
+        .environment_cache
+        .join(format!(".{}.lock", slug(entry)))
+}
+
+/// Returns the verified install, building it first if it is missing. A
+/// corrupted install is an error, unless `repair` is set: then it is
+/// rebuilt.
+pub fn ensure(
+    paths: &Paths,
+    entry: &CatalogEntry,
+    repair: bool,
+    progress: &dyn Progress,
+) -> Result<Installed> {
+    let dir = install_dir(paths, entry);
     if let Some(i) = installed(paths, entry) {
-        return Ok(i);
+        match verify(&i, &dir) {
+            Ok(()) => return Ok(i),
+            Err(e) if !repair => return Err(e),
+            Err(_) => {}
+        }
     }
     fs::create_dir_all(&paths.environment_cache)
         .ctx(|| format!("create {}", paths.environment_cache.display()))?;
-    let _lock = FileLock::acquire(
-        &paths
-            .environment_cache
-            .join(format!(".{}.lock", slug(entry))),
-    )?;
+    let _lock = FileLock::acquire(&lock_path(paths, entry))?;
     if let Some(i) = installed(paths, entry) {
-        return Ok(i);
+        match verify(&i, &dir) {
+            Ok(()) => return Ok(i),
+            Err(e) if !repair => return Err(e),
+            Err(_) => progress.phase("pull", &format!("phase=repair environment={}", entry.name)),
+        }
+    }
+    // Holding the lock, any partial build of this environment is a dead
+    // one's leftover.
+    for partial in partials(paths)
+        .into_iter()
+        .filter(|(s, _)| *s == slug(entry))
+    {
+        host::remove_tree(&partial.1)?;
     }
     build(paths, entry, progress)?;
     installed(paths, entry).ok_or_else(|| Error::Environment {
         name: entry.name.into(),
         detail: "the build finished but left no usable install".into(),
+    })
+}
+
+/// `.partial-<slug>-<random>` directories, with their slug.
+fn partials(paths: &Paths) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = fs::read_dir(&paths.environment_cache) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix(".partial-")?;
+            let (slug, _random) = rest.rsplit_once('-')?;
+            Some((slug.to_string(), e.path()))
+        })
+        .collect()
+}
+
+/// One directory `prune` removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pruned {
+    pub path: String,
+    pub reason: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub deleted: Vec<Pruned>,
+    pub count: usize,
+    pub freed_bytes: u64,
+}
+
+/// Removes partial builds nobody is running, incomplete installs, and
+/// directories that belong to no catalog entry.
+pub fn prune(paths: &Paths) -> Result<PruneReport> {
+    let mut deleted = Vec::new();
+    let mut remove = |path: PathBuf, reason: &str| -> Result<()> {
+        let bytes = host::disk_usage(&path);
+        host::remove_tree(&path)?;
+        deleted.push(Pruned {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+            bytes,
+        });
+        Ok(())
+    };
+    let Ok(entries) = fs::read_dir(&paths.environment_cache) else {
+        return Ok(PruneReport {
+            deleted,
+            count: 0,
+            freed_bytes: 0,
+        });
+    };
+    let slugs: Vec<String> = CATALOG.iter().map(slug).collect();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.ends_with(".lock") && name.starts_with('.') {
+            continue;
+        }
+        if let Some(rest) = name.strip_prefix(".partial-") {
+            let slug = rest.rsplit_once('-').map(|(s, _)| s).unwrap_or(rest);
+            // A partial whose environment's lock is free belongs to no
+            // running build.
+            let lock = paths.environment_cache.join(format!(".{slug}.lock"));
+            if let Some(_held) = FileLock::try_acquire(&lock)? {
+                remove(path, "partial build")?;
+            }
+            continue;
+        }
+        match CATALOG.iter().zip(&slugs).find(|(_, s)| **s == name) {
+            Some((entry, _)) => {
+                if installed(paths, entry).is_none() {
+                    if let Some(_held) = FileLock::try_acquire(&lock_path(paths, entry))? {
+                        remove(path, "incomplete install")?;
+                    }
+                }
+            }
+            None => remove(path, "not in the catalog")?,
+        }
+    }
+    let freed_bytes = deleted.iter().map(|d| d.bytes).sum();
+    Ok(PruneReport {
+        count: deleted.len(),
+        deleted,
+        freed_bytes,
     })
 }
 
@@ -222,18 +394,29 @@ fn build(paths: &Paths, entry: &CatalogEntry, progress: &dyn Progress) -> Result
             &partial.join("environment.json"),
             &serde_json::to_vec_pretty(&manifest).unwrap(),
         )?;
-        let dest = install_dir(paths, entry);
-        if dest.exists() {
-            fs::remove_dir_all(&dest).ctx(|| format!("remove stale {}", dest.display()))?;
-        }
-        fs::rename(&partial, &dest).ctx(|| format!("install {}", dest.display()))?;
+        write_stamp(&partial, &image)?;
+        install(&partial, &install_dir(paths, entry))?;
         progress.phase("pull", &format!("phase=ready environment={}", entry.name));
         Ok(())
     })();
     if result.is_err() {
-        let _ = fs::remove_dir_all(&partial);
+        let _ = host::remove_tree(&partial);
     }
     result
+}
+
+/// Moves a finished build into place, replacing an old install.
+fn install(partial: &Path, dest: &Path) -> Result<()> {
+    if dest.exists() {
+        let old = dest.with_file_name(format!(
+            ".partial-{}-{}",
+            dest.file_name().unwrap().to_string_lossy(),
+            host::random_id(4)
+        ));
+        fs::rename(dest, &old).ctx(|| format!("move aside {}", dest.display()))?;
+        host::remove_tree(&old)?;
+    }
+    fs::rename(partial, dest).ctx(|| format!("install {}", dest.display()))
 }
 
 /// Adjusts a freshly bootstrapped tree for life as a pyro guest.
@@ -255,4 +438,140 @@ fn prepare_tree(tree: &Path) -> Result<()> {
         b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     )?;
     Ok(())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    pub environment: String,
+    pub output_path: String,
+    pub includes_kernel: bool,
+    pub bytes_written: u64,
+}
+
+/// Writes an installed environment, and the guest kernel it boots with, to
+/// one (sparse) tar archive that `import` takes on another machine.
+pub fn export(
+    paths: &Paths,
+    entry: &CatalogEntry,
+    output: &Path,
+    force: bool,
+) -> Result<ExportReport> {
+    let dir = install_dir(paths, entry);
+    let inst = installed(paths, entry).ok_or_else(|| Error::Environment {
+        name: entry.name.into(),
+        detail: format!("not installed; run `pyro env pull {}` first", entry.name),
+    })?;
+    verify(&inst, &dir)?;
+    if output.exists() && !force {
+        return Err(Error::InvalidArgument(format!(
+            "{} already exists; pass --force to overwrite it",
+            output.display()
+        )));
+    }
+    let tmp = output.with_file_name(format!(
+        ".{}.partial-{}",
+        output.file_name().unwrap_or_default().to_string_lossy(),
+        host::random_id(4)
+    ));
+    let kernel = paths.runtime_cache.join("kernel");
+    let includes_kernel = kernel.join("kernel.json").is_file();
+    let mut cmd = Command::new("tar");
+    cmd.arg("--sparse")
+        .arg("-cf")
+        .arg(&tmp)
+        .arg("-C")
+        .arg(&paths.environment_cache)
+        .arg(format!("{}/environment.json", slug(entry)))
+        .arg(format!("{}/rootfs.ext4", slug(entry)));
+    if includes_kernel {
+        cmd.arg("-C").arg(&paths.runtime_cache).arg("kernel");
+    }
+    let result = host::tool(&mut cmd)
+        .and_then(|_| fs::rename(&tmp, output).ctx(|| format!("write {}", output.display())));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    Ok(ExportReport {
+        environment: entry.name.into(),
+        output_path: output.display().to_string(),
+        includes_kernel,
+        bytes_written: fs::metadata(output).map(|m| m.len()).unwrap_or(0),
+    })
+}
+
+/// Installs an environment (and, if this machine has none, the guest
+/// kernel) from an archive made by `export`, verifying every image against
+/// its manifest first.
+pub fn import(
+    paths: &Paths,
+    archive: &Path,
+    progress: &dyn Progress,
+) -> Result<&'static CatalogEntry> {
+    if !archive.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a file",
+            archive.display()
+        )));
+    }
+    fs::create_dir_all(&paths.environment_cache)
+        .ctx(|| format!("create {}", paths.environment_cache.display()))?;
+    let partial = paths
+        .environment_cache
+        .join(format!(".partial-import-{}", host::random_id(4)));
+    fs::create_dir_all(&partial).ctx(|| format!("create {}", partial.display()))?;
+    let result = (|| -> Result<&'static CatalogEntry> {
+        progress.phase(
+            "import",
+            &format!("phase=extract archive={}", archive.display()),
+        );
+        // GNU tar refuses absolute names and `..` by default; what it
+        // extracts is checked below before anything is installed.
+        host::tool(
+            Command::new("tar")
+                .args(["--no-same-owner", "--no-same-permissions", "-xf"])
+                .arg(archive)
+                .arg("-C")
+                .arg(&partial),
+        )?;
+        let entry = CATALOG
+            .iter()
+            .find(|e| partial.join(slug(e)).join("environment.json").is_file())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{} holds no environment of this catalog",
+                    archive.display()
+                ))
+            })?;
+        let staged = partial.join(slug(entry));
+        let manifest: EnvironmentManifest = serde_json::from_slice(
+            &fs::read(staged.join("environment.json")).ctx(|| "read manifest".into())?,
+        )
+        .map_err(|e| Error::InvalidArgument(format!("bad manifest in the archive: {e}")))?;
+        let rootfs = staged.join("rootfs.ext4");
+        let meta = fs::symlink_metadata(&rootfs).ctx(|| "stat the archived image".into())?;
+        if !meta.is_file() || manifest.name != entry.name || manifest.version != entry.version {
+            return Err(Error::InvalidArgument(format!(
+                "{} does not hold a valid {} {}",
+                archive.display(),
+                entry.name,
+                entry.version
+            )));
+        }
+        progress.phase(
+            "import",
+            &format!("phase=verify environment={}", entry.name),
+        );
+        let inst = Installed { rootfs, manifest };
+        verify(&inst, &staged)?;
+        if partial.join("kernel").is_dir() {
+            crate::assets::import_kernel(paths, &partial.join("kernel"))?;
+        }
+        let _lock = FileLock::acquire(&lock_path(paths, entry))?;
+        install(&staged, &install_dir(paths, entry))?;
+        progress.phase("import", &format!("phase=ready environment={}", entry.name));
+        Ok(entry)
+    })();
+    let _ = host::remove_tree(&partial);
+    result
 }

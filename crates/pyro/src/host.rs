@@ -28,6 +28,9 @@ pub fn tool(cmd: &mut Command) -> Result<String> {
             None => resolved.env_remove(k),
         };
     }
+    // If pyro dies, the tool is asked to stop (and can clean up after
+    // itself, as mmdebstrap unmounts what it mounted).
+    die_with_parent(&mut resolved, libc::SIGTERM);
     let out = resolved
         .stdin(Stdio::null())
         .output()
@@ -205,6 +208,19 @@ pub struct FileLock {
 }
 
 impl FileLock {
+    /// The lock, unless another process holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .ctx(|| format!("open lock {}", path.display()))?;
+        // SAFETY: flock on an fd we own.
+        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        Ok((ret == 0).then_some(FileLock { _file: file }))
+    }
+
     pub fn acquire(path: &Path) -> Result<FileLock> {
         let file = OpenOptions::new()
             .create(true)
@@ -266,10 +282,87 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Has the child of `cmd` receive `signal` when its parent dies.
+fn die_with_parent(cmd: &mut Command, signal: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Removes a directory tree that a killed build may have left with mounts
+/// inside (mmdebstrap bind-mounts the host's `/sys` and `/proc` into its
+/// chroot): everything mounted below it is detached first, and the removal
+/// is refused if anything stays mounted, so it can never reach into a host
+/// filesystem.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let root = fs::canonicalize(path).ctx(|| format!("resolve {}", path.display()))?;
+    let mounts_below = || -> Vec<PathBuf> {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut found: Vec<PathBuf> = info
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .map(|m| PathBuf::from(m.replace("\\040", " ")))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        // Deepest first.
+        found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        found
+    };
+    for mount in mounts_below() {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(mount.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    let left = mounts_below();
+    if !left.is_empty() {
+        return Err(Error::Io {
+            context: format!(
+                "refusing to remove {}: still mounted inside it: {left:?}",
+                path.display()
+            ),
+            source: io::Error::from(io::ErrorKind::ResourceBusy),
+        });
+    }
+    fs::remove_dir_all(path).ctx(|| format!("remove {}", path.display()))
+}
+
+/// Disk space a tree really uses (sparse files count their allocated
+/// blocks), without following symlinks or crossing into other filesystems.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        if let Ok(entries) = fs::read_dir(path) {
+            for e in entries.flatten() {
+                let same_fs = fs::symlink_metadata(e.path())
+                    .map(|m| m.dev() == meta.dev())
+                    .unwrap_or(false);
+                if same_fs {
+                    total += disk_usage(&e.path());
+                }
+            }
+        }
+    }
+    total
+}
+
 /// Starts QEMU for `spec`, as a child that dies with its parent (the
 /// supervisor), with its stderr in `log`.
 pub fn spawn_qemu(spec: &crate::qemu::VmSpec, log: &Path) -> Result<std::process::Child> {
-    use std::os::unix::process::CommandExt;
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -280,15 +373,7 @@ pub fn spawn_qemu(spec: &crate::qemu::VmSpec, log: &Path) -> Result<std::process
         .stdin(Stdio::null())
         .stdout(log.try_clone().ctx(|| "dup log".into())?)
         .stderr(log);
-    // SAFETY: the closure only calls prctl, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd, libc::SIGKILL);
     cmd.spawn().map_err(|e| Error::Tool {
         tool: QEMU.into(),
         detail: if e.kind() == io::ErrorKind::NotFound {

@@ -34,7 +34,9 @@ use std::path::{Path, PathBuf};
 
 pub use client::OutputSink;
 pub use doctor::DoctorReport;
-pub use environments::{CatalogEntry, EnvironmentManifest, CATALOG, CATALOG_VERSION};
+pub use environments::{
+    CatalogEntry, EnvironmentManifest, ExportReport, PruneReport, Pruned, CATALOG, CATALOG_VERSION,
+};
 pub use error::{Error, Result};
 pub use paths::Paths;
 pub use progress::{Progress, Silent};
@@ -120,7 +122,33 @@ impl Pyro {
     pub fn pull_environment(&self, name: &str, progress: &dyn Progress) -> Result<EnvironmentInfo> {
         let entry = environments::lookup(name)?;
         assets::ensure(&self.paths, progress)?;
-        environments::ensure(&self.paths, entry, progress)?;
+        environments::ensure(&self.paths, entry, true, progress)?;
+        Ok(self.info(entry))
+    }
+
+    /// Removes partial builds, incomplete installs and directories that
+    /// belong to no catalog entry from the environment cache.
+    pub fn prune_environments(&self) -> Result<PruneReport> {
+        environments::prune(&self.paths)
+    }
+
+    /// Writes an installed environment and the guest kernel to one archive.
+    pub fn export_environment(
+        &self,
+        name: &str,
+        output: &Path,
+        force: bool,
+    ) -> Result<ExportReport> {
+        environments::export(&self.paths, environments::lookup(name)?, output, force)
+    }
+
+    /// Installs an environment from an archive made by `export_environment`.
+    pub fn import_environment(
+        &self,
+        archive: &Path,
+        progress: &dyn Progress,
+    ) -> Result<EnvironmentInfo> {
+        let entry = environments::import(&self.paths, archive, progress)?;
         Ok(self.info(entry))
     }
 

@@ -170,7 +170,7 @@ pub(crate) fn run_in_vm(
         }
         Err(e) => return Err(e),
     };
-    let env = environments::ensure(&pyro.paths, entry, progress)?;
+    let env = environments::ensure(&pyro.paths, entry, false, progress)?;
     vm::collect_garbage(&pyro.paths);
 
     let id = host::random_id(6);
