@@ -23,6 +23,7 @@ packages=(
     kmod              # depmod: module dependencies of the guest kernel
     ca-certificates
     passt             # user-mode networking
+    fakeroot uidmap   # building environments as a regular user
 )
 missing=()
 for p in "${packages[@]}"; do

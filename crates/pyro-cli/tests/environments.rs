@@ -298,3 +298,51 @@ fn prune_removes_partial_and_unknown_directories() {
     );
     assert_eq!(r["count"], 0);
 }
+
+/// Builds an environment and boots it as a regular user. Opt in with
+/// `PYRO_TEST_UNPRIVILEGED_USER=<user>` (CI creates the user; it needs
+/// /etc/subuid and /etc/subgid entries, which `useradd` adds).
+#[test]
+fn an_unprivileged_user_builds_and_runs_environments() {
+    let Ok(user) = std::env::var("PYRO_TEST_UNPRIVILEGED_USER") else {
+        eprintln!("skipped: set PYRO_TEST_UNPRIVILEGED_USER to run it");
+        return;
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("pyro-user-")
+        .tempdir()
+        .unwrap();
+    let bin = scratch.path().join("pyro");
+    std::fs::copy(env!("CARGO_BIN_EXE_pyro"), &bin).unwrap();
+    let status = std::process::Command::new("chown")
+        .args(["-R", &format!("{user}:"), &scratch.path().to_string_lossy()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let home = scratch.path().join("home");
+    let out = std::process::Command::new("runuser")
+        .args(["-u", &user, "--", "env"])
+        .arg(format!("HOME={}", home.display()))
+        .arg(&bin)
+        .args([
+            "run",
+            "--json",
+            "debian:12-base",
+            "--",
+            "id -u; stat -c '%U:%G %a' /etc/shadow /usr/bin/passwd",
+        ])
+        .current_dir(scratch.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r = json(&out);
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(r["stdout"], "0\nroot:shadow 640\nroot:root 4755\n", "{r}");
+    // Everything it wrote is the user's, in the user's own directories.
+    let owner = std::process::Command::new("find")
+        .arg(&home)
+        .args(["!", "-user", &user])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&owner), "", "files not owned by {user}");
+}

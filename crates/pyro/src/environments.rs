@@ -335,24 +335,59 @@ fn build(paths: &Paths, entry: &CatalogEntry, progress: &dyn Progress) -> Result
             .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
         let security = std::env::var("PYRO_DEBIAN_SECURITY_MIRROR")
             .unwrap_or_else(|_| "http://deb.debian.org/debian-security".into());
+        // As root, mmdebstrap writes the tree directly. Otherwise it runs in
+        // a user namespace (unshare mode) and writes a tarball, which is
+        // unpacked and turned into an image under one fakeroot session, so
+        // the image records root ownership, setuid bits and device nodes.
+        let rootless = !host::is_root();
+        let tarball = partial.join("rootfs.tar");
+        let fakeroot_state = partial.join("fakeroot.state");
         let mut cmd = Command::new("mmdebstrap");
-        cmd.args(["--variant=minbase", "--quiet", "--mode=auto"]);
+        cmd.args(["--variant=minbase", "--quiet"]);
+        cmd.arg(if rootless {
+            "--mode=unshare"
+        } else {
+            "--mode=root"
+        });
         if !entry.packages.is_empty() {
             cmd.arg(format!("--include={}", entry.packages.join(",")));
         }
         cmd.arg(SUITE)
-            .arg(&tree)
+            .arg(if rootless { &tarball } else { &tree })
             .arg(format!("deb {mirror} {SUITE} main"))
             .arg(format!("deb {mirror} {SUITE}-updates main"))
             .arg(format!("deb {security} {SUITE}-security main"));
-        host::tool(&mut cmd).map_err(|e| fail(format!("bootstrap failed: {e}")))?;
+        host::tool(&mut cmd).map_err(|e| {
+            let hint = if rootless {
+                " (building as a regular user needs user namespaces, the uidmap package and \
+                 /etc/subuid and /etc/subgid entries for this user)"
+            } else {
+                ""
+            };
+            fail(format!("bootstrap failed: {e}{hint}"))
+        })?;
+        if rootless {
+            fs::create_dir_all(&tree).ctx(|| "create build tree".into())?;
+            host::tool(
+                Command::new("fakeroot")
+                    .arg("-s")
+                    .arg(&fakeroot_state)
+                    .args(["--", "tar", "--numeric-owner", "-xpf"])
+                    .arg(&tarball)
+                    .arg("-C")
+                    .arg(&tree),
+            )?;
+            fs::remove_file(&tarball).ctx(|| "remove tarball".into())?;
+        }
 
-        let installed_packages = host::tool(Command::new("chroot").arg(&tree).args([
-            "dpkg-query",
-            "-W",
-            "-f",
-            "${Package}=${Version}\\n",
-        ]))
+        let installed_packages = host::tool(
+            Command::new("dpkg-query")
+                .arg(format!(
+                    "--admindir={}",
+                    tree.join("var/lib/dpkg").display()
+                ))
+                .args(["-W", "-f", "${Package}=${Version}\\n"]),
+        )
         .map(|s| s.lines().map(str::to_owned).collect())
         .unwrap_or_default();
         prepare_tree(&tree)?;
@@ -369,13 +404,23 @@ fn build(paths: &Paths, entry: &CatalogEntry, progress: &dyn Progress) -> Result
         .and_then(|n| n.parse().ok())
         .unwrap_or(1024);
         let size_mib = used_mib + used_mib / 4 + IMAGE_HEADROOM_MIB;
-        host::tool(
+        let mut mkfs = if rootless {
+            let mut c = Command::new("fakeroot");
+            c.arg("-i").arg(&fakeroot_state).args(["--", "mkfs.ext4"]);
+            c
+        } else {
             Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-L", "pyro-root", "-E", "root_owner=0:0", "-d"])
+        };
+        host::tool(
+            mkfs.args(["-q", "-F", "-L", "pyro-root", "-E", "root_owner=0:0", "-d"])
                 .arg(&tree)
                 .arg(&image)
                 .arg(format!("{size_mib}M")),
         )?;
+        if rootless {
+            // Unpacked as this user, some directories are read-only to it.
+            host::tool(Command::new("chmod").args(["-R", "u+rwX"]).arg(&tree))?;
+        }
         fs::remove_dir_all(&tree).ctx(|| "remove build tree".into())?;
         progress.phase("pull", &format!("phase=verify environment={}", entry.name));
         let manifest = EnvironmentManifest {

@@ -170,6 +170,11 @@ pub fn qemu_version() -> Option<String> {
         .map(str::to_owned)
 }
 
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A random identifier of `bytes` bytes, as hex.
 pub fn random_id(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -334,7 +339,16 @@ pub fn remove_tree(path: &Path) -> Result<()> {
             source: io::Error::from(io::ErrorKind::ResourceBusy),
         });
     }
-    fs::remove_dir_all(path).ctx(|| format!("remove {}", path.display()))
+    match fs::remove_dir_all(path) {
+        // A tree unpacked by a regular user can hold directories that user
+        // may not write; make them writable and try again.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !is_root() => {
+            let _ = tool(Command::new("chmod").args(["-R", "u+rwX"]).arg(path));
+            fs::remove_dir_all(path)
+        }
+        other => other,
+    }
+    .ctx(|| format!("remove {}", path.display()))
 }
 
 /// Disk space a tree really uses (sparse files count their allocated
