@@ -7,7 +7,8 @@
 //! - `assets`: the guest kernel, its modules and the initramfs with the
 //!   agent embedded in this crate;
 //! - `environments`: the catalog and the root filesystem images;
-//! - `qemu`: the QEMU command line, a pure function of a spec;
+//! - `qemu`: the QEMU command line, a pure function of a spec; `qmp`: the
+//!   client for QEMU's machine protocol;
 //! - `vm` and `supervisor`: one detached supervisor process per VM, owning
 //!   QEMU and the agent connection, serving a control socket;
 //! - `client`: the control-socket client;
@@ -26,6 +27,7 @@ mod host;
 mod paths;
 mod progress;
 mod qemu;
+mod qmp;
 mod run;
 mod supervisor;
 mod vm;

@@ -27,6 +27,7 @@ use pyro_protocol::{
 use serde::{Deserialize, Serialize};
 
 use crate::host;
+use crate::qmp::Qmp;
 use crate::vm::{BootReport, VmDir, VmRecord};
 
 /// Requests to the supervisor itself, on stream 0 of the control socket.
@@ -58,6 +59,8 @@ pub struct SupervisorStatus {
     pub supervisor_pid: i32,
     pub clients: u64,
     pub streams_in_flight: usize,
+    /// QEMU's own view of the VM (`running`, `paused`, ...), from QMP.
+    pub run_state: String,
 }
 
 /// How long a boot may take before the VM is killed and booted again.
@@ -424,6 +427,9 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
                     supervisor_pid: std::process::id() as i32,
                     clients: sup.clients.load(Ordering::SeqCst),
                     streams_in_flight: sup.routes.lock().unwrap().len(),
+                    run_state: Qmp::connect(&sup.dir.qmp_socket(), Duration::from_secs(2))
+                        .and_then(|mut q| q.status())
+                        .unwrap_or_else(|e| format!("unknown ({e})")),
                 }),
                 Ok(ControlRequest::Delete) => {
                     teardown(&sup, "deleted", Some(&client));
@@ -558,10 +564,18 @@ fn teardown(sup: &Supervisor, why: &str, requester: Option<&Arc<Client>>) {
                 .unwrap()
                 .write_all(&Frame::message(2, &Message::Shutdown).encode());
             let exited = sup.qemu_exited.lock().unwrap();
-            let _ = sup
+            let (exited, _) = sup
                 .qemu_exited_cv
-                .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e);
+                .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e)
+                .unwrap();
+            if !*exited {
+                drop(exited);
+                if let Ok(mut q) = Qmp::connect(&sup.dir.qmp_socket(), Duration::from_secs(2)) {
+                    let _ = q.quit();
+                }
+            }
         }
+        // One-shot VMs' disks are thrown away: no need to be gentle.
         host::signal(sup.qemu_pid, libc::SIGKILL);
         let exited = sup.qemu_exited.lock().unwrap();
         let _ = sup

@@ -1,0 +1,98 @@
+//! A small client for QEMU's machine protocol (QMP): newline-delimited JSON
+//! on a UNIX socket. Replies are matched by `id`; events in between are
+//! skipped.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("qmp i/o")]
+    Io(#[from] std::io::Error),
+    #[error("qmp sent malformed json")]
+    Json(#[from] serde_json::Error),
+    #[error("qmp closed the connection")]
+    Closed,
+    #[error("qmp command {command} failed: {message}")]
+    Command { command: String, message: String },
+}
+
+impl Qmp {
+    /// Connects, reads the greeting and leaves capabilities negotiation.
+    pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(timeout))?;
+        let mut qmp = Qmp {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            next_id: 1,
+        };
+        qmp.read_value()?; // {"QMP": {...}}
+        qmp.execute("qmp_capabilities", json!({}))?;
+        Ok(qmp)
+    }
+
+    fn read_value(&mut self) -> Result<Value, QmpError> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(QmpError::Closed);
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = serde_json::to_vec(&json!({
+            "execute": command,
+            "arguments": arguments,
+            "id": id,
+        }))?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        loop {
+            let v = self.read_value()?;
+            if v.get("id").and_then(Value::as_u64) != Some(id) {
+                continue; // an event
+            }
+            if let Some(err) = v.get("error") {
+                return Err(QmpError::Command {
+                    command: command.to_string(),
+                    message: err
+                        .get("desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown error")
+                        .to_string(),
+                });
+            }
+            return Ok(v.get("return").cloned().unwrap_or(Value::Null));
+        }
+    }
+
+    /// The VM's run state, e.g. `running` or `paused`.
+    pub fn status(&mut self) -> Result<String, QmpError> {
+        let r = self.execute("query-status", json!({}))?;
+        Ok(r.get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string())
+    }
+
+    pub fn quit(&mut self) -> Result<(), QmpError> {
+        match self.execute("quit", json!({})) {
+            Ok(_) | Err(QmpError::Closed) => Ok(()),
+            Err(QmpError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
