@@ -10,6 +10,7 @@
 mod boot;
 mod cgroup;
 mod exec;
+mod files;
 mod reaper;
 mod sys;
 
@@ -38,11 +39,17 @@ impl Link {
     }
 }
 
+enum Inflight {
+    Exec(Sender<exec::Event>),
+    /// A request reading input frames; `None` ends the input.
+    Input(Sender<Option<Vec<u8>>>),
+}
+
 pub struct Agent {
     link: Arc<Link>,
     reaper: Arc<reaper::Reaper>,
-    /// Requests in flight, by stream, so `cancel` can reach them.
-    streams: Mutex<HashMap<u32, Sender<exec::Event>>>,
+    /// Requests in flight, by stream, so `cancel` and input can reach them.
+    streams: Mutex<HashMap<u32, Inflight>>,
 }
 
 impl Agent {
@@ -154,15 +161,24 @@ fn serve(path: &std::path::Path) -> io::Result<()> {
 }
 
 fn cancel_all(agent: &Agent) {
-    for (_, tx) in agent.streams.lock().unwrap().drain() {
-        let _ = tx.send(exec::Event::Cancel);
+    for (_, inflight) in agent.streams.lock().unwrap().drain() {
+        if let Inflight::Exec(tx) = inflight {
+            let _ = tx.send(exec::Event::Cancel);
+        }
+        // Dropping an input sender cancels that request's input.
     }
 }
 
 fn dispatch(agent: &Arc<Agent>, frame: Frame) {
     let stream = frame.stream;
+    if frame.kind == Kind::Input {
+        if let Some(Inflight::Input(tx)) = agent.streams.lock().unwrap().get(&stream) {
+            let _ = tx.send(Some(frame.body));
+        }
+        return;
+    }
     if frame.kind != Kind::Message {
-        return; // No request takes input yet.
+        return;
     }
     let reply = |m: Message| agent.send(&Frame::message(stream, &m));
     let message = match frame.decode_message() {
@@ -212,18 +228,104 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
         }
         Message::Exec(req) => {
             let (tx, rx) = std::sync::mpsc::channel();
-            agent.streams.lock().unwrap().insert(stream, tx.clone());
+            agent
+                .streams
+                .lock()
+                .unwrap()
+                .insert(stream, Inflight::Exec(tx.clone()));
             let agent = agent.clone();
             std::thread::spawn(move || {
                 exec::run(&agent, stream, req, tx, rx);
                 agent.streams.lock().unwrap().remove(&stream);
             });
         }
-        Message::Cancel => {
-            if let Some(tx) = agent.streams.lock().unwrap().get(&stream) {
+        Message::Cancel => match agent.streams.lock().unwrap().remove(&stream) {
+            Some(Inflight::Exec(tx)) => {
                 let _ = tx.send(exec::Event::Cancel);
+                // Still running until it reports; keep it reachable.
+                agent
+                    .streams
+                    .lock()
+                    .unwrap()
+                    .insert(stream, Inflight::Exec(tx));
+            }
+            Some(Inflight::Input(_)) | None => {}
+        },
+        Message::InputEnd => {
+            if let Some(Inflight::Input(tx)) = agent.streams.lock().unwrap().remove(&stream) {
+                let _ = tx.send(None);
             }
         }
+        Message::PutArchive(req) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            agent
+                .streams
+                .lock()
+                .unwrap()
+                .insert(stream, Inflight::Input(tx));
+            let agent = agent.clone();
+            std::thread::spawn(move || {
+                let mut input = files::InputReader::new(rx);
+                let reply = match files::put_archive(&req, &mut input) {
+                    Ok((entry_count, bytes_written)) => Message::ArchivePut {
+                        entry_count,
+                        bytes_written,
+                    },
+                    Err(message) => Message::Error { message },
+                };
+                agent.streams.lock().unwrap().remove(&stream);
+                agent.send(&Frame::message(stream, &reply));
+            });
+        }
+        Message::GetArchive { path } => {
+            let agent = agent.clone();
+            std::thread::spawn(move || {
+                let mut out = files::FrameWriter {
+                    link: &agent.link,
+                    stream,
+                    buf: Vec::new(),
+                };
+                let reply = files::get_archive(&path, &mut out)
+                    .unwrap_or_else(|message| Message::Error { message });
+                agent.send(&Frame::message(stream, &reply));
+            });
+        }
+        Message::ReadFile { path, max_bytes } => {
+            let agent = agent.clone();
+            std::thread::spawn(move || {
+                let mut out = files::FrameWriter {
+                    link: &agent.link,
+                    stream,
+                    buf: Vec::new(),
+                };
+                let reply = files::read_file(&path, max_bytes, &mut out)
+                    .unwrap_or_else(|message| Message::Error { message });
+                agent.send(&Frame::message(stream, &reply));
+            });
+        }
+        Message::ListFiles { path, recursive } => reply(
+            files::list_files(&path, recursive)
+                .unwrap_or_else(|message| Message::Error { message }),
+        ),
+        Message::Freeze => match sys::freeze(std::path::Path::new("/"), true) {
+            Ok(()) => {
+                // Never stay frozen if the host forgets or dies.
+                std::thread::spawn(|| {
+                    std::thread::sleep(Duration::from_secs(30));
+                    let _ = sys::freeze(std::path::Path::new("/"), false);
+                });
+                reply(Message::Done)
+            }
+            Err(e) => reply(Message::Error {
+                message: format!("freeze: {e}"),
+            }),
+        },
+        Message::Thaw => match sys::freeze(std::path::Path::new("/"), false) {
+            Ok(()) => reply(Message::Done),
+            Err(e) => reply(Message::Error {
+                message: format!("thaw: {e}"),
+            }),
+        },
         Message::Ping => reply(Message::Pong),
         Message::Shutdown => {
             reply(Message::Done);

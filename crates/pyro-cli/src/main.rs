@@ -2,6 +2,7 @@
 //! `pyro` library. Each command is one façade call.
 
 mod render;
+mod workspace;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ enum Command {
     /// Manage environments (root filesystems guests boot from).
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Persistent sandboxes: create, exec, files, checkpoints, stop/start.
+    #[command(subcommand)]
+    Workspace(workspace::WorkspaceCommand),
     /// The per-VM supervisor (internal).
     #[command(name = "__supervise", hide = true)]
     Supervise { dir: PathBuf },
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
             | EnvCommand::Export { json, .. }
             | EnvCommand::Import { json, .. },
         ) => *json,
+        Command::Workspace(w) => w.json(),
         Command::Supervise { .. } => false,
     };
     match dispatch(cli) {
@@ -256,6 +261,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Workspace(w) => workspace::dispatch(&pyro, w),
         Command::Supervise { .. } => unreachable!("handled before dispatch"),
     }
 }

@@ -58,6 +58,10 @@ pub const MAX_BODY_LEN: usize = 1 << 20;
 /// The stream reserved for the handshake.
 pub const CONTROL_STREAM: u32 = 0;
 
+/// Where a workspace's files live in the guest; file operations are
+/// confined to it.
+pub const WORKSPACE_ROOT: &str = "/workspace";
+
 /// Name of the virtio-serial port the agent serves on.
 pub const PORT_NAME: &str = "org.pyro.agent";
 
@@ -71,6 +75,9 @@ pub enum Kind {
     Stdout = 1,
     /// Bytes written by a command to its standard error.
     Stderr = 2,
+    /// Input for a request (host → agent), e.g. an archive being uploaded;
+    /// [`Message::InputEnd`] closes it.
+    Input = 3,
 }
 
 impl Kind {
@@ -79,6 +86,7 @@ impl Kind {
             0 => Some(Kind::Message),
             1 => Some(Kind::Stdout),
             2 => Some(Kind::Stderr),
+            3 => Some(Kind::Input),
             _ => None,
         }
     }
@@ -266,16 +274,68 @@ pub enum Message {
     Shutdown,
     /// Host → agent: liveness probe.
     Ping,
+    /// Host → agent: the input of this stream is complete.
+    InputEnd,
+    /// Host → agent: unpack the tar archive that follows as input into
+    /// `dest`; then delete `remove`. With `atomic`, only regular files are
+    /// accepted and each lands by rename after all were written.
+    PutArchive(PutArchive),
+    /// Host → agent: send `path` (file, directory or symlink) as a tar
+    /// archive in `stdout` frames; a directory is sent as its contents.
+    GetArchive {
+        path: String,
+    },
+    /// Host → agent: describe the files under `path`.
+    ListFiles {
+        path: String,
+        recursive: bool,
+    },
+    /// Host → agent: send up to `max_bytes` of a regular file in `stdout`
+    /// frames.
+    ReadFile {
+        path: String,
+        max_bytes: u64,
+    },
+    /// Host → agent: flush and freeze the root filesystem (for a
+    /// consistent disk snapshot); `thaw` undoes it.
+    Freeze,
+    Thaw,
+    /// Agent → host: a `put_archive` finished (terminal).
+    ArchivePut {
+        entry_count: u64,
+        bytes_written: u64,
+    },
+    /// Agent → host: a `get_archive` finished (terminal).
+    ArchiveSent {
+        artifact_type: ArtifactType,
+        entry_count: u64,
+        bytes_written: u64,
+    },
+    /// Agent → host: answer to `list_files` (terminal).
+    FileList {
+        path: String,
+        artifact_type: ArtifactType,
+        entries: Vec<FileEntry>,
+    },
+    /// Agent → host: a `read_file` finished (terminal).
+    FileRead {
+        size_bytes: u64,
+        truncated: bool,
+    },
     /// Agent → host: a request without a payload of its own succeeded.
     Done,
     /// Agent → host: the command of an `exec` started.
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     /// Agent → host: the command of an `exec` finished (terminal).
     Exited(ExitStatus),
     /// Agent → host: answer to `ping`.
     Pong,
     /// Agent → host: the request failed (terminal).
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 impl Message {
@@ -288,8 +348,39 @@ impl Message {
                 | Message::Exited(_)
                 | Message::Pong
                 | Message::Error { .. }
+                | Message::ArchivePut { .. }
+                | Message::ArchiveSent { .. }
+                | Message::FileList { .. }
+                | Message::FileRead { .. }
         )
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PutArchive {
+    pub dest: String,
+    #[serde(default)]
+    pub remove: Vec<String>,
+    #[serde(default)]
+    pub atomic: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactType {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub artifact_type: ArtifactType,
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub link_target: Option<String>,
 }
 
 /// Per-sandbox identity, sent after boot so that a booted guest can be

@@ -1,6 +1,6 @@
 //! A connection to a VM's supervisor (see `supervisor`).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use pyro_protocol::{ExecRequest, ExitStatus, Frame, Kind, Message, CONTROL_STREAM};
@@ -78,9 +78,7 @@ impl VmClient {
     pub fn exec(&mut self, req: ExecRequest, sink: &mut dyn OutputSink) -> Result<ExitStatus> {
         let stream = self.next_stream;
         self.next_stream += 1;
-        self.socket
-            .write_all(&Frame::message(stream, &Message::Exec(req)).encode())
-            .map_err(|e| Error::VmLost(format!("supervisor: {e}")))?;
+        self.send(&Frame::message(stream, &Message::Exec(req)))?;
         loop {
             let frame = match Frame::read_from(&mut self.socket) {
                 Ok(Some(f)) => f,
@@ -97,6 +95,7 @@ impl VmClient {
             match frame.kind {
                 Kind::Stdout => sink.stdout(&frame.body),
                 Kind::Stderr => sink.stderr(&frame.body),
+                Kind::Input => {}
                 Kind::Message => match frame.decode_message() {
                     Ok(Message::Exited(status)) => return Ok(status),
                     Ok(Message::Error { message }) => return Err(Error::VmLost(message)),
@@ -104,6 +103,91 @@ impl VmClient {
                     Err(e) => return Err(Error::VmLost(format!("bad agent reply: {e}"))),
                 },
             }
+        }
+    }
+
+    fn send(&mut self, frame: &Frame) -> Result<()> {
+        self.socket
+            .write_all(&frame.encode())
+            .map_err(|e| Error::VmLost(format!("supervisor: {e}")))
+    }
+
+    /// Sends one request, with `input` streamed after it if given, and
+    /// returns its terminal reply; output frames go to `output`. An agent
+    /// `error` reply becomes [`Error::Guest`].
+    pub fn request(
+        &mut self,
+        message: &Message,
+        input: Option<&mut dyn Read>,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<Message> {
+        let stream = self.next_stream;
+        self.next_stream += 1;
+        self.send(&Frame::message(stream, message))?;
+        if let Some(input) = input {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = input.read(&mut buf).map_err(|e| Error::Io {
+                    context: "read input".into(),
+                    source: e,
+                })?;
+                if n == 0 {
+                    break;
+                }
+                self.send(&Frame::data(stream, Kind::Input, buf[..n].to_vec()))?;
+            }
+            self.send(&Frame::message(stream, &Message::InputEnd))?;
+        }
+        loop {
+            let frame = match Frame::read_from(&mut self.socket) {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    return Err(Error::VmLost("the supervisor closed the connection".into()))
+                }
+                Err(e) => return Err(Error::VmLost(format!("supervisor: {e}"))),
+            };
+            if frame.stream != stream {
+                continue;
+            }
+            match frame.kind {
+                Kind::Stdout | Kind::Stderr => output(&frame.body),
+                Kind::Input => {}
+                Kind::Message => match frame.decode_message() {
+                    Ok(Message::Error { message }) => return Err(Error::Guest(message)),
+                    Ok(m) if m.is_terminal() => return Ok(m),
+                    Ok(_) => {}
+                    Err(e) => return Err(Error::VmLost(format!("bad agent reply: {e}"))),
+                },
+            }
+        }
+    }
+
+    /// Runs a QMP command in the VM's QEMU.
+    pub fn qmp(
+        &mut self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        match self.control(&ControlRequest::Qmp {
+            command: command.into(),
+            arguments,
+        })? {
+            ControlResponse::Qmp { result } => Ok(result),
+            ControlResponse::Error { message } => Err(Error::Guest(message)),
+            other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Stops the VM (a persistent one keeps its disk) and waits until it is.
+    pub fn stop(self) -> Result<()> {
+        self.delete()
+    }
+
+    /// The supervisor's view of the VM.
+    pub fn status(&mut self) -> Result<crate::supervisor::SupervisorStatus> {
+        match self.control(&ControlRequest::Status)? {
+            ControlResponse::Status(s) => Ok(s),
+            other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
         }
     }
 }

@@ -22,6 +22,10 @@ pub enum Error {
     #[error("lost the VM: {0}")]
     VmLost(String),
 
+    /// The guest refused or failed a request.
+    #[error("{0}")]
+    Guest(String),
+
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
 

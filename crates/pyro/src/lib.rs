@@ -18,6 +18,7 @@
 //! The façade keeps no state between calls: VM directories on disk are the
 //! truth, so separate processes see the same VMs.
 
+mod archive;
 mod assets;
 mod client;
 mod doctor;
@@ -31,6 +32,7 @@ mod qmp;
 mod run;
 mod supervisor;
 mod vm;
+mod workspace;
 
 use std::path::{Path, PathBuf};
 
@@ -42,7 +44,13 @@ pub use environments::{
 pub use error::{Error, Result};
 pub use paths::Paths;
 pub use progress::{Progress, Silent};
+pub use pyro_protocol::{ArtifactType, FileEntry};
 pub use run::{command_from_args, Cleanup, ExecutionMode, RunParams, RunResult, RunTimings};
+pub use workspace::{
+    CommandEntry, CreateWorkspace, Deleted, ExportResult, FileListResult, FileReadResult,
+    FileWriteResult, ResetResult, SnapshotInfo, SnapshotList, State, SyncResult, UpdateWorkspace,
+    WorkspaceInfo, WorkspaceList, WorkspaceLogs,
+};
 
 /// The entry point of the library.
 #[derive(Debug, Clone)]
@@ -168,6 +176,108 @@ impl Pyro {
                 .to_string(),
             manifest: installed.map(|i| i.manifest),
         }
+    }
+}
+
+/// Persistent workspaces. Method names follow the reference SDK.
+impl Pyro {
+    /// Creates a workspace: validates and captures the seed, boots its VM,
+    /// pushes the seed into `/workspace` and takes the `baseline`
+    /// checkpoint.
+    pub fn create_workspace(
+        &self,
+        params: &CreateWorkspace,
+        progress: &dyn Progress,
+    ) -> Result<WorkspaceInfo> {
+        workspace::create(self, params, progress)
+    }
+    pub fn list_workspaces(&self) -> Result<WorkspaceList> {
+        workspace::list(self)
+    }
+    pub fn status_workspace(&self, id: &str) -> Result<WorkspaceInfo> {
+        workspace::status(self, id)
+    }
+    pub fn update_workspace(&self, id: &str, update: &UpdateWorkspace) -> Result<WorkspaceInfo> {
+        workspace::update(self, id, update)
+    }
+    pub fn logs_workspace(&self, id: &str) -> Result<WorkspaceLogs> {
+        workspace::logs(self, id)
+    }
+    /// Stops the VM; disk, baseline and checkpoints stay.
+    pub fn stop_workspace(&self, id: &str) -> Result<WorkspaceInfo> {
+        workspace::stop(self, id)
+    }
+    pub fn start_workspace(&self, id: &str, progress: &dyn Progress) -> Result<WorkspaceInfo> {
+        workspace::start(self, id, progress)
+    }
+    /// Removes the workspace and everything it holds.
+    pub fn delete_workspace(&self, id: &str) -> Result<Deleted> {
+        workspace::delete(self, id)
+    }
+    /// Runs a command in `/workspace` (one element: a shell string; several:
+    /// an argv), streaming its output into `output`.
+    pub fn exec_workspace(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout_seconds: u64,
+        output: &mut dyn OutputSink,
+    ) -> Result<CommandEntry> {
+        workspace::exec(self, id, command, timeout_seconds, output)
+    }
+    pub fn push_workspace_sync(&self, id: &str, source: &Path, dest: &str) -> Result<SyncResult> {
+        workspace::sync_push(self, id, source, dest)
+    }
+    pub fn export_workspace(
+        &self,
+        id: &str,
+        path: &str,
+        output: &Path,
+        force: bool,
+    ) -> Result<ExportResult> {
+        workspace::export(self, id, path, output, force)
+    }
+    pub fn list_workspace_files(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<FileListResult> {
+        workspace::file_list(self, id, path, recursive)
+    }
+    pub fn read_workspace_file(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<FileReadResult> {
+        workspace::file_read(self, id, path, max_bytes)
+    }
+    pub fn write_workspace_file(
+        &self,
+        id: &str,
+        path: &str,
+        text: &str,
+    ) -> Result<FileWriteResult> {
+        workspace::file_write(self, id, path, text)
+    }
+    pub fn create_snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo> {
+        workspace::snapshot_create(self, id, name)
+    }
+    pub fn list_snapshots(&self, id: &str) -> Result<SnapshotList> {
+        workspace::snapshot_list(self, id)
+    }
+    pub fn delete_snapshot(&self, id: &str, name: &str) -> Result<Deleted> {
+        workspace::snapshot_delete(self, id, name)
+    }
+    /// Rolls the whole disk back to `snapshot` (`baseline` by default).
+    pub fn reset_workspace(
+        &self,
+        id: &str,
+        snapshot: &str,
+        progress: &dyn Progress,
+    ) -> Result<ResetResult> {
+        workspace::reset(self, id, snapshot, progress)
     }
 }
 

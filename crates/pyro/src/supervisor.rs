@@ -39,8 +39,14 @@ pub enum ControlRequest {
         owner: bool,
     },
     Status,
-    /// Stop the VM and remove it; answered once it is gone.
+    /// Stop the VM (and remove a one-shot VM); answered once it is done.
     Delete,
+    /// Run a QMP command (e.g. an internal disk snapshot).
+    Qmp {
+        command: String,
+        #[serde(default)]
+        arguments: serde_json::Value,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,6 +55,7 @@ pub enum ControlResponse {
     Attached { vm_id: String, generation: u32 },
     Status(SupervisorStatus),
     Deleted,
+    Qmp { result: serde_json::Value },
     Error { message: String },
 }
 
@@ -99,6 +106,30 @@ struct Supervisor {
     qemu_exited: Mutex<bool>,
     qemu_exited_cv: Condvar,
     tearing_down: AtomicBool,
+    /// When a client last asked anything (ms since the Unix epoch).
+    last_activity: AtomicU64,
+    qmp: Mutex<Option<Qmp>>,
+}
+
+impl Supervisor {
+    fn qmp(
+        &self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let mut slot = self.qmp.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(
+                Qmp::connect(&self.dir.qmp_socket(), Duration::from_secs(30))
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let result = slot.as_mut().unwrap().execute(command, arguments);
+        if result.is_err() {
+            *slot = None;
+        }
+        result.map_err(|e| e.to_string())
+    }
 }
 
 /// Entry point of `pyro __supervise DIR`. Never returns.
@@ -162,6 +193,8 @@ pub fn main(dir: &Path) -> ! {
         qemu_exited: Mutex::new(false),
         qemu_exited_cv: Condvar::new(),
         tearing_down: AtomicBool::new(false),
+        last_activity: AtomicU64::new(host::now_unix_ms()),
+        qmp: Mutex::new(None),
     });
 
     // Activation gives the booted guest its identity.
@@ -196,10 +229,20 @@ pub fn main(dir: &Path) -> ! {
     }
     {
         let sup = sup.clone();
-        let ttl = Duration::from_secs(record.ttl_seconds);
-        std::thread::spawn(move || {
-            std::thread::sleep(ttl);
-            teardown(&sup, "ttl expired", None);
+        let ttl_ms = record.ttl_seconds * 1000;
+        let idle = record.idle_timeout;
+        std::thread::spawn(move || loop {
+            let since = if idle {
+                sup.last_activity.load(Ordering::SeqCst)
+            } else {
+                sup.record.created_at_unix_ms
+            };
+            let now = host::now_unix_ms();
+            if now >= since + ttl_ms {
+                teardown(&sup, "ttl_expired", None);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis((since + ttl_ms - now).min(60_000)));
         });
     }
 
@@ -412,6 +455,8 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
             Ok(Some(f)) => f,
             _ => break,
         };
+        sup.last_activity
+            .store(host::now_unix_ms(), Ordering::SeqCst);
         if frame.stream == CONTROL_STREAM {
             let reply = match serde_json::from_slice::<ControlRequest>(&frame.body) {
                 Ok(ControlRequest::Attach { owner: o }) => {
@@ -427,13 +472,21 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
                     supervisor_pid: std::process::id() as i32,
                     clients: sup.clients.load(Ordering::SeqCst),
                     streams_in_flight: sup.routes.lock().unwrap().len(),
-                    run_state: Qmp::connect(&sup.dir.qmp_socket(), Duration::from_secs(2))
-                        .and_then(|mut q| q.status())
-                        .unwrap_or_else(|e| format!("unknown ({e})")),
+                    run_state: sup
+                        .qmp("query-status", serde_json::json!({}))
+                        .ok()
+                        .and_then(|r| r.get("status").and_then(|s| s.as_str()).map(str::to_owned))
+                        .unwrap_or_else(|| "unknown".into()),
                 }),
                 Ok(ControlRequest::Delete) => {
-                    teardown(&sup, "deleted", Some(&client));
+                    teardown(&sup, "stopped", Some(&client));
                     return;
+                }
+                Ok(ControlRequest::Qmp { command, arguments }) => {
+                    match sup.qmp(&command, arguments) {
+                        Ok(result) => ControlResponse::Qmp { result },
+                        Err(message) => ControlResponse::Error { message },
+                    }
                 }
                 Err(e) => ControlResponse::Error {
                     message: format!("bad control request: {e}"),
@@ -570,9 +623,7 @@ fn teardown(sup: &Supervisor, why: &str, requester: Option<&Arc<Client>>) {
                 .unwrap();
             if !*exited {
                 drop(exited);
-                if let Ok(mut q) = Qmp::connect(&sup.dir.qmp_socket(), Duration::from_secs(2)) {
-                    let _ = q.quit();
-                }
+                let _ = sup.qmp("quit", serde_json::json!({}));
             }
         }
         // One-shot VMs' disks are thrown away: no need to be gentle.
@@ -585,6 +636,11 @@ fn teardown(sup: &Supervisor, why: &str, requester: Option<&Arc<Client>>) {
     if sup.record.ephemeral {
         let _ = fs::remove_dir_all(&sup.dir.path);
     } else {
+        let exit = crate::vm::VmExit {
+            reason: why.to_string(),
+            at_unix_ms: host::now_unix_ms(),
+        };
+        let _ = host::write_atomic(&sup.dir.exit_record(), &serde_json::to_vec(&exit).unwrap());
         let _ = fs::remove_file(sup.dir.control_socket());
         let _ = fs::remove_file(sup.dir.supervisor_pid());
     }

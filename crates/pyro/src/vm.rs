@@ -30,10 +30,20 @@ pub struct VmRecord {
     pub hostname: String,
     /// Delete everything when the VM ends (one-shot runs).
     pub ephemeral: bool,
-    /// The VM is torn down this long after it became ready.
+    /// The VM is torn down this long after it became ready, or, with
+    /// `idle_timeout`, after the last request of any client.
     pub ttl_seconds: u64,
+    #[serde(default)]
+    pub idle_timeout: bool,
     pub created_at_unix_ms: u64,
     pub spec: VmSpec,
+}
+
+/// How a persistent VM ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmExit {
+    pub reason: String,
+    pub at_unix_ms: u64,
 }
 
 /// The supervisor's one-line readiness report.
@@ -104,6 +114,14 @@ impl VmDir {
     pub fn supervisor_pid(&self) -> PathBuf {
         self.path.join("supervisor.pid")
     }
+    /// Why a persistent VM's supervisor ended (written as it exits).
+    pub fn exit_record(&self) -> PathBuf {
+        self.path.join("exit.json")
+    }
+
+    pub fn read_exit(&self) -> Option<VmExit> {
+        serde_json::from_slice(&fs::read(self.exit_record()).ok()?).ok()
+    }
 
     pub fn read_record(&self) -> Result<VmRecord> {
         let bytes = fs::read(self.record()).ctx(|| format!("read {}", self.record().display()))?;
@@ -147,6 +165,7 @@ pub fn new_record(
         hostname: format!("pyro-{}", &id[..8.min(id.len())]),
         ephemeral,
         ttl_seconds,
+        idle_timeout: !ephemeral,
         created_at_unix_ms: host::now_unix_ms(),
         spec,
     }
@@ -156,13 +175,25 @@ pub fn new_record(
 /// top of `base_image`.
 pub fn create(dir: &VmDir, record: &VmRecord, base_image: &Path) -> Result<()> {
     fs::create_dir_all(&dir.path).ctx(|| format!("create {}", dir.path.display()))?;
+    create_overlay(base_image, &record.spec.disk)?;
+    write_record(dir, record)
+}
+
+pub fn write_record(dir: &VmDir, record: &VmRecord) -> Result<()> {
+    fs::create_dir_all(&dir.path).ctx(|| format!("create {}", dir.path.display()))?;
+    let _ = fs::remove_file(dir.exit_record());
+    host::write_atomic(&dir.record(), &serde_json::to_vec_pretty(record).unwrap())
+}
+
+/// A qcow2 disk whose unwritten blocks read from the (read-only) base.
+pub fn create_overlay(base_image: &Path, disk: &Path) -> Result<()> {
     host::tool(
         Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
             .arg(base_image)
-            .arg(dir.disk()),
-    )?;
-    host::write_atomic(&dir.record(), &serde_json::to_vec_pretty(record).unwrap())
+            .arg(disk),
+    )
+    .map(|_| ())
 }
 
 /// Starts the supervisor for `dir` and waits for its readiness report.

@@ -1,0 +1,439 @@
+//! File operations on `/workspace`: archives in and out, listings, reads.
+//! Every path is confined to the workspace: a symlink that leads outside
+//! it is refused, never followed.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc::Receiver;
+
+use pyro_protocol::{ArtifactType, FileEntry, Frame, Kind, Message, PutArchive, WORKSPACE_ROOT};
+
+use crate::Link;
+
+type Result<T> = std::result::Result<T, String>;
+
+fn err(context: &str, e: impl std::fmt::Display) -> String {
+    format!("{context}: {e}")
+}
+
+/// A normalized absolute path under the workspace root, or an error.
+fn lexically_confined(path: &str) -> Result<PathBuf> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(format!("{path}: not an absolute path"));
+    }
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("{path}: `..` is not allowed"))
+            }
+        }
+    }
+    if !out.starts_with(WORKSPACE_ROOT) {
+        return Err(format!("{path}: outside {WORKSPACE_ROOT}"));
+    }
+    Ok(out)
+}
+
+/// Confines `path` and checks that no symlink on the way to it leaves the
+/// workspace. With `follow_last`, the last component is resolved too.
+pub fn confine(path: &str, follow_last: bool) -> Result<PathBuf> {
+    let p = lexically_confined(path)?;
+    let root = fs::canonicalize(WORKSPACE_ROOT).map_err(|e| err(WORKSPACE_ROOT, e))?;
+    let check = |q: &Path| -> Result<()> {
+        match fs::canonicalize(q) {
+            Ok(real) if real.starts_with(&root) => Ok(()),
+            Ok(real) => Err(format!(
+                "{path}: a symlink leads outside {WORKSPACE_ROOT} (to {})",
+                real.display()
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(format!("{path}: no such file or directory"))
+            }
+            Err(e) => Err(err(path, e)),
+        }
+    };
+    if follow_last {
+        check(&p)?;
+    } else if let Some(parent) = p.parent() {
+        if p != root {
+            check(parent)?;
+            fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
+        }
+    }
+    Ok(p)
+}
+
+/// Creates a directory (and its parents) under the workspace, checking the
+/// deepest existing ancestor first, so nothing is ever created through a
+/// symlink that leads outside.
+fn create_confined_dir(p: &Path) -> Result<()> {
+    let mut existing = p;
+    while fs::symlink_metadata(existing).is_err() {
+        existing = existing
+            .parent()
+            .ok_or_else(|| format!("{}: no parent", p.display()))?;
+    }
+    confine(&existing.to_string_lossy(), true)?;
+    fs::create_dir_all(p).map_err(|e| err(&p.to_string_lossy(), e))?;
+    confine(&p.to_string_lossy(), true).map(|_| ())
+}
+
+fn artifact_type(m: &fs::Metadata) -> ArtifactType {
+    let t = m.file_type();
+    if t.is_symlink() {
+        ArtifactType::Symlink
+    } else if t.is_dir() {
+        ArtifactType::Directory
+    } else if t.is_file() {
+        ArtifactType::File
+    } else {
+        ArtifactType::Other
+    }
+}
+
+/// Reads input frames of one stream as a byte stream.
+pub struct InputReader {
+    rx: Receiver<Option<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl InputReader {
+    pub fn new(rx: Receiver<Option<Vec<u8>>>) -> InputReader {
+        InputReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+
+    /// Consumes what is left, so the sender never blocks on us.
+    fn drain(&mut self) {
+        while !self.done {
+            match self.rx.recv() {
+                Ok(Some(_)) => {}
+                _ => self.done = true,
+            }
+        }
+    }
+}
+
+impl Read for InputReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Some(c)) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Ok(None) => self.done = true,
+                Err(_) => return Err(io::Error::other("input cancelled")),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+pub fn put_archive(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
+    let result = if req.atomic {
+        put_atomic(req, input)
+    } else {
+        put_direct(req, input)
+    };
+    input.drain();
+    result
+}
+
+fn put_direct(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
+    let dest = lexically_confined(&req.dest)?;
+    create_confined_dir(&dest)?;
+    let mut archive = tar::Archive::new(input);
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(true);
+    let (mut count, mut bytes) = (0, 0);
+    for entry in archive.entries().map_err(|e| err("archive", e))? {
+        let mut entry = entry.map_err(|e| err("archive", e))?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+            return Err(format!(
+                "archive entry {}: only files, directories and symlinks are accepted",
+                entry
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ));
+        }
+        bytes += entry.header().size().unwrap_or(0);
+        let name = entry
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if !entry.unpack_in(&dest).map_err(|e| err(&name, e))? {
+            return Err(format!("archive entry {name}: outside the destination"));
+        }
+        count += 1;
+    }
+    remove_paths(&req.remove)?;
+    Ok((count, bytes))
+}
+
+/// Every entry is written to a temporary file beside its target first;
+/// only when all were written (and every path to remove was checked) are
+/// they renamed into place.
+fn put_atomic(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
+    let dest = lexically_confined(&req.dest)?;
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let cleanup = |staged: &[(PathBuf, PathBuf)]| {
+        for (tmp, _) in staged {
+            let _ = fs::remove_file(tmp);
+        }
+    };
+    let result = (|| -> Result<(u64, u64)> {
+        let mut archive = tar::Archive::new(&mut *input);
+        let mut bytes = 0;
+        for entry in archive.entries().map_err(|e| err("archive", e))? {
+            let mut entry = entry.map_err(|e| err("archive", e))?;
+            let rel = entry.path().map_err(|e| err("archive", e))?.into_owned();
+            if !entry.header().entry_type().is_file() {
+                return Err(format!(
+                    "{}: only regular files are accepted here",
+                    rel.display()
+                ));
+            }
+            let target = lexically_confined(&dest.join(&rel).to_string_lossy())?;
+            let parent = target.parent().unwrap().to_path_buf();
+            create_confined_dir(&parent)?;
+            if let Ok(m) = fs::symlink_metadata(&target) {
+                if !m.is_file() {
+                    return Err(format!(
+                        "{}: exists and is not a regular file",
+                        target.display()
+                    ));
+                }
+            }
+            let tmp = parent.join(format!(
+                ".pyro-tmp-{}-{}",
+                target.file_name().unwrap().to_string_lossy(),
+                staged.len()
+            ));
+            let mode = entry.header().mode().unwrap_or(0o644);
+            let mut out = fs::File::create(&tmp).map_err(|e| err(&tmp.to_string_lossy(), e))?;
+            staged.push((tmp.clone(), target));
+            bytes += io::copy(&mut entry, &mut out).map_err(|e| err("write", e))?;
+            out.sync_all().map_err(|e| err("sync", e))?;
+            let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(mode & 0o7777));
+        }
+        for path in &req.remove {
+            let p = confine(path, false)?;
+            let m = fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
+            if m.is_dir() {
+                return Err(format!("{path}: is a directory"));
+            }
+        }
+        Ok((staged.len() as u64, bytes))
+    })();
+    match result {
+        Ok(counts) => {
+            for (tmp, target) in &staged {
+                fs::rename(tmp, target).map_err(|e| err(&target.to_string_lossy(), e))?;
+            }
+            remove_paths(&req.remove)?;
+            Ok(counts)
+        }
+        Err(e) => {
+            cleanup(&staged);
+            Err(e)
+        }
+    }
+}
+
+fn remove_paths(paths: &[String]) -> Result<()> {
+    for path in paths {
+        let p = confine(path, false)?;
+        let m = fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
+        if m.is_dir() {
+            return Err(format!("{path}: is a directory"));
+        }
+        fs::remove_file(&p).map_err(|e| err(path, e))?;
+    }
+    Ok(())
+}
+
+/// Sends output as `stdout` frames in 64 KiB pieces.
+pub struct FrameWriter<'a> {
+    pub link: &'a Link,
+    pub stream: u32,
+    pub buf: Vec<u8>,
+}
+
+impl Write for FrameWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let body = std::mem::take(&mut self.buf);
+            self.link
+                .send(&Frame::data(self.stream, Kind::Stdout, body));
+        }
+        Ok(())
+    }
+}
+
+pub fn get_archive(path: &str, out: &mut FrameWriter) -> Result<Message> {
+    let p = confine(path, false)?;
+    let meta = fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
+    let kind = artifact_type(&meta);
+    let mut builder = tar::Builder::new(&mut *out);
+    builder.follow_symlinks(false);
+    let (mut count, mut bytes) = (0u64, 0u64);
+    match kind {
+        ArtifactType::Directory => {
+            append_children(&mut builder, &p, Path::new(""), &mut count, &mut bytes)?
+        }
+        ArtifactType::File | ArtifactType::Symlink => {
+            builder
+                .append_path_with_name(&p, p.file_name().unwrap())
+                .map_err(|e| err(path, e))?;
+            count = 1;
+            bytes = if kind == ArtifactType::File {
+                meta.len()
+            } else {
+                0
+            };
+        }
+        ArtifactType::Other => return Err(format!("{path}: not a file, directory or symlink")),
+    }
+    builder.finish().map_err(|e| err("archive", e))?;
+    drop(builder);
+    out.flush().map_err(|e| err("send", e))?;
+    Ok(Message::ArchiveSent {
+        artifact_type: kind,
+        entry_count: count,
+        bytes_written: bytes,
+    })
+}
+
+fn sorted_children(dir: &Path) -> Result<Vec<fs::DirEntry>> {
+    let mut children: Vec<_> = fs::read_dir(dir)
+        .map_err(|e| err(&dir.to_string_lossy(), e))?
+        .flatten()
+        .collect();
+    children.sort_by_key(|e| e.file_name());
+    Ok(children)
+}
+
+fn append_children<W: Write>(
+    builder: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+    count: &mut u64,
+    bytes: &mut u64,
+) -> Result<()> {
+    for child in sorted_children(dir)? {
+        let path = child.path();
+        let name = rel.join(child.file_name());
+        let meta = fs::symlink_metadata(&path).map_err(|e| err(&path.to_string_lossy(), e))?;
+        match artifact_type(&meta) {
+            ArtifactType::Other => continue, // sockets, fifos, devices
+            ArtifactType::Directory => {
+                builder
+                    .append_path_with_name(&path, &name)
+                    .map_err(|e| err(&path.to_string_lossy(), e))?;
+                *count += 1;
+                append_children(builder, &path, &name, count, bytes)?;
+            }
+            kind => {
+                builder
+                    .append_path_with_name(&path, &name)
+                    .map_err(|e| err(&path.to_string_lossy(), e))?;
+                *count += 1;
+                if kind == ArtifactType::File {
+                    *bytes += meta.len();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn list_files(path: &str, recursive: bool) -> Result<Message> {
+    let p = confine(path, false)?;
+    let meta = fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
+    let kind = artifact_type(&meta);
+    let mut entries = Vec::new();
+    if kind == ArtifactType::Directory {
+        list_into(&p, recursive, &mut entries)?;
+    } else {
+        entries.push(entry_for(&p, &meta));
+    }
+    Ok(Message::FileList {
+        path: p.display().to_string(),
+        artifact_type: kind,
+        entries,
+    })
+}
+
+fn entry_for(path: &Path, meta: &fs::Metadata) -> FileEntry {
+    let kind = artifact_type(meta);
+    FileEntry {
+        path: path.display().to_string(),
+        artifact_type: kind,
+        size_bytes: if kind == ArtifactType::File {
+            meta.size()
+        } else {
+            0
+        },
+        link_target: (kind == ArtifactType::Symlink)
+            .then(|| fs::read_link(path).ok().map(|t| t.display().to_string()))
+            .flatten(),
+    }
+}
+
+fn list_into(dir: &Path, recursive: bool, out: &mut Vec<FileEntry>) -> Result<()> {
+    for child in sorted_children(dir)? {
+        let path = child.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        out.push(entry_for(&path, &meta));
+        if recursive && meta.is_dir() {
+            list_into(&path, true, out)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn read_file(path: &str, max_bytes: u64, out: &mut FrameWriter) -> Result<Message> {
+    let p = confine(path, true)?;
+    let meta = fs::metadata(&p).map_err(|e| err(path, e))?;
+    if !meta.is_file() {
+        return Err(format!("{path}: not a regular file"));
+    }
+    let file = fs::File::open(&p).map_err(|e| err(path, e))?;
+    let copied = io::copy(&mut file.take(max_bytes), out).map_err(|e| err(path, e))?;
+    out.flush().map_err(|e| err("send", e))?;
+    Ok(Message::FileRead {
+        size_bytes: meta.len(),
+        truncated: copied < meta.len(),
+    })
+}

@@ -1,0 +1,556 @@
+//! `pyro workspace ...`: each subcommand is one façade call and a render.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use pyro::{CreateWorkspace, Pyro, UpdateWorkspace, WorkspaceInfo};
+
+use crate::render;
+
+#[derive(Subcommand)]
+pub enum WorkspaceCommand {
+    /// Create a workspace and boot it; optionally seed /workspace.
+    Create(CreateArgs),
+    /// List workspaces, most recently active first.
+    List(JsonArg),
+    /// Change a workspace's name or labels.
+    Update(UpdateArgs),
+    /// Show a workspace.
+    Status(IdArgs),
+    /// Show the command history.
+    Logs(IdArgs),
+    /// Stop the VM; disk, baseline and snapshots stay.
+    Stop(IdArgs),
+    /// Boot a stopped workspace again.
+    Start(IdArgs),
+    /// Delete a workspace and everything in it.
+    Delete(IdArgs),
+    /// Run a command in /workspace; exits with its exit code.
+    Exec(ExecArgs),
+    /// Copy files from the host into the workspace.
+    #[command(subcommand)]
+    Sync(SyncCommand),
+    /// Copy a file, directory or symlink out of the workspace.
+    Export(ExportArgs),
+    /// Files in /workspace.
+    #[command(subcommand)]
+    File(FileCommand),
+    /// Whole-disk checkpoints.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Roll the whole disk back to a snapshot (default: the create-time baseline).
+    Reset(ResetArgs),
+}
+
+#[derive(Args)]
+pub struct JsonArg {
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct IdArgs {
+    workspace_id: String,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.into(), v.into())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    environment: String,
+    #[arg(long, default_value_t = 1)]
+    vcpu_count: u32,
+    #[arg(long, default_value_t = 1024)]
+    mem_mib: u32,
+    /// Stop (never delete) the workspace after this long without activity.
+    #[arg(long, default_value_t = 600)]
+    ttl_seconds: u64,
+    #[arg(long, default_value = "off")]
+    network_policy: String,
+    /// A directory, .tar, .tar.gz or .tgz to copy into /workspace.
+    #[arg(long)]
+    seed_path: Option<PathBuf>,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Print only the workspace id.
+    #[arg(long, conflicts_with = "json")]
+    id_only: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    workspace_id: String,
+    #[arg(long, conflicts_with = "clear_name")]
+    name: Option<String>,
+    #[arg(long)]
+    clear_name: bool,
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    #[arg(long = "clear-label")]
+    clear_labels: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    workspace_id: String,
+    #[arg(long, default_value_t = 30)]
+    timeout_seconds: u64,
+    #[arg(long)]
+    json: bool,
+    /// One argument: a shell command string; several: an argv.
+    #[arg(last = true, required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum SyncCommand {
+    /// Copy a directory or archive into the workspace (overwrites, never deletes).
+    Push {
+        workspace_id: String,
+        source: PathBuf,
+        #[arg(long, default_value = "/workspace")]
+        dest: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    workspace_id: String,
+    path: String,
+    #[arg(long)]
+    output: PathBuf,
+    /// Overwrite OUTPUT if it exists.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum FileCommand {
+    List {
+        workspace_id: String,
+        #[arg(default_value = "/workspace")]
+        path: String,
+        #[arg(long)]
+        recursive: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Read {
+        workspace_id: String,
+        path: String,
+        #[arg(long, default_value_t = 65536)]
+        max_bytes: u64,
+        /// Print only the content.
+        #[arg(long, conflicts_with = "json")]
+        content_only: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Write {
+        workspace_id: String,
+        path: String,
+        #[arg(
+            long,
+            required_unless_present = "text_file",
+            conflicts_with = "text_file"
+        )]
+        text: Option<String>,
+        /// Read the text from this (UTF-8) file.
+        #[arg(long)]
+        text_file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    Create {
+        workspace_id: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    List(IdArgs),
+    Delete {
+        workspace_id: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct ResetArgs {
+    workspace_id: String,
+    #[arg(long, default_value = "baseline")]
+    snapshot: String,
+    #[arg(long)]
+    json: bool,
+}
+
+impl WorkspaceCommand {
+    pub fn json(&self) -> bool {
+        use WorkspaceCommand::*;
+        match self {
+            Create(a) => a.json,
+            List(a) => a.json,
+            Update(a) => a.json,
+            Status(a) | Logs(a) | Stop(a) | Start(a) | Delete(a) => a.json,
+            Exec(a) => a.json,
+            Sync(SyncCommand::Push { json, .. }) => *json,
+            Export(a) => a.json,
+            File(
+                FileCommand::List { json, .. }
+                | FileCommand::Read { json, .. }
+                | FileCommand::Write { json, .. },
+            ) => *json,
+            Snapshot(
+                SnapshotCommand::Create { json, .. } | SnapshotCommand::Delete { json, .. },
+            ) => *json,
+            Snapshot(SnapshotCommand::List(a)) => a.json,
+            Reset(a) => a.json,
+        }
+    }
+}
+
+fn summary(w: &WorkspaceInfo) {
+    println!("Workspace ID: {}", w.workspace_id);
+    println!("Name: {}", w.name.as_deref().unwrap_or("-"));
+    let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "Labels: {}",
+        if labels.is_empty() {
+            "-".into()
+        } else {
+            labels.join(", ")
+        }
+    );
+    println!("Environment: {}", w.environment);
+    let state = serde_json::to_value(w.state).unwrap();
+    match &w.stop_reason {
+        Some(reason) => println!("State: {} ({reason})", state.as_str().unwrap_or("")),
+        None => println!("State: {}", state.as_str().unwrap_or("")),
+    }
+    if let Some(e) = &w.last_error {
+        println!("Last error: {e}");
+    }
+    println!("Workspace: {}", w.workspace_path);
+    println!("Last activity at: {}", w.last_activity_at);
+    if let Some(t) = w.expires_at {
+        println!("Expires at: {t} (idle timeout {}s)", w.ttl_seconds);
+    }
+    println!("Network policy: {}", w.network_policy);
+    let seed = &w.workspace_seed;
+    println!(
+        "Workspace seed: {}{}",
+        serde_json::to_value(seed.mode)
+            .unwrap()
+            .as_str()
+            .unwrap_or(""),
+        seed.seed_path
+            .as_ref()
+            .map(|p| format!(" from {p}"))
+            .unwrap_or_default()
+    );
+    println!("Execution mode: {}", render::mode(w.execution_mode));
+    println!("Resources: {} vCPU / {} MiB", w.vcpu_count, w.mem_mib);
+    println!("Command count: {}", w.command_count);
+    println!("Reset count: {}", w.reset_count);
+    println!("Snapshots: {}", w.snapshot_count);
+    if let Some(c) = &w.last_command {
+        println!("Last command: {} (exit_code={})", c.command, c.exit_code);
+    }
+}
+
+fn show<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce(&T),
+) -> anyhow::Result<ExitCode> {
+    if json {
+        render::json(value)?;
+    } else {
+        human(value);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_utf8(path: &PathBuf, what: &str) -> anyhow::Result<String> {
+    if path.is_dir() {
+        bail!("{what} {} is a directory", path.display());
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("read {what} {}", path.display()))?;
+    String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{what} {} is not UTF-8 text", path.display()))
+}
+
+pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> {
+    use WorkspaceCommand::*;
+    match cmd {
+        Create(a) => {
+            let params = CreateWorkspace {
+                environment: a.environment,
+                vcpu_count: Some(a.vcpu_count),
+                mem_mib: Some(a.mem_mib),
+                ttl_seconds: Some(a.ttl_seconds),
+                network_policy: Some(a.network_policy),
+                seed_path: a.seed_path,
+                name: a.name,
+                labels: a.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            };
+            let w = pyro.create_workspace(&params, &render::Phases::new())?;
+            if a.id_only {
+                println!("{}", w.workspace_id);
+                return Ok(ExitCode::SUCCESS);
+            }
+            show(a.json, &w, summary)
+        }
+        List(a) => show(a.json, &pyro.list_workspaces()?, |l| {
+            for w in &l.workspaces {
+                let labels: Vec<String> =
+                    w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "[workspace] workspace_id={} name={:?} state={} environment={} labels={} last_activity_at={} expires_at={} commands={}",
+                    w.workspace_id,
+                    w.name.clone().unwrap_or_default(),
+                    serde_json::to_value(w.state).unwrap().as_str().unwrap_or(""),
+                    w.environment,
+                    labels.join(","),
+                    w.last_activity_at,
+                    w.expires_at.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    w.command_count
+                );
+            }
+        }),
+        Update(a) => {
+            let u = UpdateWorkspace {
+                name: a.name,
+                clear_name: a.clear_name,
+                labels: a.labels.into_iter().collect(),
+                clear_labels: a.clear_labels,
+            };
+            show(
+                a.json,
+                &pyro.update_workspace(&a.workspace_id, &u)?,
+                summary,
+            )
+        }
+        Status(a) => show(a.json, &pyro.status_workspace(&a.workspace_id)?, summary),
+        Logs(a) => show(a.json, &pyro.logs_workspace(&a.workspace_id)?, |l| {
+            for e in &l.entries {
+                println!(
+                    "[{}] exit_code={} duration_ms={} $ {}",
+                    e.sequence, e.exit_code, e.duration_ms, e.command
+                );
+                print!("{}", e.stdout);
+                eprint!("{}", e.stderr);
+            }
+        }),
+        Stop(a) => show(a.json, &pyro.stop_workspace(&a.workspace_id)?, summary),
+        Start(a) => show(
+            a.json,
+            &pyro.start_workspace(&a.workspace_id, &render::Phases::new())?,
+            summary,
+        ),
+        Delete(a) => show(a.json, &pyro.delete_workspace(&a.workspace_id)?, |d| {
+            println!("Deleted workspace: {}", d.workspace_id)
+        }),
+        Exec(a) => {
+            let e = if a.json {
+                let e = pyro.exec_workspace(
+                    &a.workspace_id,
+                    &a.command,
+                    a.timeout_seconds,
+                    &mut render::Discard,
+                )?;
+                render::json(&e)?;
+                e
+            } else {
+                let e = pyro.exec_workspace(
+                    &a.workspace_id,
+                    &a.command,
+                    a.timeout_seconds,
+                    &mut render::Stream,
+                )?;
+                let _ = std::io::stdout().flush();
+                eprintln!(
+                    "[workspace-exec] workspace_id={} sequence={} cwd={} execution_mode={} exit_code={} duration_ms={}",
+                    e.workspace_id,
+                    e.sequence,
+                    e.cwd,
+                    render::mode(e.execution_mode),
+                    e.exit_code,
+                    e.duration_ms
+                );
+                e
+            };
+            Ok(ExitCode::from(e.exit_code.clamp(0, 255) as u8))
+        }
+        Sync(SyncCommand::Push {
+            workspace_id,
+            source,
+            dest,
+            json,
+        }) => show(
+            json,
+            &pyro.push_workspace_sync(&workspace_id, &source, &dest)?,
+            |r| {
+                let s = &r.workspace_sync;
+                println!(
+                "[workspace-sync] workspace_id={} mode={} source={} destination={} entry_count={} bytes_written={}",
+                r.workspace_id,
+                serde_json::to_value(s.mode).unwrap().as_str().unwrap_or(""),
+                s.source_path,
+                s.destination,
+                s.entry_count,
+                s.bytes_written
+            )
+            },
+        ),
+        Export(a) => show(
+            a.json,
+            &pyro.export_workspace(&a.workspace_id, &a.path, &a.output, a.force)?,
+            |r| {
+                println!(
+                    "[workspace-export] workspace_id={} workspace_path={} output_path={} artifact_type={} entry_count={} bytes_written={}",
+                    r.workspace_id,
+                    r.workspace_path,
+                    r.output_path,
+                    serde_json::to_value(r.artifact_type).unwrap().as_str().unwrap_or(""),
+                    r.entry_count,
+                    r.bytes_written
+                )
+            },
+        ),
+        File(FileCommand::List {
+            workspace_id,
+            path,
+            recursive,
+            json,
+        }) => show(
+            json,
+            &pyro.list_workspace_files(&workspace_id, &path, recursive)?,
+            |r| {
+                for e in &r.entries {
+                    let kind = serde_json::to_value(e.artifact_type).unwrap();
+                    match &e.link_target {
+                        Some(t) => println!("{} {} -> {t}", kind.as_str().unwrap_or(""), e.path),
+                        None => println!(
+                            "{} {} {}",
+                            kind.as_str().unwrap_or(""),
+                            e.path,
+                            e.size_bytes
+                        ),
+                    }
+                }
+            },
+        ),
+        File(FileCommand::Read {
+            workspace_id,
+            path,
+            max_bytes,
+            content_only,
+            json,
+        }) => {
+            let r = pyro.read_workspace_file(&workspace_id, &path, max_bytes)?;
+            if json {
+                render::json(&r)?;
+            } else {
+                print!("{}", r.content);
+                if !content_only {
+                    if !r.content.ends_with('\n') {
+                        println!();
+                    }
+                    eprintln!(
+                        "[workspace-file-read] workspace_id={} path={} size_bytes={} truncated={}",
+                        r.workspace_id,
+                        r.path,
+                        r.size_bytes,
+                        if r.truncated { "yes" } else { "no" }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        File(FileCommand::Write {
+            workspace_id,
+            path,
+            text,
+            text_file,
+            json,
+        }) => {
+            let text = match (text, text_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => read_utf8(&f, "text file")?,
+                (None, None) => bail!("--text or --text-file is required"),
+            };
+            show(
+                json,
+                &pyro.write_workspace_file(&workspace_id, &path, &text)?,
+                |r| {
+                    println!(
+                        "[workspace-file-write] workspace_id={} path={} bytes_written={}",
+                        r.workspace_id, r.path, r.bytes_written
+                    )
+                },
+            )
+        }
+        Snapshot(SnapshotCommand::Create {
+            workspace_id,
+            name,
+            json,
+        }) => show(json, &pyro.create_snapshot(&workspace_id, &name)?, |s| {
+            println!("Created snapshot: {}", s.snapshot_name)
+        }),
+        Snapshot(SnapshotCommand::List(a)) => {
+            show(a.json, &pyro.list_snapshots(&a.workspace_id)?, |l| {
+                for s in &l.snapshots {
+                    println!(
+                        "{} ({}) created_at={}",
+                        s.snapshot_name, s.kind, s.created_at
+                    );
+                }
+            })
+        }
+        Snapshot(SnapshotCommand::Delete {
+            workspace_id,
+            name,
+            json,
+        }) => show(json, &pyro.delete_snapshot(&workspace_id, &name)?, |_| {
+            println!("Deleted snapshot: {name}")
+        }),
+        Reset(a) => show(
+            a.json,
+            &pyro.reset_workspace(&a.workspace_id, &a.snapshot, &render::Phases::new())?,
+            |r| {
+                summary(&r.workspace);
+                println!(
+                    "Reset source: {} ({})",
+                    r.workspace_reset.snapshot_name, r.workspace_reset.kind
+                );
+            },
+        ),
+    }
+}
