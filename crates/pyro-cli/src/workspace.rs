@@ -44,6 +44,65 @@ pub enum WorkspaceCommand {
     Snapshot(SnapshotCommand),
     /// Roll the whole disk back to a snapshot (default: the create-time baseline).
     Reset(ResetArgs),
+    /// Compare /workspace with its create-time baseline.
+    Diff(IdArgs),
+    /// Apply a unified or git diff to /workspace (all or nothing).
+    #[command(subcommand)]
+    Patch(PatchCommand),
+    /// Inspect a stopped workspace's disk without booting it.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+}
+
+#[derive(Subcommand)]
+pub enum PatchCommand {
+    Apply {
+        workspace_id: String,
+        #[arg(
+            long,
+            required_unless_present = "patch_file",
+            conflicts_with = "patch_file"
+        )]
+        patch: Option<String>,
+        /// Read the patch from this (UTF-8) file.
+        #[arg(long)]
+        patch_file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DiskCommand {
+    /// Write the disk as a raw ext4 image.
+    Export {
+        workspace_id: String,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        workspace_id: String,
+        #[arg(default_value = "/workspace")]
+        path: String,
+        #[arg(long)]
+        recursive: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Read {
+        workspace_id: String,
+        path: String,
+        #[arg(long, default_value_t = 65536)]
+        max_bytes: u64,
+        #[arg(long, conflicts_with = "json")]
+        content_only: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -231,6 +290,13 @@ impl WorkspaceCommand {
             ) => *json,
             Snapshot(SnapshotCommand::List(a)) => a.json,
             Reset(a) => a.json,
+            Diff(a) => a.json,
+            Patch(PatchCommand::Apply { json, .. }) => *json,
+            Disk(
+                DiskCommand::Export { json, .. }
+                | DiskCommand::List { json, .. }
+                | DiskCommand::Read { json, .. },
+            ) => *json,
         }
     }
 }
@@ -541,6 +607,110 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
         }) => show(json, &pyro.delete_snapshot(&workspace_id, &name)?, |_| {
             println!("Deleted snapshot: {name}")
         }),
+        Diff(a) => show(a.json, &pyro.diff_workspace(&a.workspace_id)?, |d| {
+            let s = &d.summary;
+            if !d.changed {
+                println!("No workspace changes.");
+                return;
+            }
+            println!(
+                "[workspace-diff] workspace_id={} total={} added={} modified={} deleted={} type_changed={} text_patched={} non_text={}",
+                d.workspace_id, s.total, s.added, s.modified, s.deleted, s.type_changed, s.text_patched, s.non_text
+            );
+            for e in d.entries.iter().filter(|e| e.text_patch.is_none()) {
+                let status = serde_json::to_value(e.status).unwrap();
+                println!("{} {}", status.as_str().unwrap_or(""), e.path);
+            }
+            print!("{}", d.patch);
+        }),
+        Patch(PatchCommand::Apply {
+            workspace_id,
+            patch,
+            patch_file,
+            json,
+        }) => {
+            let text = match (patch, patch_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => read_utf8(&f, "patch file")?,
+                (None, None) => bail!("--patch or --patch-file is required"),
+            };
+            show(
+                json,
+                &pyro.apply_workspace_patch(&workspace_id, &text)?,
+                |r| {
+                    let s = &r.summary;
+                    println!(
+                    "[workspace-patch] workspace_id={} total={} added={} modified={} deleted={}",
+                    r.workspace_id, s.total, s.added, s.modified, s.deleted
+                );
+                },
+            )
+        }
+        Disk(DiskCommand::Export {
+            workspace_id,
+            output,
+            force,
+            json,
+        }) => show(
+            json,
+            &pyro.export_workspace_disk(&workspace_id, &output, force)?,
+            |r| {
+                println!(
+                "[workspace-disk-export] workspace_id={} output_path={} disk_format={} bytes_written={}",
+                r.workspace_id, r.output_path, r.disk_format, r.bytes_written
+            )
+            },
+        ),
+        Disk(DiskCommand::List {
+            workspace_id,
+            path,
+            recursive,
+            json,
+        }) => show(
+            json,
+            &pyro.list_workspace_disk(&workspace_id, &path, recursive)?,
+            |r| {
+                for e in &r.entries {
+                    let kind = serde_json::to_value(e.artifact_type).unwrap();
+                    match &e.link_target {
+                        Some(t) => println!("{} {} -> {t}", kind.as_str().unwrap_or(""), e.path),
+                        None => println!(
+                            "{} {} {}",
+                            kind.as_str().unwrap_or(""),
+                            e.path,
+                            e.size_bytes
+                        ),
+                    }
+                }
+            },
+        ),
+        Disk(DiskCommand::Read {
+            workspace_id,
+            path,
+            max_bytes,
+            content_only,
+            json,
+        }) => {
+            let r = pyro.read_workspace_disk(&workspace_id, &path, max_bytes)?;
+            if json {
+                render::json(&r)?;
+            } else {
+                print!("{}", r.content);
+                if !content_only {
+                    if !r.content.ends_with('\n') {
+                        println!();
+                    }
+                    eprintln!(
+                        "[workspace-disk-read] workspace_id={} path={} size_bytes={} truncated={}",
+                        r.workspace_id,
+                        r.path,
+                        r.size_bytes,
+                        if r.truncated { "yes" } else { "no" }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Reset(a) => show(
             a.json,
             &pyro.reset_workspace(&a.workspace_id, &a.snapshot, &render::Phases::new())?,

@@ -182,12 +182,4 @@ impl VmClient {
     pub fn stop(self) -> Result<()> {
         self.delete()
     }
-
-    /// The supervisor's view of the VM.
-    pub fn status(&mut self) -> Result<crate::supervisor::SupervisorStatus> {
-        match self.control(&ControlRequest::Status)? {
-            ControlResponse::Status(s) => Ok(s),
-            other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
-        }
-    }
 }

@@ -20,7 +20,9 @@
 
 mod archive;
 mod assets;
+mod changes;
 mod client;
+mod disk;
 mod doctor;
 mod environments;
 mod error;
@@ -36,7 +38,11 @@ mod workspace;
 
 use std::path::{Path, PathBuf};
 
+pub use changes::{
+    ChangeStatus, DiffEntry, DiffResult, DiffSummary, PatchEntry, PatchResult, PatchSummary,
+};
 pub use client::OutputSink;
+pub use disk::{DiskExport, DiskList, DiskRead};
 pub use doctor::DoctorReport;
 pub use environments::{
     CatalogEntry, EnvironmentManifest, ExportReport, PruneReport, Pruned, CATALOG, CATALOG_VERSION,
@@ -260,6 +266,32 @@ impl Pyro {
         text: &str,
     ) -> Result<FileWriteResult> {
         workspace::file_write(self, id, path, text)
+    }
+    /// Compares live `/workspace` with the create-time baseline.
+    pub fn diff_workspace(&self, id: &str) -> Result<DiffResult> {
+        changes::diff(self, id)
+    }
+    /// Applies a unified or git diff; every file is checked first, and
+    /// nothing changes unless all of it applies.
+    pub fn apply_workspace_patch(&self, id: &str, patch: &str) -> Result<PatchResult> {
+        changes::apply(self, id, patch)
+    }
+    /// Writes a stopped workspace's disk as a raw ext4 image.
+    pub fn export_workspace_disk(
+        &self,
+        id: &str,
+        output: &Path,
+        force: bool,
+    ) -> Result<DiskExport> {
+        disk::export(self, id, output, force)
+    }
+    /// Lists files on a stopped workspace's disk, without booting it.
+    pub fn list_workspace_disk(&self, id: &str, path: &str, recursive: bool) -> Result<DiskList> {
+        disk::list(self, id, path, recursive)
+    }
+    /// Reads a file from a stopped workspace's disk, without booting it.
+    pub fn read_workspace_disk(&self, id: &str, path: &str, max_bytes: u64) -> Result<DiskRead> {
+        disk::read(self, id, path, max_bytes)
     }
     pub fn create_snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo> {
         workspace::snapshot_create(self, id, name)

@@ -78,21 +78,4 @@ impl Qmp {
             return Ok(v.get("return").cloned().unwrap_or(Value::Null));
         }
     }
-
-    /// The VM's run state, e.g. `running` or `paused`.
-    pub fn status(&mut self) -> Result<String, QmpError> {
-        let r = self.execute("query-status", json!({}))?;
-        Ok(r.get("status")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_string())
-    }
-
-    pub fn quit(&mut self) -> Result<(), QmpError> {
-        match self.execute("quit", json!({})) {
-            Ok(_) | Err(QmpError::Closed) => Ok(()),
-            Err(QmpError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
 }

@@ -1,0 +1,245 @@
+//! Offline inspection of a stopped workspace's disk: `disk export` flattens
+//! the qcow2 chain into a raw ext4 image with `qemu-img convert`; `disk
+//! list` and `disk read` read such an image with `ext4-view`, a read-only
+//! ext4 reader that replays the journal in memory and is built not to panic
+//! on hostile input (the guest wrote this filesystem). Nothing is mounted
+//! and no privilege is needed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::host;
+use crate::workspace::{Workspace, MAX_FILE_BYTES};
+use crate::Pyro;
+use pyro_protocol::{ArtifactType, FileEntry, WORKSPACE_ROOT};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskExport {
+    pub workspace_id: String,
+    pub output_path: String,
+    pub disk_format: String,
+    pub bytes_written: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskList {
+    pub workspace_id: String,
+    pub path: String,
+    pub artifact_type: ArtifactType,
+    pub entries: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskRead {
+    pub workspace_id: String,
+    pub path: String,
+    pub size_bytes: u64,
+    pub max_bytes: u64,
+    pub content: String,
+    pub truncated: bool,
+}
+
+fn stopped(pyro: &Pyro, id: &str, op: &str) -> Result<Workspace> {
+    let ws = Workspace::locate(pyro, id)?;
+    if ws.running() {
+        return Err(Error::InvalidArgument(format!(
+            "workspace {id} must be stopped before {op}; run `pyro workspace stop {id}`"
+        )));
+    }
+    Ok(ws)
+}
+
+fn convert(disk: &Path, out: &Path) -> Result<()> {
+    host::tool(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-O", "raw"])
+            .arg(disk)
+            .arg(out),
+    )
+    .map(|_| ())
+}
+
+pub fn export(pyro: &Pyro, id: &str, output: &Path, force: bool) -> Result<DiskExport> {
+    let ws = stopped(pyro, id, "disk export")?;
+    if output.exists() && !force {
+        return Err(Error::InvalidArgument(format!(
+            "{} already exists; pass --force to overwrite it",
+            output.display()
+        )));
+    }
+    let tmp = output.with_file_name(format!(
+        ".{}.partial-{}",
+        output.file_name().unwrap_or_default().to_string_lossy(),
+        host::random_id(4)
+    ));
+    let result = convert(&ws.disk(), &tmp)
+        .and_then(|()| fs::rename(&tmp, output).ctx(|| format!("write {}", output.display())));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    Ok(DiskExport {
+        workspace_id: id.into(),
+        output_path: output.display().to_string(),
+        disk_format: "ext4".into(),
+        bytes_written: fs::metadata(output).map(|m| m.len()).unwrap_or(0),
+    })
+}
+
+/// A raw copy of the stopped disk, kept until the disk changes.
+fn view(ws: &Workspace) -> Result<ext4_view::Ext4> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(ws.disk()).ctx(|| "stat disk".into())?;
+    let stamp = format!("{}-{}-{}", m.len(), m.mtime(), m.mtime_nsec());
+    let raw = ws.dir.join(format!("disk-view-{stamp}.raw"));
+    if !raw.exists() {
+        for e in fs::read_dir(&ws.dir)
+            .ctx(|| "read workspace dir".into())?
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with("disk-view-") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let tmp = raw.with_extension("partial");
+        convert(&ws.disk(), &tmp)?;
+        fs::rename(&tmp, &raw).ctx(|| "install disk view".into())?;
+    }
+    ext4_view::Ext4::load_from_path(&raw)
+        .map_err(|e| Error::Guest(format!("the workspace disk is unreadable: {e}")))
+}
+
+/// Relative paths are under /workspace; absolute ones anywhere on the disk.
+fn disk_path(path: &str) -> Result<String> {
+    let p = if path.starts_with('/') {
+        PathBuf::from(path)
+    } else {
+        Path::new(WORKSPACE_ROOT).join(path)
+    };
+    if p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(Error::InvalidArgument(format!(
+            "{path}: `..` is not allowed"
+        )));
+    }
+    Ok(p.display().to_string())
+}
+
+fn kind(ft: ext4_view::FileType) -> ArtifactType {
+    if ft.is_symlink() {
+        ArtifactType::Symlink
+    } else if ft.is_dir() {
+        ArtifactType::Directory
+    } else if ft.is_regular_file() {
+        ArtifactType::File
+    } else {
+        ArtifactType::Other
+    }
+}
+
+fn not_found(path: &str, e: ext4_view::Ext4Error) -> Error {
+    Error::InvalidArgument(format!("{path}: {e}"))
+}
+
+pub fn list(pyro: &Pyro, id: &str, path: &str, recursive: bool) -> Result<DiskList> {
+    let ws = stopped(pyro, id, "disk list")?;
+    let path = disk_path(path)?;
+    let fs = view(&ws)?;
+    let meta = fs
+        .symlink_metadata(path.as_str())
+        .map_err(|e| not_found(&path, e))?;
+    let artifact_type = kind(meta.file_type());
+    let mut entries = Vec::new();
+    if artifact_type == ArtifactType::Directory {
+        walk(&fs, &path, recursive, &mut entries)?;
+    }
+    Ok(DiskList {
+        workspace_id: id.into(),
+        path,
+        artifact_type,
+        entries,
+    })
+}
+
+fn walk(fs: &ext4_view::Ext4, dir: &str, recursive: bool, out: &mut Vec<FileEntry>) -> Result<()> {
+    let mut children = Vec::new();
+    for e in fs.read_dir(dir).map_err(|e| not_found(dir, e))? {
+        let e = e.map_err(|e| not_found(dir, e))?;
+        let name = e.file_name().as_str().unwrap_or("").to_string();
+        if name == "." || name == ".." || name.is_empty() {
+            continue;
+        }
+        children.push(name);
+    }
+    children.sort();
+    for name in children {
+        let full = format!("{}/{name}", dir.trim_end_matches('/'));
+        let meta = fs
+            .symlink_metadata(full.as_str())
+            .map_err(|e| not_found(&full, e))?;
+        let t = kind(meta.file_type());
+        out.push(FileEntry {
+            path: full.clone(),
+            artifact_type: t,
+            size_bytes: if t == ArtifactType::File {
+                meta.len()
+            } else {
+                0
+            },
+            link_target: (t == ArtifactType::Symlink)
+                .then(|| {
+                    fs.read_link(full.as_str())
+                        .ok()
+                        .map(|l| l.display().to_string())
+                })
+                .flatten(),
+        });
+        if recursive && t == ArtifactType::Directory {
+            walk(fs, &full, true, out)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn read(pyro: &Pyro, id: &str, path: &str, max_bytes: u64) -> Result<DiskRead> {
+    if max_bytes == 0 || max_bytes > MAX_FILE_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "max_bytes must be 1 to {MAX_FILE_BYTES}"
+        )));
+    }
+    let ws = stopped(pyro, id, "disk read")?;
+    let path = disk_path(path)?;
+    let fs = view(&ws)?;
+    let meta = fs
+        .metadata(path.as_str())
+        .map_err(|e| not_found(&path, e))?;
+    if !meta.file_type().is_regular_file() {
+        return Err(Error::InvalidArgument(format!(
+            "{path}: not a regular file"
+        )));
+    }
+    let mut file = fs.open(path.as_str()).map_err(|e| not_found(&path, e))?;
+    let mut data = vec![0u8; max_bytes.min(meta.len()) as usize];
+    let mut got = 0;
+    while got < data.len() {
+        let n = file
+            .read_bytes(&mut data[got..])
+            .map_err(|e| not_found(&path, e))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    data.truncate(got);
+    Ok(DiskRead {
+        workspace_id: id.into(),
+        path,
+        size_bytes: meta.len(),
+        max_bytes,
+        content: String::from_utf8_lossy(&data).into_owned(),
+        truncated: (got as u64) < meta.len(),
+    })
+}
