@@ -148,6 +148,9 @@ pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: 
         }
     }
     closed.store(true, Ordering::SeqCst);
+    if req.sync_after {
+        sys::sync();
+    }
     let (mut exit_code, signal) = sys::decode_status(status.unwrap_or(0));
     if timed_out {
         exit_code = 124;

@@ -156,6 +156,8 @@ pub fn put_archive(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u6
         put_direct(req, input)
     };
     input.drain();
+    // What was written is on the disk before the host hears it was.
+    crate::sys::sync();
     result
 }
 

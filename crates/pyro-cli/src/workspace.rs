@@ -61,7 +61,8 @@ pub enum PatchCommand {
         #[arg(
             long,
             required_unless_present = "patch_file",
-            conflicts_with = "patch_file"
+            conflicts_with = "patch_file",
+            allow_hyphen_values = true
         )]
         patch: Option<String>,
         /// Read the patch from this (UTF-8) file.
@@ -232,7 +233,8 @@ pub enum FileCommand {
         #[arg(
             long,
             required_unless_present = "text_file",
-            conflicts_with = "text_file"
+            conflicts_with = "text_file",
+            allow_hyphen_values = true
         )]
         text: Option<String>,
         /// Read the text from this (UTF-8) file.

@@ -412,6 +412,10 @@ pub struct ExecRequest {
     /// Kill the command's process group after this long.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Flush the guest's filesystems to the disk before reporting the exit,
+    /// so what the command wrote survives a crash of the VM.
+    #[serde(default)]
+    pub sync_after: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -507,6 +511,7 @@ mod tests {
                 env: BTreeMap::new(),
                 cwd: None,
                 timeout_ms: None,
+                sync_after: false,
             })
         );
     }

