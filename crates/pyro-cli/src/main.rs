@@ -40,6 +40,9 @@ enum Command {
     /// Manage environments (root filesystems guests boot from).
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Serve the tools to MCP clients (LLM agents).
+    #[command(subcommand)]
+    Mcp(McpCommand),
     /// Persistent sandboxes: create, exec, files, checkpoints, stop/start.
     #[command(subcommand)]
     Workspace(workspace::WorkspaceCommand),
@@ -75,6 +78,22 @@ struct RunArgs {
     /// several are an argv.
     #[arg(last = true, required = true, num_args = 1..)]
     command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum McpCommand {
+    /// Serve MCP on stdin/stdout (or over HTTP with --http).
+    Serve {
+        /// vm-run, workspace-core (recommended) or workspace-full.
+        #[arg(long, default_value = "workspace-core")]
+        profile: pyro_mcp::Profile,
+        /// Serve streamable HTTP at ADDR (e.g. 127.0.0.1:8765) instead of stdio.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// The bearer token HTTP clients must send (default: generated and printed on stderr).
+        #[arg(long, env = "PYRO_MCP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +161,7 @@ fn main() -> ExitCode {
             | EnvCommand::Import { json, .. },
         ) => *json,
         Command::Workspace(w) => w.json(),
+        Command::Mcp(_) => false,
         Command::Supervise { .. } => false,
     };
     match dispatch(cli) {
@@ -262,6 +282,27 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Workspace(w) => workspace::dispatch(&pyro, w),
+        Command::Mcp(McpCommand::Serve {
+            profile,
+            http,
+            token,
+        }) => {
+            match http {
+                None => pyro_mcp::run_stdio(pyro, profile),
+                Some(addr) => {
+                    if !addr.ip().is_loopback() {
+                        eprintln!("[mcp] warning: {addr} is not a loopback address; anyone who can reach it and has the token controls your sandboxes");
+                    }
+                    let token = token.unwrap_or_else(pyro::random_token);
+                    pyro_mcp::run_http(pyro, profile, addr, token.clone(), |bound| {
+                        eprintln!("[mcp] serving http://{bound}/mcp");
+                        eprintln!("[mcp] token: {token}");
+                    })
+                }
+            }
+            .map_err(|e| anyhow::anyhow!("mcp server: {e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Supervise { .. } => unreachable!("handled before dispatch"),
     }
 }

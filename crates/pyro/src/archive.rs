@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 
 /// Where a source came from, as the reference names it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceMode {

@@ -42,6 +42,7 @@ pub const GUEST_MODULES: &[&str] = &[
 
 const KERNEL_MANIFEST_VERSION: u32 = 1;
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KernelManifest {
     pub format_version: u32,
@@ -57,6 +58,7 @@ pub struct KernelManifest {
 }
 
 /// Resolved, ready-to-boot assets.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct RuntimeAssets {
     pub kernel: PathBuf,

@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::archive::Artifact;
 use crate::error::{Error, Result};
 use crate::run::ExecutionMode;
-use crate::workspace::{self, Workspace, MAX_FILE_BYTES};
+use crate::workspace::{self, ArtifactType, Workspace, MAX_FILE_BYTES};
 use crate::Pyro;
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeStatus {
@@ -22,16 +23,18 @@ pub enum ChangeStatus {
     TypeChanged,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiffEntry {
     pub path: String,
     pub status: ChangeStatus,
-    pub artifact_type: pyro_protocol::ArtifactType,
+    pub artifact_type: ArtifactType,
     /// A unified diff for text files; `None` for directories, symlinks and
     /// binary files.
     pub text_patch: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DiffSummary {
     pub total: usize,
@@ -43,6 +46,7 @@ pub struct DiffSummary {
     pub non_text: usize,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiffResult {
     pub workspace_id: String,
@@ -53,11 +57,11 @@ pub struct DiffResult {
     pub patch: String,
 }
 
-fn kind(a: &Artifact) -> pyro_protocol::ArtifactType {
+fn kind(a: &Artifact) -> ArtifactType {
     match a {
-        Artifact::File(_) => pyro_protocol::ArtifactType::File,
-        Artifact::Directory => pyro_protocol::ArtifactType::Directory,
-        Artifact::Symlink(_) => pyro_protocol::ArtifactType::Symlink,
+        Artifact::File(_) => ArtifactType::File,
+        Artifact::Directory => ArtifactType::Directory,
+        Artifact::Symlink(_) => ArtifactType::Symlink,
     }
 }
 
@@ -109,9 +113,7 @@ pub fn compare(
         };
         let shown = p.display().to_string();
         let artifact = new.or(old).map(kind).unwrap();
-        let text = if artifact == pyro_protocol::ArtifactType::File
-            && status != ChangeStatus::TypeChanged
-        {
+        let text = if artifact == ArtifactType::File && status != ChangeStatus::TypeChanged {
             text_patch(&shown, old, new)
         } else {
             None
@@ -124,7 +126,7 @@ pub fn compare(
         }
         if text.is_some() {
             summary.text_patched += 1;
-        } else if artifact == pyro_protocol::ArtifactType::File {
+        } else if artifact == ArtifactType::File {
             summary.non_text += 1;
         }
         entries.push(DiffEntry {
@@ -157,12 +159,14 @@ pub fn diff(pyro: &Pyro, id: &str) -> Result<DiffResult> {
     })
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PatchEntry {
     pub path: String,
     pub status: ChangeStatus,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PatchSummary {
     pub total: usize,
@@ -171,6 +175,7 @@ pub struct PatchSummary {
     pub deleted: usize,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PatchResult {
     pub workspace_id: String,

@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::host;
+use crate::workspace::{ArtifactType, FileEntry};
 use crate::workspace::{Workspace, MAX_FILE_BYTES};
 use crate::Pyro;
-use pyro_protocol::{ArtifactType, FileEntry, WORKSPACE_ROOT};
+use pyro_protocol::WORKSPACE_ROOT;
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskExport {
     pub workspace_id: String,
@@ -25,6 +27,7 @@ pub struct DiskExport {
     pub bytes_written: u64,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskList {
     pub workspace_id: String,
@@ -33,6 +36,7 @@ pub struct DiskList {
     pub entries: Vec<FileEntry>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskRead {
     pub workspace_id: String,

@@ -7,12 +7,14 @@ use serde::Serialize;
 use crate::host::{self, AccelChoice};
 use crate::{assets, environments, Pyro};
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Issue {
     pub problem: String,
     pub remedy: String,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Kvm {
     pub exists: bool,
@@ -20,12 +22,14 @@ pub struct Kvm {
     pub writable: bool,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Qemu {
     pub binary: Option<String>,
     pub version: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Capabilities {
     pub supports_vm_boot: bool,
@@ -34,12 +38,14 @@ pub struct Capabilities {
     pub reason: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct EnvironmentStatus {
     pub name: String,
     pub installed: bool,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Runtime {
     pub kernel: Option<String>,
@@ -55,12 +61,14 @@ pub struct Runtime {
     pub capabilities: Capabilities,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Networking {
     pub passt_binary: Option<String>,
     pub enabled_by_default: bool,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Tools {
     pub qemu_img: Option<String>,
@@ -71,6 +79,7 @@ pub struct Tools {
     pub dpkg_deb: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct DoctorReport {
     pub platform: String,

@@ -25,6 +25,7 @@ const SUITE: &str = "bookworm";
 const IMAGE_HEADROOM_MIB: u64 = 1024;
 
 /// One entry of the catalog.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct CatalogEntry {
     pub name: &'static str,
@@ -78,6 +79,7 @@ pub fn lookup(name: &str) -> Result<&'static CatalogEntry> {
 }
 
 /// What an install records about itself.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvironmentManifest {
     pub format_version: u32,
@@ -123,6 +125,7 @@ pub fn installed(paths: &Paths, entry: &CatalogEntry) -> Option<Installed> {
 
 /// What identifies the image file as last verified: any write to it, or a
 /// `touch`, changes its ctime, which no user can set back.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Stamp {
     size: u64,
@@ -244,6 +247,7 @@ fn partials(paths: &Paths) -> Vec<(String, PathBuf)> {
 }
 
 /// One directory `prune` removed.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Pruned {
     pub path: String,
@@ -251,6 +255,7 @@ pub struct Pruned {
     pub bytes: u64,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneReport {
     pub deleted: Vec<Pruned>,
@@ -485,6 +490,7 @@ fn prepare_tree(tree: &Path) -> Result<()> {
     Ok(())
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportReport {
     pub environment: String,

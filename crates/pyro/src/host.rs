@@ -76,6 +76,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Which accelerator QEMU should use, and why.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
@@ -83,6 +84,7 @@ pub enum Accel {
     Tcg,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct AccelChoice {
     pub accel: Accel,

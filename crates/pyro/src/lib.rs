@@ -50,12 +50,11 @@ pub use environments::{
 pub use error::{Error, Result};
 pub use paths::Paths;
 pub use progress::{Progress, Silent};
-pub use pyro_protocol::{ArtifactType, FileEntry};
 pub use run::{command_from_args, Cleanup, ExecutionMode, RunParams, RunResult, RunTimings};
 pub use workspace::{
-    CommandEntry, CreateWorkspace, Deleted, ExportResult, FileListResult, FileReadResult,
-    FileWriteResult, ResetResult, SnapshotInfo, SnapshotList, State, SyncResult, UpdateWorkspace,
-    WorkspaceInfo, WorkspaceList, WorkspaceLogs,
+    ArtifactType, CommandEntry, CreateWorkspace, Deleted, ExportResult, FileEntry, FileListResult,
+    FileReadResult, FileWriteResult, ResetResult, SnapshotInfo, SnapshotList, State, SyncResult,
+    UpdateWorkspace, WorkspaceInfo, WorkspaceList, WorkspaceLogs,
 };
 
 /// The entry point of the library.
@@ -67,6 +66,7 @@ pub struct Pyro {
 }
 
 /// An environment as `env list`/`pull`/`inspect` show it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EnvironmentInfo {
     pub name: String,
@@ -317,6 +317,11 @@ impl Default for Pyro {
     fn default() -> Self {
         Pyro::new()
     }
+}
+
+/// A fresh random secret (128 bits, hex), e.g. an MCP bearer token.
+pub fn random_token() -> String {
+    host::random_id(16)
 }
 
 /// The hidden supervisor mode of the `pyro` binary: `pyro __supervise DIR`.

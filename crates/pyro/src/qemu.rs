@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::Accel;
 
 /// Everything QEMU needs to start one VM.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmSpec {
     pub accel: Accel,

@@ -14,6 +14,7 @@ use crate::vm::{self, VmDir};
 use crate::{assets, environments, host, qemu, Pyro};
 
 /// Parameters of [`Pyro::run_in_vm`]; defaults match the CLI's.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunParams {
     pub environment: String,
@@ -44,6 +45,7 @@ impl RunParams {
 }
 
 /// How a command was executed.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionMode {
@@ -53,6 +55,7 @@ pub enum ExecutionMode {
     HostCompat,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cleanup {
     pub deleted: bool,
@@ -60,6 +63,7 @@ pub struct Cleanup {
 }
 
 /// The outcome of a one-shot run; also its `--json` form.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     pub environment: String,
@@ -77,6 +81,7 @@ pub struct RunResult {
 }
 
 /// Where a run's time went, in milliseconds.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunTimings {
     /// Resolving assets and the environment, creating the VM's disk.

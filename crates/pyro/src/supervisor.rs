@@ -31,6 +31,7 @@ use crate::qmp::Qmp;
 use crate::vm::{BootReport, VmDir, VmRecord};
 
 /// Requests to the supervisor itself, on stream 0 of the control socket.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlRequest {
@@ -49,6 +50,7 @@ pub enum ControlRequest {
     },
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlResponse {
@@ -59,6 +61,7 @@ pub enum ControlResponse {
     Error { message: String },
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SupervisorStatus {
     pub vm_id: String,

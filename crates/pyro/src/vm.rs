@@ -22,6 +22,7 @@ use crate::qemu::VmSpec;
 const RECORD_VERSION: u32 = 1;
 
 /// What the supervisor needs to run one VM; written before it starts.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmRecord {
     pub format_version: u32,
@@ -40,6 +41,7 @@ pub struct VmRecord {
 }
 
 /// How a persistent VM ended.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmExit {
     pub reason: String,
@@ -47,6 +49,7 @@ pub struct VmExit {
 }
 
 /// The supervisor's one-line readiness report.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootReport {
     pub ok: bool,

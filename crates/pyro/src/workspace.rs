@@ -20,7 +20,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pyro_protocol::{ArtifactType, Command, ExecRequest, Message, PutArchive, WORKSPACE_ROOT};
+use pyro_protocol::{Command, ExecRequest, Message, PutArchive, WORKSPACE_ROOT};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{self, SourceMode};
@@ -33,11 +33,55 @@ use crate::vm::{self, VmDir};
 use crate::{assets, environments, qemu, Pyro};
 
 const RECORD_VERSION: u32 = 1;
+
+/// What a path in a workspace is.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactType {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+impl From<pyro_protocol::ArtifactType> for ArtifactType {
+    fn from(t: pyro_protocol::ArtifactType) -> Self {
+        match t {
+            pyro_protocol::ArtifactType::File => ArtifactType::File,
+            pyro_protocol::ArtifactType::Directory => ArtifactType::Directory,
+            pyro_protocol::ArtifactType::Symlink => ArtifactType::Symlink,
+            pyro_protocol::ArtifactType::Other => ArtifactType::Other,
+        }
+    }
+}
+
+/// One path of a listing.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub artifact_type: ArtifactType,
+    pub size_bytes: u64,
+    pub link_target: Option<String>,
+}
+
+impl From<pyro_protocol::FileEntry> for FileEntry {
+    fn from(e: pyro_protocol::FileEntry) -> Self {
+        FileEntry {
+            path: e.path,
+            artifact_type: e.artifact_type.into(),
+            size_bytes: e.size_bytes,
+            link_target: e.link_target,
+        }
+    }
+}
 /// The reserved name of the create-time checkpoint.
 pub const BASELINE: &str = "baseline";
 /// Largest file `file read` returns and `file write` or a patch writes.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
@@ -46,6 +90,7 @@ pub enum State {
 }
 
 /// Where the workspace's files came from at create.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkspaceSeed {
     pub mode: SourceMode,
@@ -55,6 +100,7 @@ pub struct WorkspaceSeed {
     pub bytes_written: u64,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LastCommand {
     pub sequence: u64,
@@ -62,6 +108,7 @@ pub struct LastCommand {
     pub exit_code: i32,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotInfo {
     pub snapshot_name: String,
@@ -72,6 +119,7 @@ pub struct SnapshotInfo {
 }
 
 /// `workspace.json`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub format_version: u32,
@@ -100,6 +148,7 @@ pub struct Record {
 }
 
 /// A workspace as status, list and most commands show it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkspaceInfo {
     pub workspace_id: String,
@@ -129,6 +178,7 @@ pub struct WorkspaceInfo {
     pub snapshot_count: usize,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateWorkspace {
     pub environment: String,
@@ -141,6 +191,7 @@ pub struct CreateWorkspace {
     pub labels: BTreeMap<String, String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UpdateWorkspace {
     pub name: Option<String>,
@@ -149,12 +200,14 @@ pub struct UpdateWorkspace {
     pub clear_labels: Vec<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkspaceList {
     pub count: usize,
     pub workspaces: Vec<WorkspaceInfo>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deleted {
     pub workspace_id: String,
@@ -162,6 +215,7 @@ pub struct Deleted {
 }
 
 /// One command of the history; also what `exec` returns.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandEntry {
     pub workspace_id: String,
@@ -178,6 +232,7 @@ pub struct CommandEntry {
     pub execution_mode: ExecutionMode,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkspaceLogs {
     pub workspace_id: String,
@@ -836,6 +891,7 @@ pub fn logs(pyro: &Pyro, id: &str) -> Result<WorkspaceLogs> {
     })
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncResult {
     pub workspace_id: String,
@@ -843,6 +899,7 @@ pub struct SyncResult {
     pub execution_mode: ExecutionMode,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncInfo {
     pub mode: SourceMode,
@@ -878,6 +935,7 @@ pub fn sync_push(pyro: &Pyro, id: &str, source: &Path, dest: &str) -> Result<Syn
     result
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExportResult {
     pub workspace_id: String,
@@ -922,20 +980,21 @@ pub fn export(
         workspace_id: id.into(),
         workspace_path: path,
         output_path: output.display().to_string(),
-        artifact_type,
+        artifact_type: artifact_type.into(),
         entry_count,
         bytes_written,
         execution_mode: ExecutionMode::GuestVirtioSerial,
     })
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileListResult {
     pub workspace_id: String,
     pub path: String,
     pub artifact_type: ArtifactType,
     pub recursive: bool,
-    pub entries: Vec<pyro_protocol::FileEntry>,
+    pub entries: Vec<FileEntry>,
     pub execution_mode: ExecutionMode,
 }
 
@@ -951,15 +1010,16 @@ pub fn file_list(pyro: &Pyro, id: &str, path: &str, recursive: bool) -> Result<F
         } => Ok(FileListResult {
             workspace_id: id.into(),
             path,
-            artifact_type,
+            artifact_type: artifact_type.into(),
             recursive,
-            entries,
+            entries: entries.into_iter().map(FileEntry::from).collect(),
             execution_mode: ExecutionMode::GuestVirtioSerial,
         }),
         other => Err(Error::Guest(format!("unexpected reply {other:?}"))),
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileReadResult {
     pub workspace_id: String,
@@ -1020,6 +1080,7 @@ pub fn file_read(pyro: &Pyro, id: &str, path: &str, max_bytes: u64) -> Result<Fi
     })
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileWriteResult {
     pub workspace_id: String,
@@ -1141,6 +1202,7 @@ pub fn snapshot_create(pyro: &Pyro, id: &str, name: &str) -> Result<SnapshotInfo
     Ok(info)
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotList {
     pub workspace_id: String,
@@ -1199,12 +1261,14 @@ pub fn snapshot_delete(pyro: &Pyro, id: &str, name: &str) -> Result<Deleted> {
     })
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResetInfo {
     pub snapshot_name: String,
     pub kind: String,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResetResult {
     #[serde(flatten)]

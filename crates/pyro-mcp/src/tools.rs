@@ -1,0 +1,674 @@
+//! The tools. Parameter structs are the tools' input schemas; the façade's
+//! result types are their output schemas.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use pyro::{CreateWorkspace, OutputSink, Pyro, Silent, UpdateWorkspace};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::{tool, tool_handler, tool_router, ServerHandler};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Which tools a client sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    VmRun,
+    WorkspaceCore,
+    WorkspaceFull,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vm-run" => Ok(Profile::VmRun),
+            "workspace-core" => Ok(Profile::WorkspaceCore),
+            "workspace-full" => Ok(Profile::WorkspaceFull),
+            other => Err(format!(
+                "unknown profile {other:?}; use vm-run, workspace-core or workspace-full"
+            )),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PyroServer {
+    pyro: Pyro,
+    tool_router: ToolRouter<Self>,
+}
+
+impl PyroServer {
+    pub fn new(pyro: Pyro, profile: Profile) -> PyroServer {
+        let tool_router = match profile {
+            Profile::VmRun => Self::run_router(),
+            Profile::WorkspaceCore => Self::run_router() + Self::core_router(),
+            Profile::WorkspaceFull => {
+                let mut core = Self::core_router();
+                core.remove_route("workspace_create");
+                Self::run_router() + core + Self::full_router()
+            }
+        };
+        PyroServer { pyro, tool_router }
+    }
+}
+
+struct Discard;
+impl OutputSink for Discard {
+    fn stdout(&mut self, _: &[u8]) {}
+    fn stderr(&mut self, _: &[u8]) {}
+}
+
+type ToolResult<T> = Result<Json<T>, String>;
+
+/// Runs a façade call on a blocking thread; a failure becomes a tool error
+/// with the same message the CLI prints.
+async fn call<T, F>(pyro: &Pyro, f: F) -> ToolResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Pyro) -> pyro::Result<T> + Send + 'static,
+{
+    let pyro = pyro.clone();
+    match tokio::task::spawn_blocking(move || f(pyro)).await {
+        Ok(Ok(v)) => Ok(Json(v)),
+        Ok(Err(e)) => Err(chain(&e)),
+        Err(e) => Err(format!("internal error: {e}")),
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// A command: one string is run with `/bin/sh -lc`; a list is an argv.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CommandArg {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl CommandArg {
+    fn words(self) -> Vec<String> {
+        match self {
+            CommandArg::Shell(s) => vec![s],
+            CommandArg::Argv(a) => a,
+        }
+    }
+}
+
+fn d_vcpu() -> u32 {
+    1
+}
+fn d_mem() -> u32 {
+    1024
+}
+fn d_timeout() -> u64 {
+    30
+}
+fn d_ttl() -> u64 {
+    600
+}
+fn d_root() -> String {
+    "/workspace".into()
+}
+fn d_max_bytes() -> u64 {
+    65536
+}
+fn d_baseline() -> String {
+    "baseline".into()
+}
+fn d_off() -> String {
+    "off".into()
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct VmRunParams {
+    /// Environment to boot, e.g. `debian:12`.
+    pub environment: String,
+    /// The command: one string runs under `/bin/sh -lc`; a list is an argv.
+    pub command: CommandArg,
+    #[serde(default = "d_vcpu")]
+    pub vcpu_count: u32,
+    #[serde(default = "d_mem")]
+    pub mem_mib: u32,
+    /// The command and everything it started are killed after this long (exit code 124).
+    #[serde(default = "d_timeout")]
+    pub timeout_seconds: u64,
+    #[serde(default = "d_ttl")]
+    pub ttl_seconds: u64,
+    #[serde(default)]
+    pub network: bool,
+    /// Run on the host without isolation if no guest can boot.
+    #[serde(default)]
+    pub allow_host_compat: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CreateCoreParams {
+    pub environment: String,
+    #[serde(default = "d_vcpu")]
+    pub vcpu_count: u32,
+    #[serde(default = "d_mem")]
+    pub mem_mib: u32,
+    /// Idle timeout: the workspace is stopped (never deleted) after this long without activity.
+    #[serde(default = "d_ttl")]
+    pub ttl_seconds: u64,
+    /// Accepted for compatibility; workspaces always run in a guest.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub allow_host_compat: bool,
+    /// A host directory, .tar, .tar.gz or .tgz copied into /workspace.
+    #[serde(default)]
+    pub seed_path: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CreateFullParams {
+    #[serde(flatten)]
+    pub core: CreateCoreParams,
+    /// `off` (no network device). Egress policies are not available yet.
+    #[serde(default = "d_off")]
+    pub network_policy: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct IdParams {
+    pub workspace_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct UpdateParams {
+    pub workspace_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub clear_name: bool,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub clear_labels: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SyncParams {
+    pub workspace_id: String,
+    pub source_path: String,
+    #[serde(default = "d_root")]
+    pub dest: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExecParams {
+    pub workspace_id: String,
+    /// The command: one string runs under `/bin/sh -lc`; a list is an argv.
+    pub command: CommandArg,
+    #[serde(default = "d_timeout")]
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListFilesParams {
+    pub workspace_id: String,
+    #[serde(default = "d_root")]
+    pub path: String,
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ReadFileParams {
+    pub workspace_id: String,
+    pub path: String,
+    #[serde(default = "d_max_bytes")]
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WriteFileParams {
+    pub workspace_id: String,
+    pub path: String,
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PatchParams {
+    pub workspace_id: String,
+    /// A unified or git diff; nothing changes unless all of it applies.
+    pub patch: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExportParams {
+    pub workspace_id: String,
+    pub path: String,
+    /// Host path to write; must not exist yet.
+    pub output_path: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ResetParams {
+    pub workspace_id: String,
+    #[serde(default = "d_baseline")]
+    pub snapshot: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SnapshotParams {
+    pub workspace_id: String,
+    pub snapshot_name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DiskExportParams {
+    pub workspace_id: String,
+    pub output_path: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct EmptyParams {}
+
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct EnvironmentList {
+    pub catalog_version: String,
+    pub environments: Vec<pyro::EnvironmentInfo>,
+}
+
+fn create_params(p: CreateCoreParams, network_policy: Option<String>) -> CreateWorkspace {
+    CreateWorkspace {
+        environment: p.environment,
+        vcpu_count: Some(p.vcpu_count),
+        mem_mib: Some(p.mem_mib),
+        ttl_seconds: Some(p.ttl_seconds),
+        network_policy,
+        seed_path: p.seed_path.map(PathBuf::from),
+        name: p.name,
+        labels: p.labels.unwrap_or_default(),
+    }
+}
+
+#[tool_router(router = run_router)]
+impl PyroServer {
+    #[tool(
+        description = "Boot a fresh microVM, run one command in it, delete the VM. Returns exit code, stdout and stderr."
+    )]
+    async fn vm_run(
+        &self,
+        Parameters(p): Parameters<VmRunParams>,
+    ) -> Result<Json<pyro::RunResult>, String> {
+        call(&self.pyro, move |pyro| {
+            let params = pyro::RunParams {
+                environment: p.environment,
+                command: p.command.words(),
+                vcpu_count: p.vcpu_count,
+                mem_mib: p.mem_mib,
+                timeout_seconds: p.timeout_seconds,
+                ttl_seconds: p.ttl_seconds,
+                network: p.network,
+                allow_host_compat: p.allow_host_compat,
+            };
+            pyro.run_in_vm(&params, &Silent, &mut Discard)
+        })
+        .await
+    }
+}
+
+#[tool_router(router = core_router)]
+impl PyroServer {
+    #[tool(
+        description = "Create a persistent workspace (a microVM that stays), optionally seeded from a host directory or tar archive into /workspace."
+    )]
+    async fn workspace_create(
+        &self,
+        Parameters(p): Parameters<CreateCoreParams>,
+    ) -> Result<Json<pyro::WorkspaceInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.create_workspace(&create_params(p, None), &Silent)
+        })
+        .await
+    }
+
+    #[tool(description = "List workspaces, most recently active first.")]
+    async fn workspace_list(
+        &self,
+        Parameters(_): Parameters<EmptyParams>,
+    ) -> Result<Json<pyro::WorkspaceList>, String> {
+        call(&self.pyro, |pyro| pyro.list_workspaces()).await
+    }
+
+    #[tool(description = "Change a workspace's name or labels.")]
+    async fn workspace_update(
+        &self,
+        Parameters(p): Parameters<UpdateParams>,
+    ) -> Result<Json<pyro::WorkspaceInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            let u = UpdateWorkspace {
+                name: p.name,
+                clear_name: p.clear_name,
+                labels: p.labels.unwrap_or_default(),
+                clear_labels: p.clear_labels.unwrap_or_default(),
+            };
+            pyro.update_workspace(&p.workspace_id, &u)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Show a workspace: state, why it stopped, when it expires, resources, last command.",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_status(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<pyro::WorkspaceInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.status_workspace(&p.workspace_id)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Copy a host directory or tar archive into the workspace (overwrites files, never deletes)."
+    )]
+    async fn workspace_sync_push(
+        &self,
+        Parameters(p): Parameters<SyncParams>,
+    ) -> Result<Json<pyro::SyncResult>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.push_workspace_sync(
+                &p.workspace_id,
+                std::path::Path::new(&p.source_path),
+                &p.dest,
+            )
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Run a command in the workspace's /workspace. A non-zero exit code is a result, not an error."
+    )]
+    async fn workspace_exec(
+        &self,
+        Parameters(p): Parameters<ExecParams>,
+    ) -> Result<Json<pyro::CommandEntry>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.exec_workspace(
+                &p.workspace_id,
+                &p.command.words(),
+                p.timeout_seconds,
+                &mut Discard,
+            )
+        })
+        .await
+    }
+
+    #[tool(
+        description = "The workspace's command history with exit codes and output.",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_logs(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<pyro::WorkspaceLogs>, String> {
+        call(&self.pyro, move |pyro| pyro.logs_workspace(&p.workspace_id)).await
+    }
+
+    #[tool(
+        description = "List files under a path in /workspace.",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_file_list(
+        &self,
+        Parameters(p): Parameters<ListFilesParams>,
+    ) -> Result<Json<pyro::FileListResult>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.list_workspace_files(&p.workspace_id, &p.path, p.recursive)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Read a file in /workspace (up to max_bytes, at most 1 MiB).",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_file_read(
+        &self,
+        Parameters(p): Parameters<ReadFileParams>,
+    ) -> Result<Json<pyro::FileReadResult>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.read_workspace_file(&p.workspace_id, &p.path, p.max_bytes)
+        })
+        .await
+    }
+
+    #[tool(description = "Write a text file in /workspace (creates parent directories).")]
+    async fn workspace_file_write(
+        &self,
+        Parameters(p): Parameters<WriteFileParams>,
+    ) -> Result<Json<pyro::FileWriteResult>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.write_workspace_file(&p.workspace_id, &p.path, &p.text)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Apply a unified or git diff to /workspace; every file is checked first and nothing changes unless all of it applies."
+    )]
+    async fn workspace_patch_apply(
+        &self,
+        Parameters(p): Parameters<PatchParams>,
+    ) -> Result<Json<pyro::PatchResult>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.apply_workspace_patch(&p.workspace_id, &p.patch)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Compare /workspace with its create-time baseline: per-path status and text patches.",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_diff(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<pyro::DiffResult>, String> {
+        call(&self.pyro, move |pyro| pyro.diff_workspace(&p.workspace_id)).await
+    }
+
+    #[tool(description = "Copy a file, directory or symlink from /workspace to a new host path.")]
+    async fn workspace_export(
+        &self,
+        Parameters(p): Parameters<ExportParams>,
+    ) -> Result<Json<pyro::ExportResult>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.export_workspace(
+                &p.workspace_id,
+                &p.path,
+                std::path::Path::new(&p.output_path),
+                false,
+            )
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Roll the whole workspace disk back to a snapshot (default: the create-time baseline)."
+    )]
+    async fn workspace_reset(
+        &self,
+        Parameters(p): Parameters<ResetParams>,
+    ) -> Result<Json<pyro::ResetResult>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.reset_workspace(&p.workspace_id, &p.snapshot, &Silent)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Delete a workspace and everything in it.",
+        annotations(destructive_hint = true)
+    )]
+    async fn workspace_delete(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<pyro::Deleted>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.delete_workspace(&p.workspace_id)
+        })
+        .await
+    }
+}
+
+#[tool_router(router = full_router)]
+impl PyroServer {
+    #[tool(
+        name = "workspace_create",
+        description = "Create a persistent workspace (a microVM that stays), optionally seeded from a host directory or tar archive into /workspace."
+    )]
+    async fn workspace_create_full(
+        &self,
+        Parameters(p): Parameters<CreateFullParams>,
+    ) -> Result<Json<pyro::WorkspaceInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.create_workspace(&create_params(p.core, Some(p.network_policy)), &Silent)
+        })
+        .await
+    }
+
+    #[tool(description = "Stop a workspace's VM; its disk, baseline and snapshots stay.")]
+    async fn workspace_stop(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<pyro::WorkspaceInfo>, String> {
+        call(&self.pyro, move |pyro| pyro.stop_workspace(&p.workspace_id)).await
+    }
+
+    #[tool(description = "Boot a stopped workspace again, on the same disk.")]
+    async fn workspace_start(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<pyro::WorkspaceInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.start_workspace(&p.workspace_id, &Silent)
+        })
+        .await
+    }
+
+    #[tool(description = "Checkpoint the whole workspace disk under a name (copy-on-write).")]
+    async fn snapshot_create(
+        &self,
+        Parameters(p): Parameters<SnapshotParams>,
+    ) -> Result<Json<pyro::SnapshotInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.create_snapshot(&p.workspace_id, &p.snapshot_name)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "List a workspace's snapshots, the baseline first.",
+        annotations(read_only_hint = true)
+    )]
+    async fn snapshot_list(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<pyro::SnapshotList>, String> {
+        call(&self.pyro, move |pyro| pyro.list_snapshots(&p.workspace_id)).await
+    }
+
+    #[tool(description = "Delete a named snapshot (the baseline cannot be deleted).")]
+    async fn snapshot_delete(
+        &self,
+        Parameters(p): Parameters<SnapshotParams>,
+    ) -> Result<Json<pyro::Deleted>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.delete_snapshot(&p.workspace_id, &p.snapshot_name)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Write a stopped workspace's disk to a new host file as a raw ext4 image."
+    )]
+    async fn workspace_disk_export(
+        &self,
+        Parameters(p): Parameters<DiskExportParams>,
+    ) -> Result<Json<pyro::DiskExport>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.export_workspace_disk(&p.workspace_id, std::path::Path::new(&p.output_path), false)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "List files on a stopped workspace's disk without booting it.",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_disk_list(
+        &self,
+        Parameters(p): Parameters<ListFilesParams>,
+    ) -> Result<Json<pyro::DiskList>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.list_workspace_disk(&p.workspace_id, &p.path, p.recursive)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Read a file from a stopped workspace's disk without booting it.",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_disk_read(
+        &self,
+        Parameters(p): Parameters<ReadFileParams>,
+    ) -> Result<Json<pyro::DiskRead>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.read_workspace_disk(&p.workspace_id, &p.path, p.max_bytes)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "The environment catalog and what is installed.",
+        annotations(read_only_hint = true)
+    )]
+    async fn vm_list_environments(
+        &self,
+        Parameters(_): Parameters<EmptyParams>,
+    ) -> Result<Json<EnvironmentList>, String> {
+        call(&self.pyro, |pyro| {
+            Ok(EnvironmentList {
+                catalog_version: pyro::CATALOG_VERSION.into(),
+                environments: pyro.list_environments(),
+            })
+        })
+        .await
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for PyroServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("pyro", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+            "pyro runs commands in disposable, isolated Linux microVMs. Use vm_run for one command; \
+             use workspace_create, then workspace_exec, file and patch tools, workspace_diff and \
+             workspace_reset for multi-step work, and workspace_delete when done.",
+        )
+    }
+}
