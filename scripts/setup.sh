@@ -24,6 +24,7 @@ packages=(
     ca-certificates
     passt             # user-mode networking
     fakeroot uidmap   # building environments as a regular user
+    python3 python3-venv  # the test suite's MCP client (the official Python SDK)
 )
 missing=()
 for p in "${packages[@]}"; do

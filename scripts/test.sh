@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo build --locked --workspace
+# The MCP tests use the official MCP Python SDK as their client.
+if [ ! -x target/mcp-venv/bin/python ] || ! target/mcp-venv/bin/python -c 'import mcp' 2>/dev/null; then
+    python3 -m venv target/mcp-venv
+    target/mcp-venv/bin/pip install --quiet "mcp==1.26.0"
+fi
 status=0
 cargo test --locked --workspace -- --test-threads="${PYRO_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }

@@ -1,0 +1,183 @@
+"""Drives `pyro mcp serve` with the official MCP Python SDK (the `mcp`
+package), over stdio and streamable HTTP, against real guests.
+
+Run by crates/pyro-cli/tests/mcp.rs with PYRO_BIN and PYRO_HOME set; exits
+non-zero on the first failed check.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamablehttp_client
+
+PYRO = os.environ["PYRO_BIN"]
+GOLDEN = os.environ["PYRO_MCP_GOLDEN"]
+EXPECTED_COUNTS = {"vm-run": 1, "workspace-core": 16, "workspace-full": 25}
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    print(f"ok: {what}", flush=True)
+
+
+def ok(result):
+    if result.isError:
+        raise AssertionError(f"tool error: {result.content}")
+    return result.structuredContent
+
+
+async def tool_names(session):
+    return sorted(t.name for t in (await session.list_tools()).tools)
+
+
+async def recipe_r2(session, tmp):
+    seed = os.path.join(tmp, "seed")
+    os.makedirs(seed)
+    with open(os.path.join(seed, "message.txt"), "w") as f:
+        f.write("broken\n")
+    with open(os.path.join(seed, "check.sh"), "w") as f:
+        f.write(
+            'set -eu\nvalue=$(cat message.txt)\nif [ "$value" != fixed ]; then '
+            'echo "expected fixed got $value" >&2; exit 1; fi\necho "$value"\n'
+        )
+    w = ok(await session.call_tool(
+        "workspace_create",
+        {"environment": "debian:12", "seed_path": seed, "name": "repro-fix-loop"},
+    ))
+    wid = w["workspace_id"]
+    r = ok(await session.call_tool("workspace_file_read", {"workspace_id": wid, "path": "message.txt"}))
+    check(r["content"] == "broken\n", "R2: read message.txt")
+    r = ok(await session.call_tool("workspace_exec", {"workspace_id": wid, "command": "sh check.sh"}))
+    check(r["exit_code"] != 0, "R2: the check fails first")
+    patch = "--- a/message.txt\n+++ b/message.txt\n@@ -1 +1 @@\n-broken\n+fixed\n"
+    r = ok(await session.call_tool("workspace_patch_apply", {"workspace_id": wid, "patch": patch}))
+    check(r["changed"] is True, "R2: patch applied")
+    r = ok(await session.call_tool("workspace_exec", {"workspace_id": wid, "command": "sh check.sh"}))
+    check(r["exit_code"] == 0 and r["stdout"] == "fixed\n", "R2: the check passes")
+    r = ok(await session.call_tool("workspace_diff", {"workspace_id": wid}))
+    check(r["changed"] is True, "R2: diff shows the change")
+    out = os.path.join(tmp, "message.txt")
+    ok(await session.call_tool("workspace_export", {"workspace_id": wid, "path": "message.txt", "output_path": out}))
+    check(open(out).read() == "fixed\n", "R2: export")
+    r = ok(await session.call_tool("workspace_reset", {"workspace_id": wid}))
+    check(r["reset_count"] == 1, "R2: reset")
+    r = ok(await session.call_tool("workspace_diff", {"workspace_id": wid}))
+    check(r["changed"] is False, "R2: clean after reset")
+    return wid
+
+
+async def malformed_calls(session, wid):
+    r = await session.call_tool("workspace_status", {"workspace_id": "ffffffffffff"})
+    check(r.isError and "no workspace" in r.content[0].text, "unknown workspace is a tool error")
+    r = await session.call_tool("workspace_file_read", {"workspace_id": wid, "path": "../../etc/passwd"})
+    check(r.isError and "not allowed" in r.content[0].text, "bad path is a tool error")
+    r = await session.call_tool("workspace_patch_apply", {"workspace_id": wid, "patch": "not a patch"})
+    check(r.isError and "patch" in r.content[0].text, "bad patch is a tool error")
+    r = await session.call_tool("workspace_exec", {"workspace_id": wid})
+    check(r.isError, "a missing parameter is a tool error")
+    r = ok(await session.call_tool("workspace_list", {}))
+    check(r["count"] >= 1, "the server keeps serving")
+
+
+async def concurrency(session, wid):
+    slow = asyncio.ensure_future(session.call_tool(
+        "workspace_exec", {"workspace_id": wid, "command": "sleep 4; echo slow"}
+    ))
+    await asyncio.sleep(0.5)
+    start = time.monotonic()
+    ok(await session.call_tool("workspace_status", {"workspace_id": wid}))
+    quick = time.monotonic() - start
+    check(not slow.done() and quick < 3, f"status answered in {quick:.2f}s while an exec ran")
+    r = ok(await slow)
+    check(r["stdout"] == "slow\n", "the long exec finished")
+
+
+def golden_check(profile, tools):
+    listed = [t.model_dump(mode="json", exclude_none=True) for t in tools]
+    listed.sort(key=lambda t: t["name"])
+    path = os.path.join(GOLDEN, f"{profile}.json")
+    text = json.dumps(listed, indent=2, sort_keys=True) + "\n"
+    if os.environ.get("PYRO_BLESS"):
+        with open(path, "w") as f:
+            f.write(text)
+    check(open(path).read() == text, f"{profile}: tools/list matches {path}")
+
+
+async def stdio_profile(profile, tmp):
+    params = StdioServerParameters(command=PYRO, args=["mcp", "serve", "--profile", profile], env=dict(os.environ))
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            tools = (await session.list_tools()).tools
+            check(len(tools) == EXPECTED_COUNTS[profile], f"stdio {profile}: {len(tools)} tools")
+            golden_check(profile, tools)
+            if profile == "vm-run":
+                r = ok(await session.call_tool("vm_run", {"environment": "debian:12", "command": "git --version"}))
+                check(r["stdout"].startswith("git version 2.39") and r["exit_code"] == 0, "stdio vm_run")
+            if profile == "workspace-core":
+                r = ok(await session.call_tool(
+                    "vm_run", {"environment": "debian:12", "command": ["sh", "-c", 'echo "$0"', "argv"]}
+                ))
+                check(r["stdout"] == "argv\n", "stdio vm_run with an argv")
+                wid = await recipe_r2(session, tmp)
+                await malformed_calls(session, wid)
+                await concurrency(session, wid)
+                ok(await session.call_tool("workspace_delete", {"workspace_id": wid}))
+
+
+async def http(tmp):
+    token = "test-token-" + os.urandom(8).hex()
+    proc = subprocess.Popen(
+        [PYRO, "mcp", "serve", "--http", "127.0.0.1:0", "--token", token],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = None
+        for line in proc.stderr:
+            if "serving http://" in line:
+                url = line.split("serving ", 1)[1].strip()
+                break
+        check(url is not None and url.startswith("http://127.0.0.1:"), f"http server at {url}")
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
+        for headers, what in (({}, "no token"), ({"Authorization": "Bearer wrong"}, "a wrong token")):
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers})
+            try:
+                urllib.request.urlopen(req)
+                status = 200
+            except urllib.error.HTTPError as e:
+                status = e.code
+            check(status == 401, f"http with {what} is refused ({status})")
+        async with streamablehttp_client(url, headers={"Authorization": f"Bearer {token}"}) as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                names = await tool_names(session)
+                check(len(names) == 16, "http: workspace-core by default")
+                r = ok(await session.call_tool("vm_run", {"environment": "debian:12", "command": "uname -r"}))
+                check(r["stdout"].strip().endswith("cloud-amd64"), "http vm_run")
+                wid = await recipe_r2(session, tmp)
+                ok(await session.call_tool("workspace_delete", {"workspace_id": wid}))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        for profile in ("vm-run", "workspace-core", "workspace-full"):
+            await stdio_profile(profile, os.path.join(tmp, profile))
+        await http(os.path.join(tmp, "http"))
+    print("all MCP checks passed")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
