@@ -113,6 +113,29 @@ pub fn error(e: &anyhow::Error, json: bool) {
     }
 }
 
+/// File content as `file read` and `disk read` print it: the content on
+/// stdout (ending in a newline), a summary line on stderr.
+pub fn file_content(
+    tag: &str,
+    id: &str,
+    path: &str,
+    content: &str,
+    size: u64,
+    truncated: bool,
+    content_only: bool,
+) {
+    print!("{content}");
+    if !content_only {
+        if !content.ends_with('\n') {
+            println!();
+        }
+        eprintln!(
+            "[{tag}] workspace_id={id} path={path} size_bytes={size} truncated={}",
+            yes(truncated)
+        );
+    }
+}
+
 pub fn mode(m: ExecutionMode) -> &'static str {
     match m {
         ExecutionMode::GuestVirtioSerial => "guest_virtio_serial",

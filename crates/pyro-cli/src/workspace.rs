@@ -546,19 +546,15 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
             if json {
                 render::json(&r)?;
             } else {
-                print!("{}", r.content);
-                if !content_only {
-                    if !r.content.ends_with('\n') {
-                        println!();
-                    }
-                    eprintln!(
-                        "[workspace-file-read] workspace_id={} path={} size_bytes={} truncated={}",
-                        r.workspace_id,
-                        r.path,
-                        r.size_bytes,
-                        if r.truncated { "yes" } else { "no" }
-                    );
-                }
+                render::file_content(
+                    "workspace-file-read",
+                    &r.workspace_id,
+                    &r.path,
+                    &r.content,
+                    r.size_bytes,
+                    r.truncated,
+                    content_only,
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -697,19 +693,15 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
             if json {
                 render::json(&r)?;
             } else {
-                print!("{}", r.content);
-                if !content_only {
-                    if !r.content.ends_with('\n') {
-                        println!();
-                    }
-                    eprintln!(
-                        "[workspace-disk-read] workspace_id={} path={} size_bytes={} truncated={}",
-                        r.workspace_id,
-                        r.path,
-                        r.size_bytes,
-                        if r.truncated { "yes" } else { "no" }
-                    );
-                }
+                render::file_content(
+                    "workspace-disk-read",
+                    &r.workspace_id,
+                    &r.path,
+                    &r.content,
+                    r.size_bytes,
+                    r.truncated,
+                    content_only,
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -69,23 +69,7 @@ fn convert(disk: &Path, out: &Path) -> Result<()> {
 
 pub fn export(pyro: &Pyro, id: &str, output: &Path, force: bool) -> Result<DiskExport> {
     let ws = stopped(pyro, id, "disk export")?;
-    if output.exists() && !force {
-        return Err(Error::InvalidArgument(format!(
-            "{} already exists; pass --force to overwrite it",
-            output.display()
-        )));
-    }
-    let tmp = output.with_file_name(format!(
-        ".{}.partial-{}",
-        output.file_name().unwrap_or_default().to_string_lossy(),
-        host::random_id(4)
-    ));
-    let result = convert(&ws.disk(), &tmp)
-        .and_then(|()| fs::rename(&tmp, output).ctx(|| format!("write {}", output.display())));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
+    host::produce_file(output, force, |tmp| convert(&ws.disk(), tmp))?;
     Ok(DiskExport {
         workspace_id: id.into(),
         output_path: output.display().to_string(),

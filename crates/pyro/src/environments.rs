@@ -513,36 +513,22 @@ pub fn export(
         detail: format!("not installed; run `pyro env pull {}` first", entry.name),
     })?;
     verify(&inst, &dir)?;
-    if output.exists() && !force {
-        return Err(Error::InvalidArgument(format!(
-            "{} already exists; pass --force to overwrite it",
-            output.display()
-        )));
-    }
-    let tmp = output.with_file_name(format!(
-        ".{}.partial-{}",
-        output.file_name().unwrap_or_default().to_string_lossy(),
-        host::random_id(4)
-    ));
     let kernel = paths.runtime_cache.join("kernel");
     let includes_kernel = kernel.join("kernel.json").is_file();
-    let mut cmd = Command::new("tar");
-    cmd.arg("--sparse")
-        .arg("-cf")
-        .arg(&tmp)
-        .arg("-C")
-        .arg(&paths.environment_cache)
-        .arg(format!("{}/environment.json", slug(entry)))
-        .arg(format!("{}/rootfs.ext4", slug(entry)));
-    if includes_kernel {
-        cmd.arg("-C").arg(&paths.runtime_cache).arg("kernel");
-    }
-    let result = host::tool(&mut cmd)
-        .and_then(|_| fs::rename(&tmp, output).ctx(|| format!("write {}", output.display())));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
+    host::produce_file(output, force, |tmp| {
+        let mut cmd = Command::new("tar");
+        cmd.arg("--sparse")
+            .arg("-cf")
+            .arg(tmp)
+            .arg("-C")
+            .arg(&paths.environment_cache)
+            .arg(format!("{}/environment.json", slug(entry)))
+            .arg(format!("{}/rootfs.ext4", slug(entry)));
+        if includes_kernel {
+            cmd.arg("-C").arg(&paths.runtime_cache).arg("kernel");
+        }
+        host::tool(&mut cmd).map(|_| ())
+    })?;
     Ok(ExportReport {
         environment: entry.name.into(),
         output_path: output.display().to_string(),

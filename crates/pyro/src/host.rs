@@ -209,6 +209,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .ctx(|| format!("write {}", path.display()))
 }
 
+/// Produces a new host file at `output`: `make` writes a temporary file
+/// beside it, which is renamed into place only if `make` succeeds. An
+/// existing `output` is refused unless `force`.
+pub fn produce_file(
+    output: &Path,
+    force: bool,
+    make: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    if fs::symlink_metadata(output).is_ok() && !force {
+        return Err(Error::InvalidArgument(format!(
+            "{} already exists; pass --force to overwrite it",
+            output.display()
+        )));
+    }
+    let tmp = output.with_file_name(format!(
+        ".{}.partial-{}",
+        output.file_name().unwrap_or_default().to_string_lossy(),
+        random_id(4)
+    ));
+    let result = make(&tmp)
+        .and_then(|()| fs::rename(&tmp, output).ctx(|| format!("write {}", output.display())));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// An exclusive advisory lock on a file, released on drop.
 pub struct FileLock {
     _file: File,
