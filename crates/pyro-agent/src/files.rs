@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::Receiver;
 
@@ -438,4 +438,35 @@ pub fn read_file(path: &str, max_bytes: u64, out: &mut FrameWriter) -> Result<Me
         size_bytes: meta.len(),
         truncated: copied < meta.len(),
     })
+}
+
+const SECRETS_DIR: &str = "/run/pyro-secrets";
+
+/// Replaces the guest's secrets: a 0700 directory on the `/run` tmpfs with
+/// one 0600 file per secret.
+pub fn install_secrets(secrets: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    let dir = Path::new(SECRETS_DIR);
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(|e| err(SECRETS_DIR, e))?;
+    }
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|e| err(SECRETS_DIR, e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(SECRETS_DIR, e))?;
+    for (name, value) in secrets {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("bad secret name {name:?}"));
+        }
+        let path = dir.join(name);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| err(&path.to_string_lossy(), e))?;
+        f.write_all(value.as_bytes())
+            .map_err(|e| err(&path.to_string_lossy(), e))?;
+    }
+    Ok(())
 }

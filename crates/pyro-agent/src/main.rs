@@ -320,6 +320,10 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
                 message: format!("freeze: {e}"),
             }),
         },
+        Message::InstallSecrets { secrets } => match files::install_secrets(&secrets) {
+            Ok(()) => reply(Message::Done),
+            Err(message) => reply(Message::Error { message }),
+        },
         Message::Thaw => match sys::freeze(std::path::Path::new("/"), false) {
             Ok(()) => reply(Message::Done),
             Err(e) => reply(Message::Error {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use pyro::{CreateWorkspace, Pyro, UpdateWorkspace, WorkspaceInfo};
+use pyro::{CreateWorkspace, Pyro, SecretInput, UpdateWorkspace, WorkspaceExec, WorkspaceInfo};
 
 use crate::render;
 
@@ -145,6 +145,12 @@ pub struct CreateArgs {
     name: Option<String>,
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// A secret, NAME=VALUE (repeatable).
+    #[arg(long = "secret", value_parser = parse_label)]
+    secrets: Vec<(String, String)>,
+    /// A secret read from a host file, NAME=PATH (repeatable).
+    #[arg(long = "secret-file", value_parser = parse_label)]
+    secret_files: Vec<(String, String)>,
     /// Print only the workspace id.
     #[arg(long, conflicts_with = "json")]
     id_only: bool,
@@ -172,6 +178,9 @@ pub struct ExecArgs {
     workspace_id: String,
     #[arg(long, default_value_t = 30)]
     timeout_seconds: u64,
+    /// Pass a secret as an environment variable: SECRET or SECRET=ENV (repeatable).
+    #[arg(long = "secret-env")]
+    secret_env: Vec<String>,
     #[arg(long)]
     json: bool,
     /// One argument: a shell command string; several: an argv.
@@ -347,6 +356,14 @@ fn summary(w: &WorkspaceInfo) {
     println!("Command count: {}", w.command_count);
     println!("Reset count: {}", w.reset_count);
     println!("Snapshots: {}", w.snapshot_count);
+    if !w.secrets.is_empty() {
+        let names: Vec<String> = w
+            .secrets
+            .iter()
+            .map(|s| format!("{} ({})", s.name, s.source_kind))
+            .collect();
+        println!("Secrets: {}", names.join(", "));
+    }
     if let Some(c) = &w.last_command {
         println!("Last command: {} (exit_code={})", c.command, c.exit_code);
     }
@@ -387,6 +404,20 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
                 seed_path: a.seed_path,
                 name: a.name,
                 labels: a.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                secrets: a
+                    .secrets
+                    .into_iter()
+                    .map(|(name, value)| SecretInput {
+                        name,
+                        value: Some(value),
+                        file_path: None,
+                    })
+                    .chain(a.secret_files.into_iter().map(|(name, path)| SecretInput {
+                        name,
+                        value: None,
+                        file_path: Some(path.into()),
+                    }))
+                    .collect(),
             };
             let w = pyro.create_workspace(&params, &render::Phases::new())?;
             if a.id_only {
@@ -446,22 +477,24 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
             println!("Deleted workspace: {}", d.workspace_id)
         }),
         Exec(a) => {
+            let params = WorkspaceExec {
+                command: a.command,
+                timeout_seconds: a.timeout_seconds,
+                secret_env: a
+                    .secret_env
+                    .iter()
+                    .map(|s| match s.split_once('=') {
+                        Some((secret, var)) => (secret.to_string(), var.to_string()),
+                        None => (s.clone(), s.clone()),
+                    })
+                    .collect(),
+            };
             let e = if a.json {
-                let e = pyro.exec_workspace(
-                    &a.workspace_id,
-                    &a.command,
-                    a.timeout_seconds,
-                    &mut render::Discard,
-                )?;
+                let e = pyro.exec_workspace(&a.workspace_id, &params, &mut render::Discard)?;
                 render::json(&e)?;
                 e
             } else {
-                let e = pyro.exec_workspace(
-                    &a.workspace_id,
-                    &a.command,
-                    a.timeout_seconds,
-                    &mut render::Stream,
-                )?;
+                let e = pyro.exec_workspace(&a.workspace_id, &params, &mut render::Stream)?;
                 let _ = std::io::stdout().flush();
                 eprintln!(
                     "[workspace-exec] workspace_id={} sequence={} cwd={} execution_mode={} exit_code={} duration_ms={}",

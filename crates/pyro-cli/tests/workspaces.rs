@@ -773,3 +773,127 @@ fn capacity_counts_running_vms_only() {
     ws(&sb, &["delete", &a]);
     ws(&sb, &["delete", &b]);
 }
+
+#[test]
+fn secrets_reach_commands_and_appear_nowhere() {
+    let sb = Sandbox::new();
+    let literal = "lit-3f9c2a7e-value";
+    let from_file = "file-8d1b44c0-value";
+    let secret_file = sb.home.path().join("db.secret");
+    std::fs::write(&secret_file, from_file).unwrap();
+    let mut seen = String::new();
+    let mut run = |args: &[&str]| -> Output {
+        let out = sb.run(args);
+        seen.push_str(&stdout(&out));
+        seen.push_str(&stderr(&out));
+        out
+    };
+    let out = run(&[
+        "workspace",
+        "create",
+        "debian:12",
+        "--json",
+        "--secret",
+        &format!("API_TOKEN={literal}"),
+        "--secret-file",
+        &format!("DB_PASS={}", secret_file.display()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let w = json(&out);
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(w["secrets"][0]["name"], "API_TOKEN");
+    assert_eq!(w["secrets"][0]["source_kind"], "literal");
+    assert_eq!(w["secrets"][1]["source_kind"], "file");
+
+    // Streamed and JSON output are redacted; the command saw the values.
+    let out = run(&[
+        "workspace", "exec", &id, "--secret-env", "API_TOKEN", "--secret-env", "DB_PASS=PGPASSWORD", "--",
+        "echo token=$API_TOKEN; echo pass=$PGPASSWORD >&2; [ \"$API_TOKEN\" = \"$(cat /run/pyro-secrets/API_TOKEN)\" ] && echo match; stat -c '%a' /run/pyro-secrets /run/pyro-secrets/DB_PASS",
+    ]);
+    assert_eq!(stdout(&out), "token=[REDACTED]\nmatch\n700\n600\n");
+    assert!(stderr(&out).contains("pass=[REDACTED]"), "{}", stderr(&out));
+    let out = run(&[
+        "workspace",
+        "exec",
+        &id,
+        "--json",
+        "--secret-env",
+        "API_TOKEN",
+        "--",
+        "printf %s \"$API_TOKEN\" > leaked.txt; cat leaked.txt",
+    ]);
+    assert_eq!(json(&out)["stdout"], "[REDACTED]");
+    let out = run(&[
+        "workspace",
+        "exec",
+        &id,
+        "--secret-env",
+        "NOPE",
+        "--",
+        "true",
+    ]);
+    assert!(
+        stderr(&out).contains("unknown workspace secret"),
+        "{}",
+        stderr(&out)
+    );
+
+    for args in [
+        vec!["workspace", "status", &id, "--json"],
+        vec!["workspace", "list", "--json"],
+        vec!["workspace", "logs", &id, "--json"],
+        vec!["workspace", "logs", &id],
+        vec!["workspace", "diff", &id, "--json"],
+        vec!["workspace", "diff", &id],
+    ] {
+        run(&args);
+    }
+    let diff = json(&sb.run(&["workspace", "diff", &id, "--json"]));
+    assert!(
+        diff["patch"].as_str().unwrap().contains("[REDACTED]"),
+        "{diff}"
+    );
+    let export_dir = sb.home.path().join("export");
+    run(&[
+        "workspace",
+        "export",
+        &id,
+        "/workspace",
+        "--output",
+        export_dir.to_str().unwrap(),
+        "--json",
+    ]);
+
+    // Stored 0600 in a 0700 directory on the host; back in the guest after
+    // a restart; never on the guest's disk.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = sb.home.path().join("workspaces").join(&id).join("secrets");
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("API_TOKEN"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    run(&["workspace", "stop", &id]);
+    let out = run(&["workspace", "disk", "list", &id, "/run"]);
+    assert!(!stdout(&out).contains("pyro-secrets"), "{}", stdout(&out));
+    run(&["workspace", "start", &id]);
+    let out = run(&[
+        "workspace",
+        "exec",
+        &id,
+        "--",
+        "wc -c < /run/pyro-secrets/DB_PASS",
+    ]);
+    assert_eq!(stdout(&out).trim(), from_file.len().to_string());
+    run(&["workspace", "delete", &id]);
+
+    assert!(!seen.contains(literal), "the literal secret leaked: {seen}");
+    assert!(!seen.contains(from_file), "the file secret leaked: {seen}");
+}

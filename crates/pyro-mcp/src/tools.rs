@@ -48,6 +48,7 @@ impl PyroServer {
             Profile::WorkspaceFull => {
                 let mut core = Self::core_router();
                 core.remove_route("workspace_create");
+                core.remove_route("workspace_exec");
                 Self::run_router() + core + Self::full_router()
             }
         };
@@ -183,6 +184,18 @@ pub struct CreateFullParams {
     /// `off` (no network device). Egress policies are not available yet.
     #[serde(default = "d_off")]
     pub network_policy: String,
+    /// Secrets: `{name, value}` or `{name, file_path}` (a host file). Values are never shown and are redacted from output.
+    #[serde(default)]
+    pub secrets: Option<Vec<pyro::SecretInput>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExecFullParams {
+    #[serde(flatten)]
+    pub exec: ExecParams,
+    /// Secrets to pass as environment variables: `{SECRET: ENV}`.
+    #[serde(default)]
+    pub secret_env: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -297,6 +310,7 @@ fn create_params(p: CreateCoreParams, network_policy: Option<String>) -> CreateW
         seed_path: p.seed_path.map(PathBuf::from),
         name: p.name,
         labels: p.labels.unwrap_or_default(),
+        secrets: Vec::new(),
     }
 }
 
@@ -405,12 +419,9 @@ impl PyroServer {
         Parameters(p): Parameters<ExecParams>,
     ) -> Result<Json<pyro::CommandEntry>, String> {
         call(&self.pyro, move |pyro| {
-            pyro.exec_workspace(
-                &p.workspace_id,
-                &p.command.words(),
-                p.timeout_seconds,
-                &mut Discard,
-            )
+            let mut e = pyro::WorkspaceExec::new(p.command.words());
+            e.timeout_seconds = p.timeout_seconds;
+            pyro.exec_workspace(&p.workspace_id, &e, &mut Discard)
         })
         .await
     }
@@ -544,7 +555,28 @@ impl PyroServer {
         Parameters(p): Parameters<CreateFullParams>,
     ) -> Result<Json<pyro::WorkspaceInfo>, String> {
         call(&self.pyro, move |pyro| {
-            pyro.create_workspace(&create_params(p.core, Some(p.network_policy)), &Silent)
+            let mut params = create_params(p.core, Some(p.network_policy));
+            params.secrets = p.secrets.unwrap_or_default();
+            pyro.create_workspace(&params, &Silent)
+        })
+        .await
+    }
+
+    #[tool(
+        name = "workspace_exec",
+        description = "Run a command in the workspace's /workspace, optionally with secrets as environment variables. A non-zero exit code is a result, not an error."
+    )]
+    async fn workspace_exec_full(
+        &self,
+        Parameters(p): Parameters<ExecFullParams>,
+    ) -> Result<Json<pyro::CommandEntry>, String> {
+        call(&self.pyro, move |pyro| {
+            let e = pyro::WorkspaceExec {
+                command: p.exec.command.words(),
+                timeout_seconds: p.exec.timeout_seconds,
+                secret_env: p.secret_env.unwrap_or_default(),
+            };
+            pyro.exec_workspace(&p.exec.workspace_id, &e, &mut Discard)
         })
         .await
     }

@@ -300,6 +300,11 @@ pub enum Message {
     /// consistent disk snapshot); `thaw` undoes it.
     Freeze,
     Thaw,
+    /// Host → agent: replace the secrets under `/run/pyro-secrets` (a
+    /// tmpfs: they never reach the disk) with these, one 0600 file each.
+    InstallSecrets {
+        secrets: BTreeMap<String, String>,
+    },
     /// Agent → host: a `put_archive` finished (terminal).
     ArchivePut {
         entry_count: u64,

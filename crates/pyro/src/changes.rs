@@ -144,7 +144,13 @@ pub fn diff(pyro: &Pyro, id: &str) -> Result<DiffResult> {
     let ws = Workspace::locate(pyro, id)?;
     let mut client = ws.connect()?;
     let (base, live) = workspace::trees(&ws, &mut client)?;
-    let (summary, entries) = compare(&base, &live);
+    let (summary, mut entries) = compare(&base, &live);
+    let hide = crate::secrets::redaction_list(&ws.secret_values(&ws.read()?)?);
+    for e in &mut entries {
+        if let Some(t) = &e.text_patch {
+            e.text_patch = Some(crate::secrets::redact(t, &hide));
+        }
+    }
     let patch = entries
         .iter()
         .filter_map(|e| e.text_patch.clone())

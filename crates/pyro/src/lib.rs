@@ -32,6 +32,7 @@ mod progress;
 mod qemu;
 mod qmp;
 mod run;
+mod secrets;
 mod supervisor;
 mod vm;
 mod workspace;
@@ -51,10 +52,11 @@ pub use error::{Error, Result};
 pub use paths::Paths;
 pub use progress::{Progress, Silent};
 pub use run::{command_from_args, Cleanup, ExecutionMode, RunParams, RunResult, RunTimings};
+pub use secrets::{SecretInfo, SecretInput};
 pub use workspace::{
     ArtifactType, CommandEntry, CreateWorkspace, Deleted, ExportResult, FileEntry, FileListResult,
     FileReadResult, FileWriteResult, ResetResult, SnapshotInfo, SnapshotList, State, SyncResult,
-    UpdateWorkspace, WorkspaceInfo, WorkspaceList, WorkspaceLogs,
+    UpdateWorkspace, WorkspaceExec, WorkspaceInfo, WorkspaceList, WorkspaceLogs,
 };
 
 /// The entry point of the library.
@@ -220,16 +222,15 @@ impl Pyro {
     pub fn delete_workspace(&self, id: &str) -> Result<Deleted> {
         workspace::delete(self, id)
     }
-    /// Runs a command in `/workspace` (one element: a shell string; several:
-    /// an argv), streaming its output into `output`.
+    /// Runs a command in `/workspace`, streaming its output (with secret
+    /// values redacted) into `output`.
     pub fn exec_workspace(
         &self,
         id: &str,
-        command: &[String],
-        timeout_seconds: u64,
+        params: &WorkspaceExec,
         output: &mut dyn OutputSink,
     ) -> Result<CommandEntry> {
-        workspace::exec(self, id, command, timeout_seconds, output)
+        workspace::exec(self, id, params, output)
     }
     pub fn push_workspace_sync(&self, id: &str, source: &Path, dest: &str) -> Result<SyncResult> {
         workspace::sync_push(self, id, source, dest)

@@ -29,6 +29,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::host::{self, FileLock};
 use crate::progress::Progress;
 use crate::run::{command_from_args, ExecutionMode};
+use crate::secrets::{self, SecretInfo, SecretInput};
 use crate::vm::{self, VmDir};
 use crate::{assets, environments, qemu, Pyro};
 
@@ -145,6 +146,8 @@ pub struct Record {
     pub reset_count: u64,
     pub last_reset_at: Option<f64>,
     pub snapshots: Vec<SnapshotInfo>,
+    #[serde(default)]
+    pub secrets: Vec<SecretInfo>,
 }
 
 /// A workspace as status, list and most commands show it.
@@ -176,6 +179,8 @@ pub struct WorkspaceInfo {
     pub reset_count: u64,
     pub last_reset_at: Option<f64>,
     pub snapshot_count: usize,
+    /// Names and sources only, never values.
+    pub secrets: Vec<SecretInfo>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -189,6 +194,29 @@ pub struct CreateWorkspace {
     pub seed_path: Option<PathBuf>,
     pub name: Option<String>,
     pub labels: BTreeMap<String, String>,
+    pub secrets: Vec<SecretInput>,
+}
+
+/// Parameters of [`Pyro::exec_workspace`](crate::Pyro::exec_workspace).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkspaceExec {
+    /// One element: a shell command string; several: an argv.
+    pub command: Vec<String>,
+    pub timeout_seconds: u64,
+    /// Secrets to pass as environment variables: secret name → variable
+    /// name (empty: the secret's own name).
+    pub secret_env: BTreeMap<String, String>,
+}
+
+impl WorkspaceExec {
+    pub fn new(command: Vec<String>) -> WorkspaceExec {
+        WorkspaceExec {
+            command,
+            timeout_seconds: 30,
+            secret_env: BTreeMap::new(),
+        }
+    }
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -419,7 +447,13 @@ impl Workspace {
             reset_count: r.reset_count,
             last_reset_at: r.last_reset_at,
             snapshot_count: r.snapshots.len(),
+            secrets: r.secrets.clone(),
         }
+    }
+
+    /// The workspace's secret values (for the guest and for redaction).
+    pub fn secret_values(&self, r: &Record) -> Result<BTreeMap<String, String>> {
+        secrets::load(&self.dir, &r.secrets)
     }
 
     /// A connection to the running VM, or a clear error if it is stopped.
@@ -519,6 +553,11 @@ fn boot(pyro: &Pyro, ws: &Workspace, r: &Record, progress: &dyn Progress) -> Res
     let record = vm::new_record(&ws.id, &r.environment, false, r.ttl_seconds, spec);
     vm::write_record(&dir, &record)?;
     vm::start_supervisor(&pyro.program, &dir)?;
+    if !r.secrets.is_empty() {
+        let secrets = ws.secret_values(r)?;
+        let mut c = ws.connect()?;
+        c.request(&Message::InstallSecrets { secrets }, None, &mut |_| {})?;
+    }
     Ok(())
 }
 
@@ -564,6 +603,7 @@ pub fn create(pyro: &Pyro, p: &CreateWorkspace, progress: &dyn Progress) -> Resu
         valid_name("label key", k)?;
         valid_text("label value", v)?;
     }
+    let secret_values = secrets::resolve(&p.secrets)?;
 
     let id = host::random_id(6);
     let ws = Workspace {
@@ -572,6 +612,7 @@ pub fn create(pyro: &Pyro, p: &CreateWorkspace, progress: &dyn Progress) -> Resu
     };
     fs::create_dir_all(ws.commands()).ctx(|| format!("create {}", ws.dir.display()))?;
     let result = (|| -> Result<WorkspaceInfo> {
+        secrets::store(&ws.dir, &secret_values)?;
         // Validate and capture the seed before anything boots.
         let seed_file = fs::File::create(ws.baseline()).ctx(|| "create baseline".into())?;
         let (mode, summary) = match &p.seed_path {
@@ -618,6 +659,7 @@ pub fn create(pyro: &Pyro, p: &CreateWorkspace, progress: &dyn Progress) -> Resu
                 created_at: t,
                 deletable: false,
             }],
+            secrets: secret_values.iter().map(|(i, _)| i.clone()).collect(),
         };
         ws.write(&record)?;
         progress.phase("workspace", &format!("phase=start workspace_id={id}"));
@@ -795,17 +837,20 @@ impl OutputSink for Capture<'_> {
 pub fn exec(
     pyro: &Pyro,
     id: &str,
-    command: &[String],
-    timeout_seconds: u64,
+    p: &WorkspaceExec,
     sink: &mut dyn OutputSink,
 ) -> Result<CommandEntry> {
     let ws = Workspace::locate(pyro, id)?;
-    let cmd = command_from_args(command)?;
-    if timeout_seconds == 0 {
+    let cmd = command_from_args(&p.command)?;
+    if p.timeout_seconds == 0 {
         return Err(Error::InvalidArgument(
             "timeout_seconds must be at least 1".into(),
         ));
     }
+    let record = ws.read()?;
+    let values = ws.secret_values(&record)?;
+    let env = secrets::environment(&values, &p.secret_env)?;
+    let hide = secrets::redaction_list(&values);
     let mut client = ws.connect()?;
     // The sequence number is taken up front, so concurrent commands get
     // distinct entries.
@@ -816,25 +861,32 @@ pub fn exec(
     })?;
     let started_at = now();
     let started = Instant::now();
+    let mut redactor = secrets::Redactor::new(sink, &hide);
     let mut capture = Capture {
-        inner: sink,
+        inner: &mut redactor,
         stdout: Vec::new(),
         stderr: Vec::new(),
     };
     let status = client.exec(
         ExecRequest {
             command: cmd.clone(),
-            env: BTreeMap::new(),
+            env,
             cwd: Some(WORKSPACE_ROOT.into()),
-            timeout_ms: Some(timeout_seconds * 1000),
+            timeout_ms: Some(p.timeout_seconds * 1000),
             sync_after: true,
         },
         &mut capture,
-    )?;
-    let shown = match &cmd {
-        Command::Shell(s) => s.clone(),
-        Command::Argv(a) => a.join(" "),
-    };
+    );
+    let (stdout, stderr) = (capture.stdout, capture.stderr);
+    redactor.finish();
+    let status = status?;
+    let shown = secrets::redact(
+        &match &cmd {
+            Command::Shell(s) => s.clone(),
+            Command::Argv(a) => a.join(" "),
+        },
+        &hide,
+    );
     let entry = CommandEntry {
         workspace_id: id.into(),
         sequence,
@@ -845,8 +897,8 @@ pub fn exec(
         timed_out: status.timed_out,
         duration_ms: started.elapsed().as_millis() as u64,
         started_at,
-        stdout: String::from_utf8_lossy(&capture.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&capture.stderr).into_owned(),
+        stdout: secrets::redact(&String::from_utf8_lossy(&stdout), &hide),
+        stderr: secrets::redact(&String::from_utf8_lossy(&stderr), &hide),
         execution_mode: ExecutionMode::GuestVirtioSerial,
     };
     host::write_atomic(
