@@ -12,6 +12,7 @@ mod cgroup;
 mod exec;
 mod files;
 mod reaper;
+mod shells;
 mod sys;
 
 use std::collections::HashMap;
@@ -50,6 +51,7 @@ pub struct Agent {
     reaper: Arc<reaper::Reaper>,
     /// Requests in flight, by stream, so `cancel` and input can reach them.
     streams: Mutex<HashMap<u32, Inflight>>,
+    shells: shells::Shells,
 }
 
 impl Agent {
@@ -116,6 +118,7 @@ fn serve(path: &std::path::Path) -> io::Result<()> {
         }),
         reaper: Arc::new(reaper::Reaper::default()),
         streams: Mutex::new(HashMap::new()),
+        shells: shells::Shells::default(),
     });
     let reaper = agent.reaper.clone();
     std::thread::spawn(move || reaper.run());
@@ -320,6 +323,21 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
                 message: format!("freeze: {e}"),
             }),
         },
+        Message::ShellOpen(req) => reply(shell_reply(shells::open(agent, req))),
+        Message::ShellRead {
+            shell_id,
+            cursor,
+            max_bytes,
+        } => reply(shell_reply(shells::read(
+            agent, &shell_id, cursor, max_bytes,
+        ))),
+        Message::ShellWrite { shell_id, data } => {
+            reply(shell_reply(shells::write(agent, &shell_id, &data)))
+        }
+        Message::ShellSignal { shell_id, signal } => {
+            reply(shell_reply(shells::signal(agent, &shell_id, signal)))
+        }
+        Message::ShellClose { shell_id } => reply(shell_reply(shells::close(agent, &shell_id))),
         Message::InstallSecrets { secrets } => match files::install_secrets(&secrets) {
             Ok(()) => reply(Message::Done),
             Err(message) => reply(Message::Error { message }),
@@ -338,6 +356,13 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
         other => reply(Message::Error {
             message: format!("unexpected message: {}", type_name(&other)),
         }),
+    }
+}
+
+fn shell_reply(r: Result<pyro_protocol::ShellState, String>) -> Message {
+    match r {
+        Ok(s) => Message::Shell(s),
+        Err(message) => Message::Error { message },
     }
 }
 

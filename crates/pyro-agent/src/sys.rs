@@ -260,3 +260,63 @@ pub fn freeze(path: &Path, frozen: bool) -> io::Result<()> {
     // the fd is open for the call.
     check(unsafe { libc::ioctl(dir.as_raw_fd(), request as _, 0) })
 }
+
+/// A new pseudo-terminal pair sized `cols` x `rows`: (master, slave).
+pub fn open_pty(cols: u16, rows: u16) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut master = 0;
+    let mut slave = 0;
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds into the provided ints; the name
+    // pointer may be null; termios null means defaults; `size` outlives it.
+    check(unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    })?;
+    // SAFETY: both fds were just returned by openpty and are owned by us.
+    let (master, slave) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok((master, slave))
+}
+
+/// Makes the child of `cmd` a session leader whose controlling terminal is
+/// its stdin (the PTY slave).
+pub fn controlling_terminal_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only the async-signal-safe setsid and
+    // ioctl are called.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The foreground process group of the terminal `fd` is the master of.
+pub fn foreground_group(fd: &impl AsRawFd) -> Option<i32> {
+    // SAFETY: tcgetpgrp on an fd we own.
+    let pgrp = unsafe { libc::tcgetpgrp(fd.as_raw_fd()) };
+    (pgrp > 0).then_some(pgrp)
+}

@@ -52,6 +52,86 @@ pub enum WorkspaceCommand {
     /// Inspect a stopped workspace's disk without booting it.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Interactive shells that keep their state between calls.
+    #[command(subcommand)]
+    Shell(ShellCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ShellCommand {
+    Open {
+        workspace_id: String,
+        #[arg(long, default_value = "/workspace")]
+        cwd: String,
+        #[arg(long, default_value_t = 120)]
+        cols: u16,
+        #[arg(long, default_value_t = 30)]
+        rows: u16,
+        /// Pass a secret as an environment variable: SECRET or SECRET=ENV (repeatable).
+        #[arg(long = "secret-env")]
+        secret_env: Vec<String>,
+        #[arg(long, conflicts_with = "json")]
+        id_only: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Read {
+        workspace_id: String,
+        shell_id: String,
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+        #[arg(long, default_value_t = 65536)]
+        max_chars: u64,
+        /// Render as the screen would show it (a terminal emulator, not escape stripping).
+        #[arg(long)]
+        plain: bool,
+        /// Keep reading until the shell has been quiet this long.
+        #[arg(long)]
+        wait_for_idle_ms: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    Write {
+        workspace_id: String,
+        shell_id: String,
+        #[arg(long, allow_hyphen_values = true)]
+        input: String,
+        #[arg(long)]
+        no_newline: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Signal {
+        workspace_id: String,
+        shell_id: String,
+        #[arg(long, default_value = "INT")]
+        signal: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Close {
+        workspace_id: String,
+        shell_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_secret_env(items: &[String]) -> BTreeMap<String, String> {
+    items
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((secret, var)) => (secret.to_string(), var.to_string()),
+            None => (s.clone(), s.clone()),
+        })
+        .collect()
+}
+
+fn shell_line(tag: &str, s: &pyro::ShellInfo) {
+    eprintln!(
+        "[workspace-shell-{tag}] workspace_id={} shell_id={} state={} cwd={} cols={} rows={} next_cursor={}",
+        s.workspace_id, s.shell_id, s.state, s.cwd, s.cols, s.rows, s.next_cursor
+    );
 }
 
 #[derive(Subcommand)]
@@ -308,6 +388,13 @@ impl WorkspaceCommand {
                 | DiskCommand::List { json, .. }
                 | DiskCommand::Read { json, .. },
             ) => *json,
+            Shell(
+                ShellCommand::Open { json, .. }
+                | ShellCommand::Read { json, .. }
+                | ShellCommand::Write { json, .. }
+                | ShellCommand::Signal { json, .. }
+                | ShellCommand::Close { json, .. },
+            ) => *json,
         }
     }
 }
@@ -480,14 +567,7 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
             let params = WorkspaceExec {
                 command: a.command,
                 timeout_seconds: a.timeout_seconds,
-                secret_env: a
-                    .secret_env
-                    .iter()
-                    .map(|s| match s.split_once('=') {
-                        Some((secret, var)) => (secret.to_string(), var.to_string()),
-                        None => (s.clone(), s.clone()),
-                    })
-                    .collect(),
+                secret_env: parse_secret_env(&a.secret_env),
             };
             let e = if a.json {
                 let e = pyro.exec_workspace(&a.workspace_id, &params, &mut render::Discard)?;
@@ -738,6 +818,83 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
             }
             Ok(ExitCode::SUCCESS)
         }
+        Shell(ShellCommand::Open {
+            workspace_id,
+            cwd,
+            cols,
+            rows,
+            secret_env,
+            id_only,
+            json,
+        }) => {
+            let params = pyro::OpenShell {
+                cwd,
+                cols,
+                rows,
+                secret_env: parse_secret_env(&secret_env),
+            };
+            let s = pyro.open_shell(&workspace_id, &params)?;
+            if id_only {
+                println!("{}", s.shell_id);
+                return Ok(ExitCode::SUCCESS);
+            }
+            show(json, &s, |s| shell_line("open", s))
+        }
+        Shell(ShellCommand::Read {
+            workspace_id,
+            shell_id,
+            cursor,
+            max_chars,
+            plain,
+            wait_for_idle_ms,
+            json,
+        }) => {
+            let params = pyro::ReadShell {
+                cursor,
+                max_chars,
+                plain,
+                wait_for_idle_ms,
+            };
+            show(
+                json,
+                &pyro.read_shell(&workspace_id, &shell_id, &params)?,
+                |s| {
+                    print!("{}", s.output);
+                    if plain && !s.output.is_empty() {
+                        println!();
+                    }
+                    shell_line("read", s);
+                },
+            )
+        }
+        Shell(ShellCommand::Write {
+            workspace_id,
+            shell_id,
+            input,
+            no_newline,
+            json,
+        }) => show(
+            json,
+            &pyro.write_shell(&workspace_id, &shell_id, &input, !no_newline)?,
+            |s| shell_line("write", s),
+        ),
+        Shell(ShellCommand::Signal {
+            workspace_id,
+            shell_id,
+            signal,
+            json,
+        }) => show(
+            json,
+            &pyro.signal_shell(&workspace_id, &shell_id, &signal)?,
+            |s| shell_line("signal", s),
+        ),
+        Shell(ShellCommand::Close {
+            workspace_id,
+            shell_id,
+            json,
+        }) => show(json, &pyro.close_shell(&workspace_id, &shell_id)?, |s| {
+            shell_line("close", s)
+        }),
         Reset(a) => show(
             a.json,
             &pyro.reset_workspace(&a.workspace_id, &a.snapshot, &render::Phases::new())?,

@@ -897,3 +897,250 @@ fn secrets_reach_commands_and_appear_nowhere() {
     assert!(!seen.contains(literal), "the literal secret leaked: {seen}");
     assert!(!seen.contains(from_file), "the file secret leaked: {seen}");
 }
+
+fn shell_read(sb: &Sandbox, id: &str, sid: &str, cursor: u64, extra: &[&str]) -> serde_json::Value {
+    let cursor = cursor.to_string();
+    let mut args = vec!["shell", "read", id, sid, "--cursor", &cursor];
+    args.extend_from_slice(extra);
+    ws(sb, &args)
+}
+
+/// Reads until `needle` shows up (the guest is slow under TCG).
+fn shell_wait(sb: &Sandbox, id: &str, sid: &str, cursor: u64, needle: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let r = shell_read(sb, id, sid, cursor, &["--plain"]);
+        if r["output"].as_str().unwrap().contains(needle) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never saw {needle:?}: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn shells_keep_state_take_signals_and_stay_bounded() {
+    let sb = Sandbox::new();
+    let id = ws(&sb, &["create", "debian:12"])["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sh = ws(&sb, &["shell", "open", &id]);
+    let sid = sh["shell_id"].as_str().unwrap().to_string();
+    assert_eq!(sh["state"], "running");
+    assert_eq!(sh["cols"], 120);
+    ws(
+        &sb,
+        &["shell", "write", &id, &sid, "--input", "cd /tmp && X=42"],
+    );
+    ws(
+        &sb,
+        &[
+            "shell",
+            "write",
+            &id,
+            &sid,
+            "--input",
+            "echo \"x=$X pwd=$(pwd)\"",
+        ],
+    );
+    shell_wait(&sb, &id, &sid, 0, "x=42 pwd=/tmp");
+
+    // SIGINT stops a running command and the shell lives on.
+    let before = shell_read(&sb, &id, &sid, 0, &[])["next_cursor"]
+        .as_u64()
+        .unwrap();
+    ws(
+        &sb,
+        &[
+            "shell",
+            "write",
+            &id,
+            &sid,
+            "--input",
+            "sleep 300; echo slept",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    ws(&sb, &["shell", "signal", &id, &sid, "--signal", "INT"]);
+    ws(
+        &sb,
+        &[
+            "shell",
+            "write",
+            &id,
+            &sid,
+            "--input",
+            "echo after-interrupt",
+        ],
+    );
+    let r = shell_wait(&sb, &id, &sid, before, "after-interrupt\n");
+    assert!(!r["output"].as_str().unwrap().contains("SLEPT-2"), "{r}");
+
+    // A full-screen redraw reads as its final screen.
+    let before = shell_read(&sb, &id, &sid, 0, &[])["next_cursor"]
+        .as_u64()
+        .unwrap();
+    ws(
+        &sb,
+        &[
+            "shell",
+            "write",
+            &id,
+            &sid,
+            "--input",
+            "clear; printf 'old\\033[2J\\033[4;6H%s\\n' FINAL-$((2+3))",
+        ],
+    );
+    let r = shell_wait(&sb, &id, &sid, before, "FINAL-5");
+    let out = r["output"].as_str().unwrap();
+    assert!(out.starts_with("\n\n\n     FINAL-5\n"), "{out:?}");
+    assert!(!out.contains("old"), "{out:?}");
+
+    // A second shell at once has its own state.
+    let sid2 = ws(&sb, &["shell", "open", &id])["shell_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ws(
+        &sb,
+        &[
+            "shell",
+            "write",
+            &id,
+            &sid2,
+            "--input",
+            "echo \"second x=[$X] $(pwd)\"",
+        ],
+    );
+    shell_wait(&sb, &id, &sid2, 0, "second x=[] /workspace");
+
+    // 50 MiB of output: the buffer drops the oldest, says so, and the
+    // agent's memory stays bounded.
+    ws(
+        &sb,
+        &[
+            "shell",
+            "write",
+            &id,
+            &sid2,
+            "--input",
+            "head -c 37748736 /dev/zero | base64 -w 1000; echo FLOOD-$((4+4))",
+        ],
+    );
+    let start = Instant::now();
+    loop {
+        // A cursor past the end reads as the end.
+        let end = shell_read(&sb, &id, &sid2, 1 << 40, &[])["next_cursor"]
+            .as_u64()
+            .unwrap();
+        let tail = shell_read(&sb, &id, &sid2, end.saturating_sub(2000), &[]);
+        if tail["output"].as_str().unwrap().contains("FLOOD-8\r\n") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the flood never finished"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let r = shell_read(&sb, &id, &sid2, 0, &["--max-chars", "100"]);
+    assert!(r["dropped_bytes"].as_u64().unwrap() > 40 << 20, "{r}");
+    assert!(r["cursor"].as_u64().unwrap() > 40 << 20);
+    let rss = exec(
+        &sb,
+        &id,
+        "grep VmRSS /proc/1/status | tr -s ' ' | cut -d' ' -f2",
+    );
+    let kib: u64 = rss["stdout"].as_str().unwrap().trim().parse().unwrap();
+    assert!(kib < 32 * 1024, "the agent holds {kib} KiB");
+
+    let closed = ws(&sb, &["shell", "close", &id, &sid]);
+    assert_eq!(closed["closed"], true);
+    let out = sb.run(&["workspace", "shell", "read", &id, &sid]);
+    assert!(stderr(&out).contains("no shell"), "{}", stderr(&out));
+    // Shells end with their VM.
+    ws(&sb, &["stop", &id]);
+    ws(&sb, &["start", &id]);
+    let out = sb.run(&["workspace", "shell", "read", &id, &sid2]);
+    assert!(stderr(&out).contains("no shell"), "{}", stderr(&out));
+    ws(&sb, &["delete", &id]);
+}
+
+#[test]
+fn recipe_r5_review_and_evaluation() {
+    let sb = Sandbox::new();
+    let seed = sb.home.path().join("seed");
+    write(
+        &seed,
+        "CHECKLIST.md",
+        "# Review checklist\n\n- confirm artifact state\n- export the evaluation report\n",
+    );
+    write(&seed, "artifact.txt", "PASS\n");
+    write(
+        &seed,
+        "review.sh",
+        "set -eu\nif grep -qx PASS artifact.txt; then\n  printf 'review=pass\\n' > review-report.txt\n  echo 'review passed'\nelse\n  printf 'review=fail\\n' > review-report.txt\n  echo 'review failed' >&2\n  exit 1\nfi\n",
+    );
+    let id = ws(
+        &sb,
+        &[
+            "create",
+            "debian:12",
+            "--seed-path",
+            seed.to_str().unwrap(),
+            "--name",
+            "review-eval",
+        ],
+    )["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = ws(&sb, &["snapshot", "create", &id, "pre-review"]);
+    assert_eq!(s["snapshot_name"], "pre-review");
+    let sid = ws(&sb, &["shell", "open", &id])["shell_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let initial = shell_read(&sb, &id, &sid, 0, &["--plain", "--wait-for-idle-ms", "300"]);
+    ws(
+        &sb,
+        &["shell", "write", &id, &sid, "--input", "cat CHECKLIST.md"],
+    );
+    shell_wait(
+        &sb,
+        &id,
+        &sid,
+        initial["next_cursor"].as_u64().unwrap(),
+        "Review checklist",
+    );
+    assert_eq!(ws(&sb, &["shell", "close", &id, &sid])["closed"], true);
+    assert_eq!(exec(&sb, &id, "sh review.sh")["exit_code"], 0);
+    ws(
+        &sb,
+        &["file", "write", &id, "artifact.txt", "--text", "FAIL\n"],
+    );
+    let r = ws(&sb, &["reset", &id, "--snapshot", "pre-review"]);
+    assert_eq!(r["workspace_reset"]["snapshot_name"], "pre-review");
+    assert_eq!(
+        ws(&sb, &["file", "read", &id, "artifact.txt"])["content"],
+        "PASS\n"
+    );
+    assert_eq!(exec(&sb, &id, "sh review.sh")["exit_code"], 0);
+    let report = sb.home.path().join("review-report.txt");
+    ws(
+        &sb,
+        &[
+            "export",
+            &id,
+            "review-report.txt",
+            "--output",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "review=pass\n");
+    ws(&sb, &["delete", &id]);
+}

@@ -300,6 +300,30 @@ pub enum Message {
     /// consistent disk snapshot); `thaw` undoes it.
     Freeze,
     Thaw,
+    /// Host → agent: start an interactive shell on a new PTY.
+    ShellOpen(ShellOpen),
+    /// Host → agent: output of a shell from byte offset `cursor`.
+    ShellRead {
+        shell_id: String,
+        cursor: u64,
+        max_bytes: u64,
+    },
+    /// Host → agent: type into a shell.
+    ShellWrite {
+        shell_id: String,
+        data: String,
+    },
+    /// Host → agent: signal a shell's foreground process group.
+    ShellSignal {
+        shell_id: String,
+        signal: i32,
+    },
+    /// Host → agent: hang up and end a shell.
+    ShellClose {
+        shell_id: String,
+    },
+    /// Agent → host: a shell's state and, for reads, output (terminal).
+    Shell(ShellState),
     /// Host → agent: replace the secrets under `/run/pyro-secrets` (a
     /// tmpfs: they never reach the disk) with these, one 0600 file each.
     InstallSecrets {
@@ -357,6 +381,7 @@ impl Message {
                 | Message::ArchiveSent { .. }
                 | Message::FileList { .. }
                 | Message::FileRead { .. }
+                | Message::Shell(_)
         )
     }
 }
@@ -368,6 +393,38 @@ pub struct PutArchive {
     pub remove: Vec<String>,
     #[serde(default)]
     pub atomic: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShellOpen {
+    pub shell_id: String,
+    pub cwd: String,
+    pub cols: u16,
+    pub rows: u16,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShellState {
+    pub shell_id: String,
+    /// `running` or `exited`.
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub cols: u16,
+    pub rows: u16,
+    pub cwd: String,
+    /// The offset the returned output starts at (past any dropped bytes).
+    pub cursor: u64,
+    /// The offset to read from next.
+    pub next_cursor: u64,
+    /// Bytes between the requested cursor and `cursor` that the bounded
+    /// buffer no longer holds.
+    pub dropped_bytes: u64,
+    /// Output, as raw terminal bytes (lossy UTF-8).
+    pub output: String,
+    /// More output is buffered past what was returned.
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

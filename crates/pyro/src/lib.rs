@@ -33,6 +33,7 @@ mod qemu;
 mod qmp;
 mod run;
 mod secrets;
+mod shells;
 mod supervisor;
 mod vm;
 mod workspace;
@@ -53,6 +54,7 @@ pub use paths::Paths;
 pub use progress::{Progress, Silent};
 pub use run::{command_from_args, Cleanup, ExecutionMode, RunParams, RunResult, RunTimings};
 pub use secrets::{SecretInfo, SecretInput};
+pub use shells::{OpenShell, ReadShell, ShellInfo};
 pub use workspace::{
     ArtifactType, CommandEntry, CreateWorkspace, Deleted, ExportResult, FileEntry, FileListResult,
     FileReadResult, FileWriteResult, ResetResult, SnapshotInfo, SnapshotList, State, SyncResult,
@@ -293,6 +295,31 @@ impl Pyro {
     /// Reads a file from a stopped workspace's disk, without booting it.
     pub fn read_workspace_disk(&self, id: &str, path: &str, max_bytes: u64) -> Result<DiskRead> {
         disk::read(self, id, path, max_bytes)
+    }
+    /// Opens an interactive shell (a PTY in the guest) in a running workspace.
+    pub fn open_shell(&self, id: &str, params: &OpenShell) -> Result<ShellInfo> {
+        shells::open(self, id, params)
+    }
+    /// Reads a shell's output from a cursor.
+    pub fn read_shell(&self, id: &str, shell_id: &str, params: &ReadShell) -> Result<ShellInfo> {
+        shells::read(self, id, shell_id, params)
+    }
+    /// Types into a shell; a newline is added unless `append_newline` is false.
+    pub fn write_shell(
+        &self,
+        id: &str,
+        shell_id: &str,
+        input: &str,
+        append_newline: bool,
+    ) -> Result<ShellInfo> {
+        shells::write(self, id, shell_id, input, append_newline)
+    }
+    /// Sends INT, TERM, HUP or KILL to what runs in the shell's foreground.
+    pub fn signal_shell(&self, id: &str, shell_id: &str, signal: &str) -> Result<ShellInfo> {
+        shells::signal(self, id, shell_id, signal)
+    }
+    pub fn close_shell(&self, id: &str, shell_id: &str) -> Result<ShellInfo> {
+        shells::close(self, id, shell_id)
     }
     pub fn create_snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo> {
         workspace::snapshot_create(self, id, name)
