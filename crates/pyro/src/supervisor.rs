@@ -245,7 +245,12 @@ pub fn main(dir: &Path) -> ! {
                 teardown(&sup, "ttl_expired", None);
                 return;
             }
-            std::thread::sleep(Duration::from_millis((since + ttl_ms - now).min(60_000)));
+            // A VM whose directory was removed has nobody left to serve.
+            if !sup.dir.path.exists() {
+                teardown(&sup, "its directory was removed", None);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis((since + ttl_ms - now).min(5_000)));
         });
     }
 

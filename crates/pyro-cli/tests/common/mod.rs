@@ -76,6 +76,15 @@ impl Sandbox {
     }
 }
 
+impl Drop for Sandbox {
+    /// A failed test must not leave VMs running: end whatever this
+    /// sandbox's home still has (supervisors take their QEMU with them).
+    fn drop(&mut self) {
+        let home = self.home.path().to_string_lossy().into_owned();
+        let _ = Command::new("pkill").args(["-9", "-f", &format!("__supervise {home}")]).status();
+    }
+}
+
 pub fn processes_mentioning(needle: &Path) -> Vec<String> {
     let needle = needle.to_string_lossy().into_owned();
     let mut found = Vec::new();
