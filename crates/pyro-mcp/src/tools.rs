@@ -294,6 +294,77 @@ pub struct DiskExportParams {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct EmptyParams {}
 
+fn d_cols() -> u16 {
+    120
+}
+fn d_rows() -> u16 {
+    30
+}
+fn d_max_chars() -> u64 {
+    65536
+}
+fn d_true() -> bool {
+    true
+}
+fn d_int() -> String {
+    "INT".into()
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ShellOpenParams {
+    pub workspace_id: String,
+    #[serde(default = "d_root")]
+    pub cwd: String,
+    #[serde(default = "d_cols")]
+    pub cols: u16,
+    #[serde(default = "d_rows")]
+    pub rows: u16,
+    /// Secrets as environment variables: `{SECRET: ENV}`.
+    #[serde(default)]
+    pub secret_env: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ShellReadParams {
+    pub workspace_id: String,
+    pub shell_id: String,
+    /// Byte offset to read from: the previous read's `next_cursor`.
+    #[serde(default)]
+    pub cursor: u64,
+    #[serde(default = "d_max_chars")]
+    pub max_chars: u64,
+    /// Render through a terminal emulator: the text as the screen shows it.
+    #[serde(default)]
+    pub plain: bool,
+    /// Keep reading until the shell has been quiet this long (1-10000 ms).
+    #[serde(default)]
+    pub wait_for_idle_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ShellWriteParams {
+    pub workspace_id: String,
+    pub shell_id: String,
+    pub input: String,
+    #[serde(default = "d_true")]
+    pub append_newline: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ShellSignalParams {
+    pub workspace_id: String,
+    pub shell_id: String,
+    /// INT, TERM, HUP or KILL.
+    #[serde(default = "d_int")]
+    pub signal_name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ShellIdParams {
+    pub workspace_id: String,
+    pub shell_id: String,
+}
+
 #[derive(Debug, serde::Serialize, JsonSchema)]
 pub struct EnvironmentList {
     pub catalog_version: String,
@@ -670,6 +741,78 @@ impl PyroServer {
     ) -> Result<Json<pyro::DiskRead>, String> {
         call(&self.pyro, move |pyro| {
             pyro.read_workspace_disk(&p.workspace_id, &p.path, p.max_bytes)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Open an interactive shell (a PTY in the guest) that keeps its state between calls."
+    )]
+    async fn shell_open(
+        &self,
+        Parameters(p): Parameters<ShellOpenParams>,
+    ) -> Result<Json<pyro::ShellInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            let params = pyro::OpenShell {
+                cwd: p.cwd,
+                cols: p.cols,
+                rows: p.rows,
+                secret_env: p.secret_env.unwrap_or_default(),
+            };
+            pyro.open_shell(&p.workspace_id, &params)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Read a shell's output from a cursor; plain renders it as the screen would show it.",
+        annotations(read_only_hint = true)
+    )]
+    async fn shell_read(
+        &self,
+        Parameters(p): Parameters<ShellReadParams>,
+    ) -> Result<Json<pyro::ShellInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            let params = pyro::ReadShell {
+                cursor: p.cursor,
+                max_chars: p.max_chars,
+                plain: p.plain,
+                wait_for_idle_ms: p.wait_for_idle_ms,
+            };
+            pyro.read_shell(&p.workspace_id, &p.shell_id, &params)
+        })
+        .await
+    }
+
+    #[tool(description = "Type into a shell (a newline is added unless append_newline is false).")]
+    async fn shell_write(
+        &self,
+        Parameters(p): Parameters<ShellWriteParams>,
+    ) -> Result<Json<pyro::ShellInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.write_shell(&p.workspace_id, &p.shell_id, &p.input, p.append_newline)
+        })
+        .await
+    }
+
+    #[tool(description = "Send INT, TERM, HUP or KILL to what runs in a shell's foreground.")]
+    async fn shell_signal(
+        &self,
+        Parameters(p): Parameters<ShellSignalParams>,
+    ) -> Result<Json<pyro::ShellInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.signal_shell(&p.workspace_id, &p.shell_id, &p.signal_name)
+        })
+        .await
+    }
+
+    #[tool(description = "Close a shell.")]
+    async fn shell_close(
+        &self,
+        Parameters(p): Parameters<ShellIdParams>,
+    ) -> Result<Json<pyro::ShellInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.close_shell(&p.workspace_id, &p.shell_id)
         })
         .await
     }

@@ -81,7 +81,9 @@ impl Drop for Sandbox {
     /// sandbox's home still has (supervisors take their QEMU with them).
     fn drop(&mut self) {
         let home = self.home.path().to_string_lossy().into_owned();
-        let _ = Command::new("pkill").args(["-9", "-f", &format!("__supervise {home}")]).status();
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &format!("__supervise {home}")])
+            .status();
     }
 }
 

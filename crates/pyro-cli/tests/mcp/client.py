@@ -21,7 +21,7 @@ from mcp.client.streamable_http import streamablehttp_client
 
 PYRO = os.environ["PYRO_BIN"]
 GOLDEN = os.environ["PYRO_MCP_GOLDEN"]
-EXPECTED_COUNTS = {"vm-run": 1, "workspace-core": 16, "workspace-full": 25}
+EXPECTED_COUNTS = {"vm-run": 1, "workspace-core": 16, "workspace-full": 30}
 
 
 def check(cond, what):
@@ -132,6 +132,32 @@ async def stdio_profile(profile, tmp):
                 wid = await recipe_r2(session, tmp)
                 await malformed_calls(session, wid)
                 await concurrency(session, wid)
+                ok(await session.call_tool("workspace_delete", {"workspace_id": wid}))
+            if profile == "workspace-full":
+                w = ok(await session.call_tool("workspace_create", {
+                    "environment": "debian:12",
+                    "secrets": [{"name": "TOKEN", "value": "mcp-secret-5a1f"}],
+                }))
+                wid = w["workspace_id"]
+                sh = ok(await session.call_tool("shell_open", {"workspace_id": wid, "secret_env": {"TOKEN": "TOKEN"}}))
+                sid = sh["shell_id"]
+                ok(await session.call_tool("shell_write", {"workspace_id": wid, "shell_id": sid, "input": "cd /tmp; echo in-$(pwd) $TOKEN"}))
+                out = ""
+                for _ in range(100):
+                    r = ok(await session.call_tool("shell_read", {
+                        "workspace_id": wid, "shell_id": sid, "plain": True, "wait_for_idle_ms": 200,
+                    }))
+                    out = r["output"]
+                    if "in-/tmp [REDACTED]" in out:
+                        break
+                    await asyncio.sleep(0.2)
+                check("in-/tmp [REDACTED]" in out and "mcp-secret-5a1f" not in out, "full: shell with a redacted secret")
+                r = ok(await session.call_tool("shell_close", {"workspace_id": wid, "shell_id": sid}))
+                check(r["closed"] is True, "full: shell closed")
+                r = ok(await session.call_tool("workspace_exec", {
+                    "workspace_id": wid, "command": "echo $T", "secret_env": {"TOKEN": "T"},
+                }))
+                check(r["stdout"] == "[REDACTED]\n", "full: exec with secret_env")
                 ok(await session.call_tool("workspace_delete", {"workspace_id": wid}))
 
 
