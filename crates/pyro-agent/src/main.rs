@@ -12,6 +12,7 @@ mod cgroup;
 mod exec;
 mod files;
 mod reaper;
+mod services;
 mod shells;
 mod sys;
 
@@ -52,6 +53,7 @@ pub struct Agent {
     /// Requests in flight, by stream, so `cancel` and input can reach them.
     streams: Mutex<HashMap<u32, Inflight>>,
     shells: shells::Shells,
+    services: services::Services,
 }
 
 impl Agent {
@@ -119,6 +121,7 @@ fn serve(path: &std::path::Path) -> io::Result<()> {
         reaper: Arc::new(reaper::Reaper::default()),
         streams: Mutex::new(HashMap::new()),
         shells: shells::Shells::default(),
+        services: services::Services::default(),
     });
     let reaper = agent.reaper.clone();
     std::thread::spawn(move || reaper.run());
@@ -338,6 +341,44 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
             reply(shell_reply(shells::signal(agent, &shell_id, signal)))
         }
         Message::ShellClose { shell_id } => reply(shell_reply(shells::close(agent, &shell_id))),
+        Message::ServiceStart(spec) => {
+            // Readiness can take a while: answer from a thread of its own.
+            let agent = agent.clone();
+            std::thread::spawn(move || {
+                let reply = match services::start(&agent, spec) {
+                    Ok(s) => Message::Service(s),
+                    Err(message) => Message::Error { message },
+                };
+                agent.send(&Frame::message(stream, &reply));
+            });
+        }
+        Message::ServiceStatus { name } => reply(match services::status(agent, &name) {
+            Ok(s) => Message::Service(s),
+            Err(message) => Message::Error { message },
+        }),
+        Message::ServiceList => reply(Message::Services {
+            services: services::list(agent),
+        }),
+        Message::ServiceLogs { name, tail_lines } => {
+            reply(match services::logs(agent, &name, tail_lines) {
+                Ok((stdout, stderr, truncated)) => Message::ServiceLog {
+                    stdout,
+                    stderr,
+                    truncated,
+                },
+                Err(message) => Message::Error { message },
+            })
+        }
+        Message::ServiceStop { name } => {
+            let agent = agent.clone();
+            std::thread::spawn(move || {
+                let reply = match services::stop(&agent, &name) {
+                    Ok(s) => Message::Service(s),
+                    Err(message) => Message::Error { message },
+                };
+                agent.send(&Frame::message(stream, &reply));
+            });
+        }
         Message::InstallSecrets { secrets } => match files::install_secrets(&secrets) {
             Ok(()) => reply(Message::Done),
             Err(message) => reply(Message::Error { message }),

@@ -55,6 +55,108 @@ pub enum WorkspaceCommand {
     /// Interactive shells that keep their state between calls.
     #[command(subcommand)]
     Shell(ShellCommand),
+    /// Long-running services with readiness checks.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+#[derive(Subcommand)]
+pub enum ServiceCommand {
+    /// Start a service and wait until it is ready.
+    Start(ServiceStartArgs),
+    List(IdArgs),
+    Status {
+        workspace_id: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Logs {
+        workspace_id: String,
+        name: String,
+        #[arg(long, default_value_t = 200, conflicts_with = "all")]
+        tail_lines: u64,
+        /// Everything kept, not just the tail.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Stop {
+        workspace_id: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct ServiceStartArgs {
+    workspace_id: String,
+    name: String,
+    #[arg(long, default_value = "/workspace")]
+    cwd: String,
+    /// Ready once this path (relative to --cwd) exists.
+    #[arg(long, group = "ready")]
+    ready_file: Option<String>,
+    /// Ready once HOST:PORT accepts a connection.
+    #[arg(long, group = "ready")]
+    ready_tcp: Option<String>,
+    /// Ready once a GET of this URL answers 200-399.
+    #[arg(long, group = "ready")]
+    ready_http: Option<String>,
+    /// Ready once this shell command exits 0.
+    #[arg(long, group = "ready")]
+    ready_command: Option<String>,
+    #[arg(long, default_value_t = 30)]
+    ready_timeout_seconds: u64,
+    #[arg(long, default_value_t = 500)]
+    ready_interval_ms: u64,
+    /// Pass a secret as an environment variable: SECRET or SECRET=ENV (repeatable).
+    #[arg(long = "secret-env")]
+    secret_env: Vec<String>,
+    /// Publish a guest port on host 127.0.0.1: GUEST or HOST:GUEST (repeatable).
+    #[arg(long = "publish")]
+    publish: Vec<String>,
+    #[arg(long)]
+    json: bool,
+    /// One argument: a shell command string; several: an argv.
+    #[arg(last = true, required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
+fn parse_publish(s: &str) -> anyhow::Result<pyro::PublishedPort> {
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| anyhow::anyhow!("bad port in --publish {s:?}"))
+    };
+    Ok(match s.split_once(':') {
+        Some((h, g)) => pyro::PublishedPort {
+            guest_port: port(g)?,
+            host_port: Some(port(h)?),
+        },
+        None => pyro::PublishedPort {
+            guest_port: port(s)?,
+            host_port: None,
+        },
+    })
+}
+
+fn service_line(tag: &str, s: &pyro::ServiceInfo) {
+    let mut line = format!(
+        "[workspace-service-{tag}] workspace_id={} service_name={} state={} cwd={} execution_mode={}",
+        s.workspace_id,
+        s.service_name,
+        s.state,
+        s.cwd,
+        render::mode(s.execution_mode)
+    );
+    if let Some(r) = &s.stop_reason {
+        line.push_str(&format!(" stop_reason={r}"));
+    }
+    if let Some(c) = s.exit_code {
+        line.push_str(&format!(" exit_code={c}"));
+    }
+    eprintln!("{line}");
 }
 
 #[derive(Subcommand)]
@@ -394,6 +496,13 @@ impl WorkspaceCommand {
                 | ShellCommand::Write { json, .. }
                 | ShellCommand::Signal { json, .. }
                 | ShellCommand::Close { json, .. },
+            ) => *json,
+            Service(ServiceCommand::Start(a)) => a.json,
+            Service(ServiceCommand::List(a)) => a.json,
+            Service(
+                ServiceCommand::Status { json, .. }
+                | ServiceCommand::Logs { json, .. }
+                | ServiceCommand::Stop { json, .. },
             ) => *json,
         }
     }
@@ -894,6 +1003,73 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
             json,
         }) => show(json, &pyro.close_shell(&workspace_id, &shell_id)?, |s| {
             shell_line("close", s)
+        }),
+        Service(ServiceCommand::Start(a)) => {
+            let readiness = if let Some(path) = a.ready_file {
+                Some(pyro::ReadinessCheck::File { path })
+            } else if let Some(address) = a.ready_tcp {
+                Some(pyro::ReadinessCheck::Tcp { address })
+            } else if let Some(url) = a.ready_http {
+                Some(pyro::ReadinessCheck::Http { url })
+            } else {
+                a.ready_command
+                    .map(|command| pyro::ReadinessCheck::Command { command })
+            };
+            let params = pyro::StartService {
+                command: a.command,
+                cwd: a.cwd,
+                readiness,
+                ready_timeout_seconds: a.ready_timeout_seconds,
+                ready_interval_ms: a.ready_interval_ms,
+                secret_env: parse_secret_env(&a.secret_env),
+                published_ports: a
+                    .publish
+                    .iter()
+                    .map(|p| parse_publish(p))
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            let s = pyro.start_service(&a.workspace_id, &a.name, &params)?;
+            show(a.json, &s, |s| service_line("start", s))?;
+            Ok(if s.state == "running" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Service(ServiceCommand::List(a)) => {
+            show(a.json, &pyro.list_services(&a.workspace_id)?, |l| {
+                for s in &l.services {
+                    println!("{} {} {}", s.service_name, s.state, s.command);
+                }
+            })
+        }
+        Service(ServiceCommand::Status {
+            workspace_id,
+            name,
+            json,
+        }) => show(json, &pyro.status_service(&workspace_id, &name)?, |s| {
+            service_line("status", s)
+        }),
+        Service(ServiceCommand::Logs {
+            workspace_id,
+            name,
+            tail_lines,
+            all,
+            json,
+        }) => show(
+            json,
+            &pyro.logs_service(&workspace_id, &name, (!all).then_some(tail_lines))?,
+            |l| {
+                print!("{}", l.stdout);
+                eprint!("{}", l.stderr);
+            },
+        ),
+        Service(ServiceCommand::Stop {
+            workspace_id,
+            name,
+            json,
+        }) => show(json, &pyro.stop_service(&workspace_id, &name)?, |s| {
+            service_line("stop", s)
         }),
         Reset(a) => show(
             a.json,

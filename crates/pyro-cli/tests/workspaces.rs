@@ -22,7 +22,11 @@ fn json(out: &Output) -> serde_json::Value {
 fn ws(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
     let mut full = vec!["workspace"];
     full.extend_from_slice(args);
-    full.push("--json");
+    // Options go before `--`; what follows it is the command.
+    match full.iter().position(|a| *a == "--") {
+        Some(i) => full.insert(i, "--json"),
+        None => full.push("--json"),
+    }
     let out = sb.run(&full);
     assert!(
         out.status.success(),
@@ -256,7 +260,7 @@ fn recipe_r4_untrusted_inspection() {
     ws(&sb, &["delete", &id]);
 }
 
-/// The reference's README walkthrough, but for its `service start` step.
+/// The reference's README walkthrough.
 #[test]
 fn readme_walkthrough() {
     let sb = Sandbox::new();
@@ -1142,5 +1146,230 @@ fn recipe_r5_review_and_evaluation() {
         ],
     );
     assert_eq!(std::fs::read_to_string(&report).unwrap(), "review=pass\n");
+    ws(&sb, &["delete", &id]);
+}
+
+#[test]
+fn services_become_ready_fail_with_reasons_and_keep_logs() {
+    let sb = Sandbox::new();
+    let id = ws(&sb, &["create", "debian:12-build"])["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = ws(
+        &sb,
+        &[
+            "service",
+            "start",
+            &id,
+            "web",
+            "--ready-http",
+            "http://127.0.0.1:8080/",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+        ],
+    );
+    assert_eq!(s["state"], "running", "{s}");
+    assert!(s["ready_at"].as_f64().is_some());
+    let r = exec(&sb, &id, "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/').status)\"");
+    assert_eq!(r["stdout"], "200\n", "{r}");
+
+    // Exits before it is ready: failed, with the reason and exit code.
+    let out = sb.run(&[
+        "workspace",
+        "service",
+        "start",
+        &id,
+        "early",
+        "--ready-file",
+        ".never",
+        "--json",
+        "--",
+        "echo bye; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = json(&out);
+    assert_eq!(s["state"], "failed");
+    assert_eq!(s["stop_reason"], "process_exited_before_ready");
+    assert_eq!(s["exit_code"], 3);
+    // Not ready in time: failed, and its processes are gone.
+    let s = json(&sb.run(&[
+        "workspace",
+        "service",
+        "start",
+        &id,
+        "slow",
+        "--ready-file",
+        ".never",
+        "--ready-timeout-seconds",
+        "2",
+        "--ready-interval-ms",
+        "100",
+        "--json",
+        "--",
+        "sleep 300",
+    ]));
+    assert_eq!(s["stop_reason"], "readiness_timeout", "{s}");
+    assert_eq!(
+        exec(&sb, &id, "pgrep -x sleep || echo none")["stdout"],
+        "none\n"
+    );
+
+    // Logs: the last lines, exactly.
+    let s = ws(
+        &sb,
+        &[
+            "service",
+            "start",
+            &id,
+            "counter",
+            "--",
+            "for i in $(seq 1 20); do echo line-$i; done; echo err-1 >&2; sleep 300",
+        ],
+    );
+    assert_eq!(s["state"], "running");
+    std::thread::sleep(Duration::from_millis(500));
+    let l = ws(
+        &sb,
+        &["service", "logs", &id, "counter", "--tail-lines", "5"],
+    );
+    assert_eq!(
+        l["stdout"], "line-16\nline-17\nline-18\nline-19\nline-20\n",
+        "{l}"
+    );
+    assert_eq!(l["stderr"], "err-1\n");
+    assert_eq!(l["truncated"], true);
+    let l = ws(&sb, &["service", "logs", &id, "counter", "--all"]);
+    assert!(l["stdout"].as_str().unwrap().starts_with("line-1\n"));
+
+    let list = ws(&sb, &["service", "list", &id]);
+    assert_eq!(list["count"], 4);
+    assert_eq!(list["running_count"], 2);
+    let s = ws(&sb, &["service", "stop", &id, "counter"]);
+    assert_eq!(s["state"], "stopped");
+    assert_eq!(s["stop_reason"], "sigterm");
+    // A finished service's name can be used again; a running one's cannot.
+    let s = ws(
+        &sb,
+        &[
+            "service",
+            "start",
+            &id,
+            "counter",
+            "--ready-command",
+            "true",
+            "--",
+            "sleep 300",
+        ],
+    );
+    assert_eq!(s["state"], "running");
+    let out = sb.run(&[
+        "workspace",
+        "service",
+        "start",
+        &id,
+        "counter",
+        "--",
+        "sleep 1",
+    ]);
+    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    // Service state stays out of /workspace.
+    assert_eq!(ws(&sb, &["diff", &id])["changed"], false);
+    let out = sb.run(&[
+        "workspace",
+        "service",
+        "start",
+        &id,
+        "pub",
+        "--publish",
+        "8081",
+        "--",
+        "sleep 1",
+    ]);
+    assert!(
+        stderr(&out).contains("not supported yet"),
+        "{}",
+        stderr(&out)
+    );
+    ws(&sb, &["delete", &id]);
+}
+
+#[test]
+fn recipe_r1_cold_start_validation() {
+    let sb = Sandbox::new();
+    let seed = sb.home.path().join("seed");
+    write(&seed, "README.md", "# app\n");
+    write(
+        &seed,
+        "validate.sh",
+        "set -eu\nprintf '%s\\n' 'validation=pass' > validation-report.txt\necho validated\n",
+    );
+    write(
+        &seed,
+        "serve.sh",
+        "set -eu\necho 'service started'\nprintf '%s\\n' 'service=ready' > service-state.txt\ntouch .app-ready\nwhile true; do sleep 60; done\n",
+    );
+    let id = ws(
+        &sb,
+        &[
+            "create",
+            "debian:12",
+            "--seed-path",
+            seed.to_str().unwrap(),
+            "--name",
+            "cold-start-validation",
+        ],
+    )["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = exec(&sb, &id, "sh validate.sh");
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["stdout"], "validated\n");
+    assert!(r["execution_mode"].as_str().unwrap().starts_with("guest"));
+    let s = ws(
+        &sb,
+        &[
+            "service",
+            "start",
+            &id,
+            "app",
+            "--ready-file",
+            ".app-ready",
+            "--",
+            "sh serve.sh",
+        ],
+    );
+    assert_eq!(s["state"], "running");
+    let r = exec(
+        &sb,
+        &id,
+        "sh -lc 'test -f .app-ready && cat service-state.txt'",
+    );
+    assert_eq!(r["stdout"], "service=ready\n");
+    let l = ws(&sb, &["service", "logs", &id, "app", "--tail-lines", "20"]);
+    assert!(l["stdout"].as_str().unwrap().contains("service started"));
+    let report = sb.home.path().join("validation-report.txt");
+    ws(
+        &sb,
+        &[
+            "export",
+            &id,
+            "validation-report.txt",
+            "--output",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&report).unwrap(),
+        "validation=pass\n"
+    );
+    assert_eq!(
+        ws(&sb, &["service", "stop", &id, "app"])["state"],
+        "stopped"
+    );
     ws(&sb, &["delete", &id]);
 }

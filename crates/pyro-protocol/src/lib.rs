@@ -324,6 +324,35 @@ pub enum Message {
     },
     /// Agent → host: a shell's state and, for reads, output (terminal).
     Shell(ShellState),
+    /// Host → agent: start a long-running service and wait for it to be
+    /// ready (terminal reply: `service`).
+    ServiceStart(ServiceSpec),
+    ServiceStatus {
+        name: String,
+    },
+    ServiceList,
+    /// Host → agent: the last `tail_lines` lines (all if absent) of a
+    /// service's stdout and stderr.
+    ServiceLogs {
+        name: String,
+        tail_lines: Option<u64>,
+    },
+    /// Host → agent: SIGTERM the service's processes, SIGKILL after a grace.
+    ServiceStop {
+        name: String,
+    },
+    /// Agent → host: one service (terminal).
+    Service(ServiceState),
+    /// Agent → host: every service (terminal).
+    Services {
+        services: Vec<ServiceState>,
+    },
+    /// Agent → host: a service's logs (terminal).
+    ServiceLog {
+        stdout: String,
+        stderr: String,
+        truncated: bool,
+    },
     /// Host → agent: replace the secrets under `/run/pyro-secrets` (a
     /// tmpfs: they never reach the disk) with these, one 0600 file each.
     InstallSecrets {
@@ -382,6 +411,9 @@ impl Message {
                 | Message::FileList { .. }
                 | Message::FileRead { .. }
                 | Message::Shell(_)
+                | Message::Service(_)
+                | Message::Services { .. }
+                | Message::ServiceLog { .. }
         )
     }
 }
@@ -393,6 +425,51 @@ pub struct PutArchive {
     pub remove: Vec<String>,
     #[serde(default)]
     pub atomic: bool,
+}
+
+/// How the agent decides a service is ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Readiness {
+    /// The path exists.
+    File { path: String },
+    /// `HOST:PORT` accepts a TCP connection.
+    Tcp { address: String },
+    /// An HTTP GET of the URL answers 200-399.
+    Http { url: String },
+    /// The shell command exits 0.
+    Command { command: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub command: Command,
+    pub cwd: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub readiness: Option<Readiness>,
+    pub ready_timeout_ms: u64,
+    pub ready_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub name: String,
+    /// `running`, `exited`, `stopped` or `failed`.
+    pub state: String,
+    pub command: String,
+    pub cwd: String,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub started_at_unix_ms: u64,
+    pub ready_at_unix_ms: Option<u64>,
+    pub ended_at_unix_ms: Option<u64>,
+    /// Why it is not running: `process_exited_before_ready`,
+    /// `readiness_timeout`, `sigterm`, `sigkill`.
+    pub stop_reason: Option<String>,
+    pub readiness: Option<Readiness>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -33,6 +33,7 @@ mod qemu;
 mod qmp;
 mod run;
 mod secrets;
+mod services;
 mod shells;
 mod supervisor;
 mod vm;
@@ -54,6 +55,9 @@ pub use paths::Paths;
 pub use progress::{Progress, Silent};
 pub use run::{command_from_args, Cleanup, ExecutionMode, RunParams, RunResult, RunTimings};
 pub use secrets::{SecretInfo, SecretInput};
+pub use services::{
+    PublishedPort, ReadinessCheck, ServiceInfo, ServiceList, ServiceLogs, StartService,
+};
 pub use shells::{OpenShell, ReadShell, ShellInfo};
 pub use workspace::{
     ArtifactType, CommandEntry, CreateWorkspace, Deleted, ExportResult, FileEntry, FileListResult,
@@ -320,6 +324,35 @@ impl Pyro {
     }
     pub fn close_shell(&self, id: &str, shell_id: &str) -> Result<ShellInfo> {
         shells::close(self, id, shell_id)
+    }
+    /// Starts a long-running service and waits until it is ready (or
+    /// failed: exited early, or not ready in time).
+    pub fn start_service(
+        &self,
+        id: &str,
+        name: &str,
+        params: &StartService,
+    ) -> Result<ServiceInfo> {
+        services::start(self, id, name, params)
+    }
+    pub fn list_services(&self, id: &str) -> Result<ServiceList> {
+        services::list(self, id)
+    }
+    pub fn status_service(&self, id: &str, name: &str) -> Result<ServiceInfo> {
+        services::status(self, id, name)
+    }
+    /// The last `tail_lines` lines of stdout and stderr (`None`: all kept).
+    pub fn logs_service(
+        &self,
+        id: &str,
+        name: &str,
+        tail_lines: Option<u64>,
+    ) -> Result<ServiceLogs> {
+        services::logs(self, id, name, tail_lines)
+    }
+    /// SIGTERM, then SIGKILL after 5 s, to every process of the service.
+    pub fn stop_service(&self, id: &str, name: &str) -> Result<ServiceInfo> {
+        services::stop(self, id, name)
     }
     pub fn create_snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo> {
         workspace::snapshot_create(self, id, name)

@@ -272,7 +272,7 @@ fn now() -> f64 {
     host::now_unix_ms() as f64 / 1000.0
 }
 
-fn valid_name(kind: &str, s: &str) -> Result<()> {
+pub(crate) fn valid_name(kind: &str, s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 64
         && s.chars().next().unwrap().is_ascii_alphanumeric()

@@ -1,0 +1,355 @@
+//! Long-running services: started in their own process group and cgroup,
+//! output appended to files under `/run/pyro-services` (never in
+//! `/workspace`, so never in a diff or an export), readiness probed here in
+//! the guest, stopped with SIGTERM then SIGKILL.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pyro_protocol::{Readiness, ServiceSpec, ServiceState};
+
+use crate::cgroup::Cgroup;
+use crate::{sys, Agent};
+
+const LOG_DIR: &str = "/run/pyro-services";
+/// How much of a log `logs` looks at.
+const LOG_WINDOW: u64 = 1 << 20;
+
+struct Service {
+    state: ServiceState,
+    cgroup: Option<Cgroup>,
+}
+
+#[derive(Default)]
+pub struct Services {
+    services: Mutex<HashMap<String, Arc<Mutex<Service>>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn log_path(name: &str, stream: &str) -> PathBuf {
+    Path::new(LOG_DIR).join(format!("{name}.{stream}"))
+}
+
+fn probe(agent: &Agent, r: &Readiness, cwd: &str) -> bool {
+    match r {
+        Readiness::File { path } => Path::new(cwd).join(path).exists(),
+        Readiness::Tcp { address } => address
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok()),
+        Readiness::Http { url } => http_ok(url),
+        Readiness::Command { command } => {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-lc", command])
+                .current_dir(cwd)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0);
+            // Children of PID 1 are reaped by the reaper, which hands the
+            // status over.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let Ok(child) = agent.reaper.spawn(&mut cmd, tx, |s| s) else {
+                return false;
+            };
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(raw) => sys::decode_status(raw).0 == 0,
+                Err(_) => {
+                    sys::kill_group(child.id() as i32, libc::SIGKILL);
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET: ready on a 2xx or 3xx status within 2 s.
+fn http_ok(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let address = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let Some(addr) = address.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 16];
+    let mut got = 0;
+    while got < head.len() {
+        match s.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    // Read the rest (bounded) so the server is not reset mid-reply.
+    let mut rest = [0u8; 4096];
+    let mut drained = 0;
+    while drained < 64 * 1024 {
+        match s.read(&mut rest) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..got]);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (200..400).contains(&status)
+}
+
+fn stop_group(svc: &Service, pid: i32, signal: i32) {
+    sys::kill_group(pid, signal);
+    if signal == libc::SIGKILL {
+        if let Some(cg) = &svc.cgroup {
+            cg.kill();
+        }
+    }
+}
+
+pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, String> {
+    {
+        let map = agent.services.services.lock().unwrap();
+        if let Some(existing) = map.get(&spec.name) {
+            if existing.lock().unwrap().state.state == "running" {
+                return Err(format!("service {} is already running", spec.name));
+            }
+        }
+    }
+    fs::create_dir_all(LOG_DIR).map_err(|e| format!("{LOG_DIR}: {e}"))?;
+    let open_log = |stream: &str| {
+        OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(log_path(&spec.name, stream))
+            .map_err(|e| format!("log: {e}"))
+    };
+    let (stdout, stderr) = (open_log("stdout")?, open_log("stderr")?);
+    let (mut cmd, shown) = match &spec.command {
+        pyro_protocol::Command::Shell(s) => {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-lc", s]);
+            (c, s.clone())
+        }
+        pyro_protocol::Command::Argv(a) if !a.is_empty() => {
+            let mut c = Command::new(&a[0]);
+            c.args(&a[1..]);
+            (c, a.join(" "))
+        }
+        pyro_protocol::Command::Argv(_) => return Err("empty command".into()),
+    };
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .envs(&spec.env)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .process_group(0);
+    let cgroup = Cgroup::create(&format!("service-{}-{}", spec.name, sys::boottime_ms()));
+    if let Some(cg) = &cgroup {
+        sys::join_cgroup_on_spawn(&mut cmd, cg.procs_path());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let child = agent.reaper.spawn(&mut cmd, tx, |s| s).map_err(|e| {
+        let program = match &spec.command {
+            pyro_protocol::Command::Argv(a) => a[0].clone(),
+            pyro_protocol::Command::Shell(_) => "/bin/sh".into(),
+        };
+        format!("start {}: {program}: {e}", spec.name)
+    })?;
+    let pid = child.id() as i32;
+    let svc = Arc::new(Mutex::new(Service {
+        state: ServiceState {
+            name: spec.name.clone(),
+            state: "running".into(),
+            command: shown,
+            cwd: spec.cwd.clone(),
+            pid: Some(pid as u32),
+            exit_code: None,
+            started_at_unix_ms: now_ms(),
+            ready_at_unix_ms: None,
+            ended_at_unix_ms: None,
+            stop_reason: None,
+            readiness: spec.readiness.clone(),
+        },
+        cgroup,
+    }));
+    agent
+        .services
+        .services
+        .lock()
+        .unwrap()
+        .insert(spec.name.clone(), svc.clone());
+    let waiter = svc.clone();
+    std::thread::spawn(move || {
+        if let Ok(raw) = rx.recv() {
+            let mut s = waiter.lock().unwrap();
+            s.state.exit_code = Some(sys::decode_status(raw).0);
+            s.state.ended_at_unix_ms = Some(now_ms());
+            if s.state.state == "running" {
+                s.state.state = "exited".into();
+            }
+        }
+    });
+
+    // Wait for readiness, or for the process to give up.
+    let deadline = Instant::now() + Duration::from_millis(spec.ready_timeout_ms);
+    loop {
+        let exited = svc.lock().unwrap().state.exit_code.is_some();
+        if exited {
+            let mut s = svc.lock().unwrap();
+            if s.state.ready_at_unix_ms.is_none() && spec.readiness.is_some() {
+                s.state.state = "failed".into();
+                s.state.stop_reason = Some("process_exited_before_ready".into());
+            }
+            return Ok(s.state.clone());
+        }
+        let ready = match &spec.readiness {
+            None => true,
+            Some(r) => probe(agent, r, &spec.cwd),
+        };
+        if ready {
+            let mut s = svc.lock().unwrap();
+            if s.state.exit_code.is_none() {
+                s.state.ready_at_unix_ms = Some(now_ms());
+            }
+            return Ok(s.state.clone());
+        }
+        if Instant::now() >= deadline {
+            let mut s = svc.lock().unwrap();
+            s.state.state = "failed".into();
+            s.state.stop_reason = Some("readiness_timeout".into());
+            stop_group(&s, pid, libc::SIGKILL);
+            return Ok(s.state.clone());
+        }
+        std::thread::sleep(Duration::from_millis(spec.ready_interval_ms.max(10)));
+    }
+}
+
+fn get(agent: &Agent, name: &str) -> Result<Arc<Mutex<Service>>, String> {
+    agent
+        .services
+        .services
+        .lock()
+        .unwrap()
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("no service {name:?}"))
+}
+
+pub fn status(agent: &Agent, name: &str) -> Result<ServiceState, String> {
+    Ok(get(agent, name)?.lock().unwrap().state.clone())
+}
+
+pub fn list(agent: &Agent) -> Vec<ServiceState> {
+    let map = agent.services.services.lock().unwrap();
+    let mut all: Vec<ServiceState> = map
+        .values()
+        .map(|s| s.lock().unwrap().state.clone())
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
+}
+
+fn tail(path: &Path, lines: Option<u64>) -> (String, bool) {
+    let Ok(mut f) = File::open(path) else {
+        return (String::new(), false);
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(LOG_WINDOW);
+    let _ = f.seek(SeekFrom::Start(start));
+    let mut data = Vec::new();
+    let _ = f.read_to_end(&mut data);
+    let text = String::from_utf8_lossy(&data).into_owned();
+    match lines {
+        None => (text, start > 0),
+        Some(n) => {
+            let all: Vec<&str> = text.split_inclusive('\n').collect();
+            let keep = all.len().saturating_sub(n as usize);
+            (all[keep..].concat(), keep > 0 || start > 0)
+        }
+    }
+}
+
+pub fn logs(
+    agent: &Agent,
+    name: &str,
+    lines: Option<u64>,
+) -> Result<(String, String, bool), String> {
+    get(agent, name)?;
+    let (out, t1) = tail(&log_path(name, "stdout"), lines);
+    let (err, t2) = tail(&log_path(name, "stderr"), lines);
+    Ok((out, err, t1 || t2))
+}
+
+pub fn stop(agent: &Agent, name: &str) -> Result<ServiceState, String> {
+    let svc = get(agent, name)?;
+    let pid = {
+        let s = svc.lock().unwrap();
+        if s.state.state != "running" {
+            return Ok(s.state.clone());
+        }
+        s.state.pid.unwrap_or(0) as i32
+    };
+    stop_group(&svc.lock().unwrap(), pid, libc::SIGTERM);
+    let mut reason = "sigterm";
+    let start = Instant::now();
+    while svc.lock().unwrap().state.exit_code.is_none() {
+        if start.elapsed() > Duration::from_secs(5) {
+            stop_group(&svc.lock().unwrap(), pid, libc::SIGKILL);
+            reason = "sigkill";
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Anything the service left behind in its cgroup goes too.
+    if let Some(cg) = &svc.lock().unwrap().cgroup {
+        cg.kill();
+    }
+    let start = Instant::now();
+    while svc.lock().unwrap().state.exit_code.is_none() && start.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = svc.lock().unwrap();
+    s.state.state = "stopped".into();
+    s.state.stop_reason = Some(reason.into());
+    Ok(s.state.clone())
+}

@@ -1,0 +1,263 @@
+//! Long-running services in a running workspace: started and probed for
+//! readiness by the agent in the guest, logs kept on the guest's `/run`
+//! (outside `/workspace`), stopped with SIGTERM then SIGKILL. A finished
+//! service's name can be used again. Services end with their VM.
+
+use std::collections::BTreeMap;
+
+use pyro_protocol::{Message, Readiness, ServiceSpec, ServiceState};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::run::{command_from_args, ExecutionMode};
+use crate::workspace::{valid_name, workspace_path, Workspace};
+use crate::{secrets, Pyro};
+
+/// When a service counts as ready; probed in the guest.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReadinessCheck {
+    /// The path (relative to the service's cwd) exists.
+    File { path: String },
+    /// `HOST:PORT` accepts a TCP connection.
+    Tcp { address: String },
+    /// An HTTP GET answers 200-399.
+    Http { url: String },
+    /// The shell command exits 0.
+    Command { command: String },
+}
+
+impl From<ReadinessCheck> for Readiness {
+    fn from(r: ReadinessCheck) -> Readiness {
+        match r {
+            ReadinessCheck::File { path } => Readiness::File { path },
+            ReadinessCheck::Tcp { address } => Readiness::Tcp { address },
+            ReadinessCheck::Http { url } => Readiness::Http { url },
+            ReadinessCheck::Command { command } => Readiness::Command { command },
+        }
+    }
+}
+
+impl From<Readiness> for ReadinessCheck {
+    fn from(r: Readiness) -> ReadinessCheck {
+        match r {
+            Readiness::File { path } => ReadinessCheck::File { path },
+            Readiness::Tcp { address } => ReadinessCheck::Tcp { address },
+            Readiness::Http { url } => ReadinessCheck::Http { url },
+            Readiness::Command { command } => ReadinessCheck::Command { command },
+        }
+    }
+}
+
+/// A port to publish: guest port, and a host port (auto when absent).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub guest_port: u16,
+    #[serde(default)]
+    pub host_port: Option<u16>,
+}
+
+/// Parameters of [`Pyro::start_service`](crate::Pyro::start_service).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartService {
+    /// One element: a shell command string; several: an argv.
+    pub command: Vec<String>,
+    pub cwd: String,
+    pub readiness: Option<ReadinessCheck>,
+    pub ready_timeout_seconds: u64,
+    pub ready_interval_ms: u64,
+    pub secret_env: BTreeMap<String, String>,
+    pub published_ports: Vec<PublishedPort>,
+}
+
+impl StartService {
+    pub fn new(command: Vec<String>) -> StartService {
+        StartService {
+            command,
+            cwd: pyro_protocol::WORKSPACE_ROOT.into(),
+            readiness: None,
+            ready_timeout_seconds: 30,
+            ready_interval_ms: 500,
+            secret_env: BTreeMap::new(),
+            published_ports: Vec::new(),
+        }
+    }
+}
+
+fn ms_to_s(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub workspace_id: String,
+    pub service_name: String,
+    /// `running`, `exited` (with `exit_code`), `stopped` or `failed` (with
+    /// `stop_reason`: `process_exited_before_ready` or `readiness_timeout`).
+    pub state: String,
+    pub command: String,
+    pub cwd: String,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub started_at: f64,
+    pub ready_at: Option<f64>,
+    pub ended_at: Option<f64>,
+    pub stop_reason: Option<String>,
+    pub readiness: Option<ReadinessCheck>,
+    pub published_ports: Vec<PublishedPort>,
+    pub execution_mode: ExecutionMode,
+}
+
+fn info(id: &str, s: ServiceState, hide: &[String]) -> ServiceInfo {
+    ServiceInfo {
+        workspace_id: id.into(),
+        service_name: s.name,
+        state: s.state,
+        command: secrets::redact(&s.command, hide),
+        cwd: s.cwd,
+        pid: s.pid,
+        exit_code: s.exit_code,
+        started_at: ms_to_s(s.started_at_unix_ms),
+        ready_at: s.ready_at_unix_ms.map(ms_to_s),
+        ended_at: s.ended_at_unix_ms.map(ms_to_s),
+        stop_reason: s.stop_reason,
+        readiness: s.readiness.map(Into::into),
+        published_ports: Vec::new(),
+        execution_mode: ExecutionMode::GuestVirtioSerial,
+    }
+}
+
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub workspace_id: String,
+    pub count: usize,
+    pub running_count: usize,
+    pub services: Vec<ServiceInfo>,
+}
+
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceLogs {
+    pub workspace_id: String,
+    pub service_name: String,
+    pub tail_lines: Option<u64>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Older output exists that was not returned.
+    pub truncated: bool,
+}
+
+fn call(ws: &Workspace, m: Message) -> Result<Message> {
+    ws.connect()?.request(&m, None, &mut |_| {})
+}
+
+fn hidden(ws: &Workspace) -> Result<Vec<String>> {
+    Ok(secrets::redaction_list(&ws.secret_values(&ws.read()?)?))
+}
+
+fn one(id: &str, ws: &Workspace, reply: Message) -> Result<ServiceInfo> {
+    match reply {
+        Message::Service(s) => Ok(info(id, s, &hidden(ws)?)),
+        other => Err(Error::Guest(format!("unexpected reply {other:?}"))),
+    }
+}
+
+pub fn start(pyro: &Pyro, id: &str, name: &str, p: &StartService) -> Result<ServiceInfo> {
+    valid_name("service name", name)?;
+    let command = command_from_args(&p.command)?;
+    if p.ready_timeout_seconds == 0 || p.ready_interval_ms == 0 {
+        return Err(Error::InvalidArgument(
+            "ready_timeout_seconds and ready_interval_ms must be at least 1".into(),
+        ));
+    }
+    if !p.published_ports.is_empty() {
+        return Err(Error::Unsupported(
+            "publishing ports (it needs the egress+published-ports network policy)",
+        ));
+    }
+    let ws = Workspace::locate(pyro, id)?;
+    let cwd = workspace_path(&p.cwd)?;
+    let record = ws.read()?;
+    let env = secrets::environment(&ws.secret_values(&record)?, &p.secret_env)?;
+    let reply = call(
+        &ws,
+        Message::ServiceStart(ServiceSpec {
+            name: name.into(),
+            command,
+            cwd,
+            env,
+            readiness: p.readiness.clone().map(Into::into),
+            ready_timeout_ms: p.ready_timeout_seconds * 1000,
+            ready_interval_ms: p.ready_interval_ms,
+        }),
+    )?;
+    one(id, &ws, reply)
+}
+
+pub fn status(pyro: &Pyro, id: &str, name: &str) -> Result<ServiceInfo> {
+    let ws = Workspace::locate(pyro, id)?;
+    let reply = call(&ws, Message::ServiceStatus { name: name.into() })?;
+    one(id, &ws, reply)
+}
+
+pub fn stop(pyro: &Pyro, id: &str, name: &str) -> Result<ServiceInfo> {
+    let ws = Workspace::locate(pyro, id)?;
+    let reply = call(&ws, Message::ServiceStop { name: name.into() })?;
+    one(id, &ws, reply)
+}
+
+pub fn list(pyro: &Pyro, id: &str) -> Result<ServiceList> {
+    let ws = Workspace::locate(pyro, id)?;
+    match call(&ws, Message::ServiceList)? {
+        Message::Services { services } => {
+            let hide = hidden(&ws)?;
+            let services: Vec<ServiceInfo> =
+                services.into_iter().map(|s| info(id, s, &hide)).collect();
+            Ok(ServiceList {
+                workspace_id: id.into(),
+                count: services.len(),
+                running_count: services.iter().filter(|s| s.state == "running").count(),
+                services,
+            })
+        }
+        other => Err(Error::Guest(format!("unexpected reply {other:?}"))),
+    }
+}
+
+pub fn logs(pyro: &Pyro, id: &str, name: &str, tail_lines: Option<u64>) -> Result<ServiceLogs> {
+    if tail_lines == Some(0) {
+        return Err(Error::InvalidArgument(
+            "tail_lines must be at least 1".into(),
+        ));
+    }
+    let ws = Workspace::locate(pyro, id)?;
+    match call(
+        &ws,
+        Message::ServiceLogs {
+            name: name.into(),
+            tail_lines,
+        },
+    )? {
+        Message::ServiceLog {
+            stdout,
+            stderr,
+            truncated,
+        } => {
+            let hide = hidden(&ws)?;
+            Ok(ServiceLogs {
+                workspace_id: id.into(),
+                service_name: name.into(),
+                tail_lines,
+                stdout: secrets::redact(&stdout, &hide),
+                stderr: secrets::redact(&stderr, &hide),
+                truncated,
+            })
+        }
+        other => Err(Error::Guest(format!("unexpected reply {other:?}"))),
+    }
+}
