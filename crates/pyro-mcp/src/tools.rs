@@ -294,6 +294,62 @@ pub struct DiskExportParams {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct EmptyParams {}
 
+fn d_interval() -> u64 {
+    500
+}
+fn d_tail() -> u64 {
+    200
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ServiceStartParams {
+    pub workspace_id: String,
+    pub service_name: String,
+    /// The command: one string runs under `/bin/sh -lc`; a list is an argv.
+    pub command: CommandArg,
+    #[serde(default = "d_root")]
+    pub cwd: String,
+    /// Ready once this path (relative to cwd) exists. At most one ready_* may be given.
+    #[serde(default)]
+    pub ready_file: Option<String>,
+    /// Ready once HOST:PORT accepts a TCP connection.
+    #[serde(default)]
+    pub ready_tcp: Option<String>,
+    /// Ready once a GET of this URL answers 200-399.
+    #[serde(default)]
+    pub ready_http: Option<String>,
+    /// Ready once this shell command exits 0.
+    #[serde(default)]
+    pub ready_command: Option<String>,
+    #[serde(default = "d_timeout")]
+    pub ready_timeout_seconds: u64,
+    #[serde(default = "d_interval")]
+    pub ready_interval_ms: u64,
+    /// Secrets as environment variables: `{SECRET: ENV}`.
+    #[serde(default)]
+    pub secret_env: Option<BTreeMap<String, String>>,
+    /// Ports to publish on host 127.0.0.1 (needs the egress+published-ports policy; not available yet).
+    #[serde(default)]
+    pub published_ports: Option<Vec<pyro::PublishedPort>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ServiceNameParams {
+    pub workspace_id: String,
+    pub service_name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ServiceLogsParams {
+    pub workspace_id: String,
+    pub service_name: String,
+    #[serde(default = "d_tail")]
+    pub tail_lines: u64,
+    /// Everything kept instead of the last tail_lines.
+    #[serde(default)]
+    pub all: bool,
+}
+
 fn d_cols() -> u16 {
     120
 }
@@ -813,6 +869,103 @@ impl PyroServer {
     ) -> Result<Json<pyro::ShellInfo>, String> {
         call(&self.pyro, move |pyro| {
             pyro.close_shell(&p.workspace_id, &p.shell_id)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Start a long-running service in the workspace and wait until it is ready (file, tcp, http or command check, probed in the guest)."
+    )]
+    async fn service_start(
+        &self,
+        Parameters(p): Parameters<ServiceStartParams>,
+    ) -> Result<Json<pyro::ServiceInfo>, String> {
+        let checks = [
+            p.ready_file
+                .clone()
+                .map(|path| pyro::ReadinessCheck::File { path }),
+            p.ready_tcp
+                .clone()
+                .map(|address| pyro::ReadinessCheck::Tcp { address }),
+            p.ready_http
+                .clone()
+                .map(|url| pyro::ReadinessCheck::Http { url }),
+            p.ready_command
+                .clone()
+                .map(|command| pyro::ReadinessCheck::Command { command }),
+        ];
+        let mut given = checks.into_iter().flatten();
+        let readiness = given.next();
+        if given.next().is_some() {
+            return Err(
+                "give at most one of ready_file, ready_tcp, ready_http and ready_command".into(),
+            );
+        }
+        call(&self.pyro, move |pyro| {
+            let params = pyro::StartService {
+                command: p.command.words(),
+                cwd: p.cwd,
+                readiness,
+                ready_timeout_seconds: p.ready_timeout_seconds,
+                ready_interval_ms: p.ready_interval_ms,
+                secret_env: p.secret_env.unwrap_or_default(),
+                published_ports: p.published_ports.unwrap_or_default(),
+            };
+            pyro.start_service(&p.workspace_id, &p.service_name, &params)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "List a workspace's services.",
+        annotations(read_only_hint = true)
+    )]
+    async fn service_list(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<pyro::ServiceList>, String> {
+        call(&self.pyro, move |pyro| pyro.list_services(&p.workspace_id)).await
+    }
+
+    #[tool(
+        description = "A service's state, exit code and stop reason.",
+        annotations(read_only_hint = true)
+    )]
+    async fn service_status(
+        &self,
+        Parameters(p): Parameters<ServiceNameParams>,
+    ) -> Result<Json<pyro::ServiceInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.status_service(&p.workspace_id, &p.service_name)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "The last lines of a service's stdout and stderr.",
+        annotations(read_only_hint = true)
+    )]
+    async fn service_logs(
+        &self,
+        Parameters(p): Parameters<ServiceLogsParams>,
+    ) -> Result<Json<pyro::ServiceLogs>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.logs_service(
+                &p.workspace_id,
+                &p.service_name,
+                (!p.all).then_some(p.tail_lines),
+            )
+        })
+        .await
+    }
+
+    #[tool(description = "Stop a service: SIGTERM, then SIGKILL after 5 s.")]
+    async fn service_stop(
+        &self,
+        Parameters(p): Parameters<ServiceNameParams>,
+    ) -> Result<Json<pyro::ServiceInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.stop_service(&p.workspace_id, &p.service_name)
         })
         .await
     }

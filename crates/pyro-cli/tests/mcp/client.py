@@ -21,7 +21,7 @@ from mcp.client.streamable_http import streamablehttp_client
 
 PYRO = os.environ["PYRO_BIN"]
 GOLDEN = os.environ["PYRO_MCP_GOLDEN"]
-EXPECTED_COUNTS = {"vm-run": 1, "workspace-core": 16, "workspace-full": 30}
+EXPECTED_COUNTS = {"vm-run": 1, "workspace-core": 16, "workspace-full": 35}
 
 
 def check(cond, what):
@@ -158,6 +158,20 @@ async def stdio_profile(profile, tmp):
                     "workspace_id": wid, "command": "echo $T", "secret_env": {"TOKEN": "T"},
                 }))
                 check(r["stdout"] == "[REDACTED]\n", "full: exec with secret_env")
+                r = await session.call_tool("service_start", {
+                    "workspace_id": wid, "service_name": "app", "command": "touch .up; sleep 300",
+                    "ready_file": ".up", "ready_tcp": "127.0.0.1:1",
+                })
+                check(r.isError, "full: two readiness checks are refused")
+                r = ok(await session.call_tool("service_start", {
+                    "workspace_id": wid, "service_name": "app", "command": "echo up; touch .up; sleep 300",
+                    "ready_file": ".up",
+                }))
+                check(r["state"] == "running", "full: service running")
+                r = ok(await session.call_tool("service_logs", {"workspace_id": wid, "service_name": "app", "tail_lines": 5}))
+                check(r["stdout"] == "up\n", "full: service logs")
+                r = ok(await session.call_tool("service_stop", {"workspace_id": wid, "service_name": "app"}))
+                check(r["state"] == "stopped", "full: service stopped")
                 ok(await session.call_tool("workspace_delete", {"workspace_id": wid}))
 
 
