@@ -224,6 +224,11 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
                 problems.push(format!("hostname: {e}"));
             }
             let _ = std::fs::write("/etc/hostname", format!("{}\n", a.hostname));
+            if let Some(net) = &a.network {
+                if let Err(e) = configure_network(net) {
+                    problems.push(format!("network: {e}"));
+                }
+            }
             if problems.is_empty() {
                 reply(Message::Done)
             } else {
@@ -398,6 +403,36 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
             message: format!("unexpected message: {}", type_name(&other)),
         }),
     }
+}
+
+fn configure_network(net: &pyro_protocol::NetworkConfig) -> Result<(), String> {
+    let parse = |s: &str| {
+        s.parse::<std::net::Ipv4Addr>()
+            .map_err(|e| format!("{s}: {e}"))
+    };
+    // The NIC's driver may still be binding.
+    for _ in 0..500 {
+        if std::path::Path::new("/sys/class/net")
+            .join(&net.interface)
+            .exists()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    sys::configure_ipv4(
+        &net.interface,
+        parse(&net.address)?,
+        net.prefix,
+        parse(&net.gateway)?,
+    )
+    .map_err(|e| format!("{}: {e}", net.interface))?;
+    let resolv: String = net
+        .dns
+        .iter()
+        .map(|d| format!("nameserver {d}\n"))
+        .collect();
+    std::fs::write("/etc/resolv.conf", resolv).map_err(|e| format!("resolv.conf: {e}"))
 }
 
 fn shell_reply(r: Result<pyro_protocol::ShellState, String>) -> Message {

@@ -320,3 +320,66 @@ pub fn foreground_group(fd: &impl AsRawFd) -> Option<i32> {
     let pgrp = unsafe { libc::tcgetpgrp(fd.as_raw_fd()) };
     (pgrp > 0).then_some(pgrp)
 }
+
+fn sockaddr_in(addr: std::net::Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size and sockaddr is
+    // the generic view of it, as the ioctls expect.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Gives interface `name` an IPv4 address, brings it up and routes
+/// everything through `gateway`.
+pub fn configure_ipv4(
+    name: &str,
+    address: std::net::Ipv4Addr,
+    prefix: u8,
+    gateway: std::net::Ipv4Addr,
+) -> io::Result<()> {
+    // SAFETY: socket has no memory-safety preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let result = (|| {
+        // SAFETY: ifreq is plain old data.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (i, b) in name.bytes().take(15).enumerate() {
+            req.ifr_name[i] = b as libc::c_char;
+        }
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix as u32)
+        };
+        // SAFETY: each ioctl gets a valid ifreq whose union member matches
+        // the request; `fd` is an open socket.
+        unsafe {
+            req.ifr_ifru.ifru_addr = sockaddr_in(address);
+            check(libc::ioctl(fd, libc::SIOCSIFADDR, &req))?;
+            req.ifr_ifru.ifru_netmask = sockaddr_in(std::net::Ipv4Addr::from(mask));
+            check(libc::ioctl(fd, libc::SIOCSIFNETMASK, &req))?;
+            check(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req))?;
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            check(libc::ioctl(fd, libc::SIOCSIFFLAGS, &req))?;
+        }
+        // SAFETY: rtentry is plain old data.
+        let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+        route.rt_dst = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+        route.rt_genmask = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+        route.rt_gateway = sockaddr_in(gateway);
+        route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        // SAFETY: a valid rtentry for SIOCADDRT on an open socket.
+        check(unsafe { libc::ioctl(fd, libc::SIOCADDRT, &route) })
+    })();
+    // SAFETY: `fd` is ours to close.
+    unsafe { libc::close(fd) };
+    result
+}

@@ -529,6 +529,18 @@ pub struct Activation {
     pub hostname: String,
     /// Host wall clock, milliseconds since the Unix epoch.
     pub unix_time_ms: u64,
+    /// How to configure the guest's network interface, if it has one.
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub interface: String,
+    pub address: String,
+    pub prefix: u8,
+    pub gateway: String,
+    pub dns: Vec<String>,
 }
 
 /// What to run: an argv run directly, or one string given to `/bin/sh -lc`.

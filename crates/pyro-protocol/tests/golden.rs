@@ -22,6 +22,18 @@ fn examples() -> Vec<Message> {
         Message::Activate(Activation {
             hostname: "pyro-0123".into(),
             unix_time_ms: 1_700_000_000_000,
+            network: None,
+        }),
+        Message::Activate(Activation {
+            hostname: "pyro-0123".into(),
+            unix_time_ms: 1_700_000_000_000,
+            network: Some(NetworkConfig {
+                interface: "eth0".into(),
+                address: "10.0.2.15".into(),
+                prefix: 24,
+                gateway: "10.0.2.2".into(),
+                dns: vec!["10.0.2.3".into()],
+            }),
         }),
         Message::Exec(ExecRequest {
             command: Command::Argv(vec![

@@ -428,6 +428,91 @@ pub fn spawn_qemu(spec: &crate::qemu::VmSpec, log: &Path) -> Result<std::process
     })
 }
 
+/// Starts passt, the user-mode network for one VM: the guest gets
+/// 10.0.2.15/24 behind gateway 10.0.2.2, DNS queries to 10.0.2.3 go to the
+/// host's resolver, and `--no-map-gw` keeps the host's own loopback out of
+/// the guest's reach. It serves one QEMU and exits when that one goes.
+pub fn spawn_passt(socket: &Path, log: &Path) -> Result<std::process::Child> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).ctx(|| "chmod net dir".into())?;
+    if is_root() {
+        // passt drops root for `nobody`, who must be able to create the
+        // socket; the directory is this VM's alone.
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        if unsafe { libc::chown(c.as_ptr(), 65534, 65534) } != 0 {
+            return Err(io::Error::last_os_error()).ctx(|| format!("chown {}", dir.display()));
+        }
+    }
+    let _ = fs::remove_file(socket);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ctx(|| format!("open {}", log.display()))?;
+    let mut cmd = Command::new(which("passt").unwrap_or_else(|| PathBuf::from("passt")));
+    cmd.args([
+        "-f",
+        "-q",
+        "-1",
+        "--no-map-gw",
+        "-a",
+        "10.0.2.15",
+        "-n",
+        "24",
+        "-g",
+        "10.0.2.2",
+    ])
+    .args(["--dns-forward", "10.0.2.3", "-s"])
+    .arg(socket)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().ctx(|| "dup log".into())?)
+    .stderr(log);
+    die_with_parent(&mut cmd, libc::SIGKILL);
+    let child = cmd.spawn().map_err(|e| Error::Tool {
+        tool: "passt".into(),
+        detail: if e.kind() == io::ErrorKind::NotFound {
+            "passt is not installed (run scripts/setup.sh, or apt-get install passt)".into()
+        } else {
+            e.to_string()
+        },
+    })?;
+    for _ in 0..500 {
+        if socket.exists() {
+            return Ok(child);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(4));
+    }
+    Err(Error::Tool {
+        tool: "passt".into(),
+        detail: "its socket never appeared".into(),
+    })
+}
+
+/// Guest networking is held back: the passt in Debian 12 (2023-03) was seen
+/// letting a guest reach a server on the host's 127.0.0.1 through the
+/// gateway address despite `--no-map-gw`, which would break the promise
+/// that the host's loopback is out of reach. `PYRO_EXPERIMENTAL_NETWORK=1`
+/// turns it on anyway, for work on the problem.
+pub fn network_allowed() -> Result<()> {
+    if std::env::var("PYRO_EXPERIMENTAL_NETWORK").as_deref() == Ok("1") {
+        return Ok(());
+    }
+    Err(Error::Unsupported(
+        "guest networking (this host's passt does not keep the guest away from the host's loopback)",
+    ))
+}
+
+/// Where a VM's network socket lives: outside `$PYRO_HOME`, whose parents
+/// (a home directory) the unprivileged passt may not traverse.
+pub fn network_socket(vm_id: &str) -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("pyro-net-{vm_id}"))
+        .join("passt.sock")
+}
+
 /// Detaches the calling process from its parent: fork, the parent exits at
 /// once (so whoever spawned us can reap it), the child starts a new session.
 /// Must be called before any thread is started.

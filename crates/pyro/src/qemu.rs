@@ -32,6 +32,10 @@ pub struct VmSpec {
     pub agent_socket: PathBuf,
     pub qmp_socket: PathBuf,
     pub console_log: PathBuf,
+    /// The user-mode network's socket (passt); no network device at all
+    /// when absent.
+    #[serde(default)]
+    pub network_socket: Option<PathBuf>,
 }
 
 pub fn kernel_cmdline(spec: &VmSpec) -> String {
@@ -69,6 +73,20 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
             push("tcg,thread=multi");
             push("-cpu");
             push("max");
+        }
+    }
+    let mut a = a;
+    if let Some(sock) = &spec.network_socket {
+        for s in [
+            "-netdev".to_string(),
+            format!(
+                "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+                sock.display()
+            ),
+            "-device".into(),
+            "virtio-net-device,netdev=n0".into(),
+        ] {
+            a.push(s.into());
         }
     }
     for s in [
@@ -143,6 +161,7 @@ mod tests {
             agent_socket: "/v/agent.sock".into(),
             qmp_socket: "/v/qmp.sock".into(),
             console_log: "/v/console.log".into(),
+            network_socket: None,
         }
     }
 
@@ -171,6 +190,16 @@ mod tests {
              -device virtserialport,chardev=agent,name=org.pyro.agent \
              -qmp unix:/v/qmp.sock,server=on,wait=off"
         );
+    }
+
+    #[test]
+    fn a_network_adds_one_virtio_nic_on_the_passt_socket() {
+        let mut s = spec(Accel::Tcg);
+        assert!(!render(&s).contains("netdev"));
+        s.network_socket = Some("/v/net/passt.sock".into());
+        assert!(render(&s).contains(
+            "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=/v/net/passt.sock -device virtio-net-device,netdev=n0"
+        ));
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub(crate) fn run_in_vm(
     validate(p)?;
     let command = command_from_args(&p.command)?;
     if p.network {
-        return Err(Error::Unsupported("guest networking (--network)"));
+        host::network_allowed()?;
     }
     let entry = environments::lookup(&p.environment)?;
     let started = Instant::now();
@@ -193,6 +193,7 @@ pub(crate) fn run_in_vm(
         agent_socket: dir.agent_socket(),
         qmp_socket: dir.qmp_socket(),
         console_log: dir.console_log(),
+        network_socket: p.network.then(|| host::network_socket(&id)),
     };
     let record = vm::new_record(&id, entry.name, true, p.ttl_seconds, spec);
     let mut timings = RunTimings::default();

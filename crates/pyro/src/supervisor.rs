@@ -204,6 +204,17 @@ pub fn main(dir: &Path) -> ! {
     let activation = Message::Activate(Activation {
         hostname: record.hostname.clone(),
         unix_time_ms: host::now_unix_ms(),
+        network: record
+            .spec
+            .network_socket
+            .as_ref()
+            .map(|_| pyro_protocol::NetworkConfig {
+                interface: "eth0".into(),
+                address: "10.0.2.15".into(),
+                prefix: 24,
+                gateway: "10.0.2.2".into(),
+                dns: vec!["10.0.2.3".into()],
+            }),
     });
     let mut agent_reader = agent;
     if let Err(e) = request(&sup, &mut agent_reader, &activation) {
@@ -292,6 +303,14 @@ fn boot_once(
 ) -> Result<(std::process::Child, UnixStream, Welcome), BootError> {
     let _ = fs::remove_file(dir.agent_socket());
     let _ = fs::remove_file(dir.qmp_socket());
+    // The network (if any) listens before QEMU connects to it; it exits
+    // with QEMU, so each boot attempt gets its own.
+    if let Some(sock) = &record.spec.network_socket {
+        host::spawn_passt(sock, &dir.path.join("passt.log")).map_err(|e| BootError {
+            message: e.to_string(),
+            retry: false,
+        })?;
+    }
     let mut child = host::spawn_qemu(&record.spec, &dir.qemu_log()).map_err(|e| BootError {
         message: e.to_string(),
         retry: false,
@@ -640,6 +659,11 @@ fn teardown(sup: &Supervisor, why: &str, requester: Option<&Arc<Client>>) {
         let _ = sup
             .qemu_exited_cv
             .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e);
+    }
+    if let Some(sock) = &sup.record.spec.network_socket {
+        if let Some(dir) = sock.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
     }
     if sup.record.ephemeral {
         let _ = fs::remove_dir_all(&sup.dir.path);

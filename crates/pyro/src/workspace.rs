@@ -549,6 +549,7 @@ fn boot(pyro: &Pyro, ws: &Workspace, r: &Record, progress: &dyn Progress) -> Res
         agent_socket: dir.agent_socket(),
         qmp_socket: dir.qmp_socket(),
         console_log: dir.console_log(),
+        network_socket: (r.network_policy != "off").then(|| host::network_socket(&ws.id)),
     };
     let record = vm::new_record(&ws.id, &r.environment, false, r.ttl_seconds, spec);
     vm::write_record(&dir, &record)?;
@@ -593,8 +594,19 @@ pub fn create(pyro: &Pyro, p: &CreateWorkspace, progress: &dyn Progress) -> Resu
     let ttl_seconds = p.ttl_seconds.unwrap_or(600);
     validate_resources(vcpu_count, mem_mib, ttl_seconds)?;
     let network_policy = p.network_policy.clone().unwrap_or_else(|| "off".into());
-    if network_policy != "off" {
-        return Err(Error::Unsupported("a network policy other than `off`"));
+    match network_policy.as_str() {
+        "off" => {}
+        "egress" => host::network_allowed()?,
+        "egress+published-ports" => {
+            return Err(Error::Unsupported(
+                "the egress+published-ports network policy",
+            ))
+        }
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "network policy {other:?}: use off, egress or egress+published-ports"
+            )))
+        }
     }
     if let Some(n) = &p.name {
         valid_text("name", n)?;
