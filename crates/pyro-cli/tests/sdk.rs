@@ -49,7 +49,7 @@ fn create(pyro: &Pyro, seed: &Path, name: &str, labels: &[(&str, &str)]) -> Stri
 }
 
 fn sh(pyro: &Pyro, id: &str, command: &str) -> pyro::CommandEntry {
-    pyro.exec_workspace(id, &[command.to_string()], 30, &mut Quiet)
+    pyro.exec_workspace(id, &pyro::WorkspaceExec::new(vec![command.to_string()]), &mut Quiet)
         .unwrap()
 }
 
