@@ -49,8 +49,12 @@ fn create(pyro: &Pyro, seed: &Path, name: &str, labels: &[(&str, &str)]) -> Stri
 }
 
 fn sh(pyro: &Pyro, id: &str, command: &str) -> pyro::CommandEntry {
-    pyro.exec_workspace(id, &pyro::WorkspaceExec::new(vec![command.to_string()]), &mut Quiet)
-        .unwrap()
+    pyro.exec_workspace(
+        id,
+        &pyro::WorkspaceExec::new(vec![command.to_string()]),
+        &mut Quiet,
+    )
+    .unwrap()
 }
 
 #[test]

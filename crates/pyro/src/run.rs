@@ -113,21 +113,26 @@ pub fn command_from_args(args: &[String]) -> Result<Command> {
     }
 }
 
-pub(crate) fn validate(p: &RunParams) -> Result<()> {
+/// The limits every VM's resources share (runs and workspaces).
+pub(crate) fn validate_resources(vcpu_count: u32, mem_mib: u32, ttl_seconds: u64) -> Result<()> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
-    if !(1..=8).contains(&p.vcpu_count) {
-        return bad(format!("vcpu_count must be 1 to 8, not {}", p.vcpu_count));
+    if !(1..=8).contains(&vcpu_count) {
+        return bad(format!("vcpu_count must be 1 to 8, not {vcpu_count}"));
     }
-    if !(256..=32768).contains(&p.mem_mib) {
-        return bad(format!("mem_mib must be 256 to 32768, not {}", p.mem_mib));
+    if !(256..=32768).contains(&mem_mib) {
+        return bad(format!("mem_mib must be 256 to 32768, not {mem_mib}"));
     }
+    if !(1..=86_400).contains(&ttl_seconds) {
+        return bad(format!("ttl_seconds must be 1 to 86400, not {ttl_seconds}"));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate(p: &RunParams) -> Result<()> {
+    validate_resources(p.vcpu_count, p.mem_mib, p.ttl_seconds)?;
     if p.timeout_seconds == 0 {
-        return bad("timeout_seconds must be at least 1".into());
-    }
-    if !(1..=86_400).contains(&p.ttl_seconds) {
-        return bad(format!(
-            "ttl_seconds must be 1 to 86400, not {}",
-            p.ttl_seconds
+        return Err(Error::InvalidArgument(
+            "timeout_seconds must be at least 1".into(),
         ));
     }
     Ok(())

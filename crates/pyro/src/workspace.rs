@@ -579,20 +579,12 @@ fn halt(ws: &Workspace) -> Result<()> {
     Ok(())
 }
 
-fn validate_resources(vcpu: u32, mem: u32, ttl: u64) -> Result<()> {
-    let mut p = crate::run::RunParams::new("", vec!["true".into()]);
-    p.vcpu_count = vcpu;
-    p.mem_mib = mem;
-    p.ttl_seconds = ttl;
-    crate::run::validate(&p)
-}
-
 pub fn create(pyro: &Pyro, p: &CreateWorkspace, progress: &dyn Progress) -> Result<WorkspaceInfo> {
     let entry = environments::lookup(&p.environment)?;
     let vcpu_count = p.vcpu_count.unwrap_or(1);
     let mem_mib = p.mem_mib.unwrap_or(1024);
     let ttl_seconds = p.ttl_seconds.unwrap_or(600);
-    validate_resources(vcpu_count, mem_mib, ttl_seconds)?;
+    crate::run::validate_resources(vcpu_count, mem_mib, ttl_seconds)?;
     let network_policy = p.network_policy.clone().unwrap_or_else(|| "off".into());
     match network_policy.as_str() {
         "off" => {}
