@@ -193,7 +193,7 @@ pub(crate) fn doctor(pyro: &Pyro) -> DoctorReport {
             capabilities: Capabilities {
                 supports_vm_boot: boot,
                 supports_guest_exec: boot,
-                supports_guest_network: false,
+                supports_guest_network: boot && which("passt").is_some(),
                 reason,
             },
         },

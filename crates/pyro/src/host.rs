@@ -491,20 +491,6 @@ pub fn spawn_passt(socket: &Path, log: &Path) -> Result<std::process::Child> {
     })
 }
 
-/// Guest networking is held back: the passt in Debian 12 (2023-03) was seen
-/// letting a guest reach a server on the host's 127.0.0.1 through the
-/// gateway address despite `--no-map-gw`, which would break the promise
-/// that the host's loopback is out of reach. `PYRO_EXPERIMENTAL_NETWORK=1`
-/// turns it on anyway, for work on the problem.
-pub fn network_allowed() -> Result<()> {
-    if std::env::var("PYRO_EXPERIMENTAL_NETWORK").as_deref() == Ok("1") {
-        return Ok(());
-    }
-    Err(Error::Unsupported(
-        "guest networking (this host's passt does not keep the guest away from the host's loopback)",
-    ))
-}
-
 /// Where a VM's network socket lives: outside `$PYRO_HOME`, whose parents
 /// (a home directory) the unprivileged passt may not traverse.
 pub fn network_socket(vm_id: &str) -> PathBuf {

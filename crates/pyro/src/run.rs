@@ -164,9 +164,6 @@ pub(crate) fn run_in_vm(
 ) -> Result<RunResult> {
     validate(p)?;
     let command = command_from_args(&p.command)?;
-    if p.network {
-        host::network_allowed()?;
-    }
     let entry = environments::lookup(&p.environment)?;
     let started = Instant::now();
     progress.phase(
