@@ -710,7 +710,7 @@ fn crashes_and_idle_timeouts_stop_but_never_delete() {
     ws(&sb, &["delete", &id]);
 
     // Idle past its TTL: stopped, with disk and snapshots.
-    let w = ws(&sb, &["create", "debian:12", "--ttl-seconds", "4"]);
+    let w = ws(&sb, &["create", "debian:12", "--ttl-seconds", "8"]);
     let id = w["workspace_id"].as_str().unwrap().to_string();
     assert!(w["expires_at"].as_f64().is_some());
     exec(&sb, &id, "echo idle > idle.txt");
