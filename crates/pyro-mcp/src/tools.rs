@@ -181,7 +181,7 @@ pub struct CreateCoreParams {
 pub struct CreateFullParams {
     #[serde(flatten)]
     pub core: CreateCoreParams,
-    /// `off` (no network device). Egress policies are not available yet.
+    /// `off` (no network device) or `egress` (outbound NAT; the host loopback stays unreachable). `egress+published-ports` is not available yet.
     #[serde(default = "d_off")]
     pub network_policy: String,
     /// Secrets: `{name, value}` or `{name, file_path}` (a host file). Values are never shown and are redacted from output.
