@@ -283,6 +283,16 @@ pub struct FrameWriter<'a> {
     pub buf: Vec<u8>,
 }
 
+impl<'a> FrameWriter<'a> {
+    pub fn new(link: &'a Link, stream: u32) -> FrameWriter<'a> {
+        FrameWriter {
+            link,
+            stream,
+            buf: Vec::new(),
+        }
+    }
+}
+
 impl Write for FrameWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.buf.extend_from_slice(data);

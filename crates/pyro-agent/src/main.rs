@@ -274,44 +274,29 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
                 .lock()
                 .unwrap()
                 .insert(stream, Inflight::Input(tx));
-            let agent = agent.clone();
-            std::thread::spawn(move || {
+            reply_later(agent, stream, move |agent| {
                 let mut input = files::InputReader::new(rx);
-                let reply = match files::put_archive(&req, &mut input) {
-                    Ok((entry_count, bytes_written)) => Message::ArchivePut {
-                        entry_count,
-                        bytes_written,
-                    },
-                    Err(message) => Message::Error { message },
-                };
+                let put = files::put_archive(&req, &mut input);
                 agent.streams.lock().unwrap().remove(&stream);
-                agent.send(&Frame::message(stream, &reply));
+                let (entry_count, bytes_written) = put?;
+                Ok(Message::ArchivePut {
+                    entry_count,
+                    bytes_written,
+                })
             });
         }
         Message::GetArchive { path } => {
-            let agent = agent.clone();
-            std::thread::spawn(move || {
-                let mut out = files::FrameWriter {
-                    link: &agent.link,
-                    stream,
-                    buf: Vec::new(),
-                };
-                let reply = files::get_archive(&path, &mut out)
-                    .unwrap_or_else(|message| Message::Error { message });
-                agent.send(&Frame::message(stream, &reply));
+            reply_later(agent, stream, move |agent| {
+                files::get_archive(&path, &mut files::FrameWriter::new(&agent.link, stream))
             });
         }
         Message::ReadFile { path, max_bytes } => {
-            let agent = agent.clone();
-            std::thread::spawn(move || {
-                let mut out = files::FrameWriter {
-                    link: &agent.link,
-                    stream,
-                    buf: Vec::new(),
-                };
-                let reply = files::read_file(&path, max_bytes, &mut out)
-                    .unwrap_or_else(|message| Message::Error { message });
-                agent.send(&Frame::message(stream, &reply));
+            reply_later(agent, stream, move |agent| {
+                files::read_file(
+                    &path,
+                    max_bytes,
+                    &mut files::FrameWriter::new(&agent.link, stream),
+                )
             });
         }
         Message::ListFiles { path, recursive } => reply(
@@ -346,17 +331,10 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
             reply(shell_reply(shells::signal(agent, &shell_id, signal)))
         }
         Message::ShellClose { shell_id } => reply(shell_reply(shells::close(agent, &shell_id))),
-        Message::ServiceStart(spec) => {
-            // Readiness can take a while: answer from a thread of its own.
-            let agent = agent.clone();
-            std::thread::spawn(move || {
-                let reply = match services::start(&agent, spec) {
-                    Ok(s) => Message::Service(s),
-                    Err(message) => Message::Error { message },
-                };
-                agent.send(&Frame::message(stream, &reply));
-            });
-        }
+        // Readiness can take a while: answer from a thread of its own.
+        Message::ServiceStart(spec) => reply_later(agent, stream, move |agent| {
+            services::start(agent, spec).map(Message::Service)
+        }),
         Message::ServiceStatus { name } => reply(match services::status(agent, &name) {
             Ok(s) => Message::Service(s),
             Err(message) => Message::Error { message },
@@ -374,16 +352,9 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
                 Err(message) => Message::Error { message },
             })
         }
-        Message::ServiceStop { name } => {
-            let agent = agent.clone();
-            std::thread::spawn(move || {
-                let reply = match services::stop(&agent, &name) {
-                    Ok(s) => Message::Service(s),
-                    Err(message) => Message::Error { message },
-                };
-                agent.send(&Frame::message(stream, &reply));
-            });
-        }
+        Message::ServiceStop { name } => reply_later(agent, stream, move |agent| {
+            services::stop(agent, &name).map(Message::Service)
+        }),
         Message::InstallSecrets { secrets } => match files::install_secrets(&secrets) {
             Ok(()) => reply(Message::Done),
             Err(message) => reply(Message::Error { message }),
@@ -403,6 +374,20 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
             message: format!("unexpected message: {}", type_name(&other)),
         }),
     }
+}
+
+/// Answers `stream` from a thread of its own, for requests that take a
+/// while or stream output; an `Err` becomes the `error` reply.
+fn reply_later(
+    agent: &Arc<Agent>,
+    stream: u32,
+    work: impl FnOnce(&Arc<Agent>) -> Result<Message, String> + Send + 'static,
+) {
+    let agent = agent.clone();
+    std::thread::spawn(move || {
+        let reply = work(&agent).unwrap_or_else(|message| Message::Error { message });
+        agent.send(&Frame::message(stream, &reply));
+    });
 }
 
 fn configure_network(net: &pyro_protocol::NetworkConfig) -> Result<(), String> {

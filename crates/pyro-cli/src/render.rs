@@ -113,6 +113,18 @@ pub fn error(e: &anyhow::Error, json: bool) {
     }
 }
 
+/// One line per path: kind, path, then size or link target.
+pub fn entries(entries: &[pyro::FileEntry]) {
+    for e in entries {
+        let kind = serde_json::to_value(e.artifact_type).unwrap();
+        let kind = kind.as_str().unwrap_or("");
+        match &e.link_target {
+            Some(t) => println!("{kind} {} -> {t}", e.path),
+            None => println!("{kind} {} {}", e.path, e.size_bytes),
+        }
+    }
+}
+
 /// File content as `file read` and `disk read` print it: the content on
 /// stdout (ending in a newline), a summary line on stderr.
 pub fn file_content(

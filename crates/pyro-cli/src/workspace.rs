@@ -742,20 +742,7 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
         }) => show(
             json,
             &pyro.list_workspace_files(&workspace_id, &path, recursive)?,
-            |r| {
-                for e in &r.entries {
-                    let kind = serde_json::to_value(e.artifact_type).unwrap();
-                    match &e.link_target {
-                        Some(t) => println!("{} {} -> {t}", kind.as_str().unwrap_or(""), e.path),
-                        None => println!(
-                            "{} {} {}",
-                            kind.as_str().unwrap_or(""),
-                            e.path,
-                            e.size_bytes
-                        ),
-                    }
-                }
-            },
+            |r| render::entries(&r.entries),
         ),
         File(FileCommand::Read {
             workspace_id,
@@ -889,20 +876,7 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
         }) => show(
             json,
             &pyro.list_workspace_disk(&workspace_id, &path, recursive)?,
-            |r| {
-                for e in &r.entries {
-                    let kind = serde_json::to_value(e.artifact_type).unwrap();
-                    match &e.link_target {
-                        Some(t) => println!("{} {} -> {t}", kind.as_str().unwrap_or(""), e.path),
-                        None => println!(
-                            "{} {} {}",
-                            kind.as_str().unwrap_or(""),
-                            e.path,
-                            e.size_bytes
-                        ),
-                    }
-                }
-            },
+            |r| render::entries(&r.entries),
         ),
         Disk(DiskCommand::Read {
             workspace_id,

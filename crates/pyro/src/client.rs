@@ -20,6 +20,34 @@ pub trait OutputSink {
     fn stderr(&mut self, bytes: &[u8]);
 }
 
+/// Tees a command's output to another sink and keeps a copy.
+pub(crate) struct Capture<'a> {
+    inner: &'a mut dyn OutputSink,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl<'a> Capture<'a> {
+    pub fn new(inner: &'a mut dyn OutputSink) -> Capture<'a> {
+        Capture {
+            inner,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }
+    }
+}
+
+impl OutputSink for Capture<'_> {
+    fn stdout(&mut self, bytes: &[u8]) {
+        self.stdout.extend_from_slice(bytes);
+        self.inner.stdout(bytes);
+    }
+    fn stderr(&mut self, bytes: &[u8]) {
+        self.stderr.extend_from_slice(bytes);
+        self.inner.stderr(bytes);
+    }
+}
+
 impl VmClient {
     pub fn connect(dir: &VmDir) -> Result<VmClient> {
         let socket = UnixStream::connect(dir.control_socket()).map_err(|e| {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use pyro_protocol::{Command, ExecRequest};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{OutputSink, VmClient};
+use crate::client::{Capture, OutputSink, VmClient};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::vm::{self, VmDir};
@@ -138,24 +138,6 @@ pub(crate) fn validate(p: &RunParams) -> Result<()> {
     Ok(())
 }
 
-/// Tees output to the caller's sink and keeps a copy for the result.
-struct Capture<'a> {
-    inner: &'a mut dyn OutputSink,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-impl OutputSink for Capture<'_> {
-    fn stdout(&mut self, bytes: &[u8]) {
-        self.stdout.extend_from_slice(bytes);
-        self.inner.stdout(bytes);
-    }
-    fn stderr(&mut self, bytes: &[u8]) {
-        self.stderr.extend_from_slice(bytes);
-        self.inner.stderr(bytes);
-    }
-}
-
 pub(crate) fn run_in_vm(
     pyro: &Pyro,
     p: &RunParams,
@@ -224,11 +206,7 @@ pub(crate) fn run_in_vm(
     timings.guest_boot_ms = report.guest_boot_ms;
     progress.phase("run", &format!("phase=execute vm_id={id}"));
     let exec_started = Instant::now();
-    let mut capture = Capture {
-        inner: sink,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    };
+    let mut capture = Capture::new(sink);
     let request = ExecRequest {
         command,
         env: BTreeMap::new(),

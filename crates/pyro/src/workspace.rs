@@ -24,7 +24,7 @@ use pyro_protocol::{Command, ExecRequest, Message, PutArchive, WORKSPACE_ROOT};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{self, SourceMode};
-use crate::client::{OutputSink, VmClient};
+use crate::client::{Capture, OutputSink, VmClient};
 use crate::error::{Error, IoContext, Result};
 use crate::host::{self, FileLock};
 use crate::progress::Progress;
@@ -820,23 +820,6 @@ pub fn delete(pyro: &Pyro, id: &str) -> Result<Deleted> {
     })
 }
 
-struct Capture<'a> {
-    inner: &'a mut dyn OutputSink,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-impl OutputSink for Capture<'_> {
-    fn stdout(&mut self, b: &[u8]) {
-        self.stdout.extend_from_slice(b);
-        self.inner.stdout(b);
-    }
-    fn stderr(&mut self, b: &[u8]) {
-        self.stderr.extend_from_slice(b);
-        self.inner.stderr(b);
-    }
-}
-
 pub fn exec(
     pyro: &Pyro,
     id: &str,
@@ -865,11 +848,7 @@ pub fn exec(
     let started_at = now();
     let started = Instant::now();
     let mut redactor = secrets::Redactor::new(sink, &hide);
-    let mut capture = Capture {
-        inner: &mut redactor,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    };
+    let mut capture = Capture::new(&mut redactor);
     let status = client.exec(
         ExecRequest {
             command: cmd.clone(),
