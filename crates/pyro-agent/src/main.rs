@@ -15,6 +15,7 @@ mod reaper;
 mod services;
 mod shells;
 mod sys;
+mod tunnel;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -284,6 +285,16 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
                     bytes_written,
                 })
             });
+        }
+        Message::TunnelOpen { port } => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            agent
+                .streams
+                .lock()
+                .unwrap()
+                .insert(stream, Inflight::Input(tx));
+            let agent = agent.clone();
+            std::thread::spawn(move || tunnel::run(&agent, stream, port, rx));
         }
         Message::GetArchive { path } => {
             reply_later(agent, stream, move |agent| {

@@ -156,7 +156,24 @@ fn service_line(tag: &str, s: &pyro::ServiceInfo) {
     if let Some(c) = s.exit_code {
         line.push_str(&format!(" exit_code={c}"));
     }
+    if !s.published_ports.is_empty() {
+        line.push_str(&format!(" published_ports={}", ports(s)));
+    }
     eprintln!("{line}");
+}
+
+/// `127.0.0.1:H->G/tcp`, comma-separated.
+fn ports(s: &pyro::ServiceInfo) -> String {
+    s.published_ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}->{}/{}",
+                p.host, p.host_port, p.guest_port, p.protocol
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[derive(Subcommand)]
@@ -1013,7 +1030,11 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
         Service(ServiceCommand::List(a)) => {
             show(a.json, &pyro.list_services(&a.workspace_id)?, |l| {
                 for s in &l.services {
-                    println!("{} {} {}", s.service_name, s.state, s.command);
+                    if s.published_ports.is_empty() {
+                        println!("{} {} {}", s.service_name, s.state, s.command);
+                    } else {
+                        println!("{} {} {} {}", s.service_name, s.state, ports(s), s.command);
+                    }
                 }
             })
         }

@@ -7,6 +7,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{stderr, stdout, Sandbox};
@@ -25,7 +26,13 @@ fn ip(args: &[&str]) {
 
 impl Netns {
     fn new() -> Netns {
-        let tag = format!("{:x}", std::process::id() & 0xffff);
+        // Tests run in parallel: each gets its own pair of namespaces.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "{:x}{}",
+            std::process::id() & 0xffff,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
         let (host, web) = (format!("pyh{tag}"), format!("pyw{tag}"));
         let (va, vb) = (format!("pva{tag}"), format!("pvb{tag}"));
         ip(&["netns", "add", &host]);
@@ -84,6 +91,32 @@ impl Netns {
             .stdin(Stdio::null())
             .output()
             .unwrap()
+    }
+
+    /// A TCP port nothing listens on in the inner host.
+    fn free_port(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.host, "python3", "-c"])
+            .arg("import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+            .output()
+            .unwrap();
+        stdout(&out).trim().parse().unwrap()
+    }
+
+    /// GETs `url` from the inner host (where pyro runs): the body, or
+    /// `refused` when nothing listens.
+    fn fetch(&self, url: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.host, "python3", "-c"])
+            .arg(
+                "import sys, urllib.request\n\
+                 try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode().strip())\n\
+                 except OSError as e:\n    print('refused', e)",
+            )
+            .arg(url)
+            .output()
+            .unwrap();
+        stdout(&out).trim().to_string()
     }
 }
 
@@ -160,5 +193,228 @@ fn egress_reaches_a_test_host_but_never_the_host_loopback() {
         "{}",
         stderr(&out)
     );
+    sb.assert_clean_within(Duration::from_secs(10));
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout(out),
+        stderr(out)
+    );
+    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+}
+
+fn host_ports(service: &serde_json::Value) -> Vec<u64> {
+    service["published_ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["host"], "127.0.0.1");
+            assert_eq!(p["protocol"], "tcp");
+            p["host_port"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn published_ports_serve_on_host_loopback_while_the_service_runs() {
+    let net = Netns::new();
+    let sb = Sandbox::new();
+    let ws = |args: &[&str]| net.pyro(&sb, &[&["workspace"], args].concat());
+
+    // Publishing needs the policy that allows it.
+    let out = ws(&[
+        "create",
+        "debian:12",
+        "--network-policy",
+        "egress",
+        "--id-only",
+    ]);
+    let plain = stdout(&out).trim().to_string();
+    let out = ws(&[
+        "service",
+        "start",
+        &plain,
+        "web",
+        "--publish",
+        "8080",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--network-policy egress+published-ports"),
+        "{}",
+        stderr(&out)
+    );
+    ws(&["delete", &plain]);
+
+    let out = ws(&[
+        "create",
+        "debian:12-build",
+        "--network-policy",
+        "egress+published-ports",
+        "--id-only",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let out = ws(&[
+        "exec", &id, "--", "sh", "-c",
+        "mkdir -p one two && echo served-from-guest > one/index.txt && echo second-service > two/index.txt",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // An automatic host port for a server bound to the guest's loopback.
+    let web = json(&ws(&[
+        "service",
+        "start",
+        &id,
+        "web",
+        "--cwd",
+        "/workspace/one",
+        "--ready-http",
+        "http://127.0.0.1:8080/index.txt",
+        "--publish",
+        "8080",
+        "--json",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "127.0.0.1",
+    ]));
+    assert_eq!(web["state"], "running");
+    let web_port = host_ports(&web)[0];
+    let web_url = format!("http://127.0.0.1:{web_port}/index.txt");
+    assert_eq!(net.fetch(&web_url), "served-from-guest");
+
+    // Status and logs show it and leave it up.
+    let status = json(&ws(&["service", "status", &id, "web", "--json"]));
+    assert_eq!(host_ports(&status), vec![web_port]);
+    let out = ws(&["service", "status", &id, "web"]);
+    assert!(
+        stderr(&out).contains(&format!("published_ports=127.0.0.1:{web_port}->8080/tcp")),
+        "{}",
+        stderr(&out)
+    );
+    let logs = json(&ws(&["service", "logs", &id, "web", "--json"]));
+    assert!(
+        logs["stderr"].as_str().unwrap().contains("GET /index.txt"),
+        "{logs}"
+    );
+    assert_eq!(net.fetch(&web_url), "served-from-guest");
+
+    // A second service with a chosen host port; the first keeps serving.
+    let fixed = net.free_port();
+    let second = json(&ws(&[
+        "service",
+        "start",
+        &id,
+        "second",
+        "--cwd",
+        "/workspace/two",
+        "--ready-tcp",
+        "127.0.0.1:8081",
+        "--publish",
+        &format!("{fixed}:8081"),
+        "--json",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8081",
+    ]));
+    assert_eq!(host_ports(&second), vec![fixed]);
+    assert_eq!(net.fetch(&web_url), "served-from-guest");
+    let second_url = format!("http://127.0.0.1:{fixed}/index.txt");
+    assert_eq!(net.fetch(&second_url), "second-service");
+    let list = json(&ws(&["service", "list", &id, "--json"]));
+    assert_eq!(list["running_count"], 2);
+
+    // A host port in use fails the start with nothing started.
+    let out = ws(&[
+        "service",
+        "start",
+        &id,
+        "third",
+        "--publish",
+        &format!("{web_port}:8082"),
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("cannot publish on 127.0.0.1:{web_port}")),
+        "{}",
+        stderr(&out)
+    );
+    let list = json(&ws(&["service", "list", &id, "--json"]));
+    assert_eq!(list["count"], 2, "{list}");
+
+    // Stop closes the port; the other service's stays.
+    let stopped = json(&ws(&["service", "stop", &id, "web", "--json"]));
+    assert_eq!(stopped["state"], "stopped");
+    assert!(host_ports(&stopped).is_empty());
+    assert!(net.fetch(&web_url).starts_with("refused"));
+    assert_eq!(net.fetch(&second_url), "second-service");
+
+    // A service that ends on its own has its ports released when seen.
+    ws(&["exec", &id, "--", "pkill", "-f", "http.server 8081"]);
+    let ended = json(&ws(&["service", "status", &id, "second", "--json"]));
+    assert_ne!(ended["state"], "running", "{ended}");
+    assert!(host_ports(&ended).is_empty(), "{ended}");
+    assert!(net.fetch(&second_url).starts_with("refused"));
+
+    // Reset and delete end every port with the VM.
+    let again = json(&ws(&[
+        "service",
+        "start",
+        &id,
+        "second",
+        "--cwd",
+        "/workspace/two",
+        "--ready-tcp",
+        "127.0.0.1:8081",
+        "--publish",
+        &format!("{fixed}:8081"),
+        "--json",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8081",
+    ]));
+    assert_eq!(host_ports(&again), vec![fixed]);
+    assert_eq!(net.fetch(&second_url), "second-service");
+    let out = ws(&["reset", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(net.fetch(&second_url).starts_with("refused"));
+    let again = json(&ws(&[
+        "service",
+        "start",
+        &id,
+        "web",
+        "--publish",
+        "8080",
+        "--ready-tcp",
+        "127.0.0.1:8080",
+        "--json",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8080",
+    ]));
+    let url = format!("http://127.0.0.1:{}/", host_ports(&again)[0]);
+    assert!(!net.fetch(&url).starts_with("refused"));
+    ws(&["delete", &id]);
+    assert!(net.fetch(&url).starts_with("refused"));
     sb.assert_clean_within(Duration::from_secs(10));
 }

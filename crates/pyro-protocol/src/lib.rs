@@ -358,6 +358,14 @@ pub enum Message {
     InstallSecrets {
         secrets: BTreeMap<String, String>,
     },
+    /// Host → agent: connect to TCP `port` on the guest's loopback and
+    /// relay bytes: `input` frames go to the connection (`input_end` closes
+    /// its write side), what the guest sends comes back as `stdout` frames,
+    /// and `done` ends the stream when the guest side closes. `cancel`
+    /// drops the connection. Published ports are built on this.
+    TunnelOpen {
+        port: u16,
+    },
     /// Agent → host: a `put_archive` finished (terminal).
     ArchivePut {
         entry_count: u64,

@@ -72,6 +72,7 @@ fn examples() -> Vec<Message> {
             duration_ms: 2000,
         }),
         Message::Pong,
+        Message::TunnelOpen { port: 8080 },
         Message::Error {
             message: "no such file".into(),
         },

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use pyro_protocol::{ExecRequest, ExitStatus, Frame, Kind, Message, CONTROL_STREAM};
 
 use crate::error::{Error, Result};
-use crate::supervisor::{ControlRequest, ControlResponse};
+use crate::supervisor::{ControlRequest, ControlResponse, ServicePort};
 use crate::vm::VmDir;
 
 pub struct VmClient {
@@ -202,6 +202,43 @@ impl VmClient {
         })? {
             ControlResponse::Qmp { result } => Ok(result),
             ControlResponse::Error { message } => Err(Error::Guest(message)),
+            other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Publishes `guest_port` on the host's loopback for `service`.
+    pub fn publish(
+        &mut self,
+        service: &str,
+        guest_port: u16,
+        host_port: Option<u16>,
+    ) -> Result<ServicePort> {
+        match self.control(&ControlRequest::Publish {
+            service: service.into(),
+            guest_port,
+            host_port,
+        })? {
+            ControlResponse::Ports { mut ports } if ports.len() == 1 => Ok(ports.remove(0)),
+            ControlResponse::Error { message } => Err(Error::InvalidArgument(message)),
+            other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Closes the ports of `service`; returns what was closed.
+    pub fn unpublish(&mut self, service: &str) -> Result<Vec<ServicePort>> {
+        self.ports_reply(&ControlRequest::Unpublish {
+            service: service.into(),
+        })
+    }
+
+    /// Every port published on this VM.
+    pub fn ports(&mut self) -> Result<Vec<ServicePort>> {
+        self.ports_reply(&ControlRequest::Ports)
+    }
+
+    fn ports_reply(&mut self, req: &ControlRequest) -> Result<Vec<ServicePort>> {
+        match self.control(req)? {
+            ControlResponse::Ports { ports } => Ok(ports),
             other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
         }
     }

@@ -56,7 +56,7 @@ pub use progress::{Progress, Silent};
 pub use run::{command_from_args, Cleanup, ExecutionMode, RunParams, RunResult, RunTimings};
 pub use secrets::{SecretInfo, SecretInput};
 pub use services::{
-    PublishedPort, ReadinessCheck, ServiceInfo, ServiceList, ServiceLogs, StartService,
+    PortBinding, PublishedPort, ReadinessCheck, ServiceInfo, ServiceList, ServiceLogs, StartService,
 };
 pub use shells::{OpenShell, ReadShell, ShellInfo};
 pub use workspace::{

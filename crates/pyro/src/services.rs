@@ -2,14 +2,21 @@
 //! readiness by the agent in the guest, logs kept on the guest's `/run`
 //! (outside `/workspace`), stopped with SIGTERM then SIGKILL. A finished
 //! service's name can be used again. Services end with their VM.
+//!
+//! Published ports belong to the VM's supervisor (see `supervisor::ports`);
+//! they are bound before the service starts, so a taken port fails early,
+//! and closed when the service is stopped or found ended.
 
 use std::collections::BTreeMap;
 
 use pyro_protocol::{Message, Readiness, ServiceSpec, ServiceState};
 use serde::{Deserialize, Serialize};
 
+use crate::client::VmClient;
 use crate::error::{Error, Result};
 use crate::run::{command_from_args, ExecutionMode};
+pub use crate::supervisor::PortBinding;
+use crate::supervisor::ServicePort;
 use crate::workspace::{valid_name, workspace_path, Workspace};
 use crate::{secrets, Pyro};
 
@@ -49,6 +56,9 @@ impl From<Readiness> for ReadinessCheck {
         }
     }
 }
+
+/// The network policy under which services may publish ports.
+pub const PUBLISHING_POLICY: &str = "egress+published-ports";
 
 /// A port to publish: guest port, and a host port (auto when absent).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -108,11 +118,18 @@ pub struct ServiceInfo {
     pub ended_at: Option<f64>,
     pub stop_reason: Option<String>,
     pub readiness: Option<ReadinessCheck>,
-    pub published_ports: Vec<PublishedPort>,
+    /// Host ports (on 127.0.0.1) relaying to the service's guest ports,
+    /// while it runs.
+    pub published_ports: Vec<PortBinding>,
     pub execution_mode: ExecutionMode,
 }
 
-fn info(id: &str, s: ServiceState, hide: &[String]) -> ServiceInfo {
+fn info(id: &str, s: ServiceState, hide: &[String], ports: &[ServicePort]) -> ServiceInfo {
+    let published_ports = ports
+        .iter()
+        .filter(|p| p.service == s.name)
+        .map(|p| p.binding.clone())
+        .collect();
     ServiceInfo {
         workspace_id: id.into(),
         service_name: s.name,
@@ -126,7 +143,7 @@ fn info(id: &str, s: ServiceState, hide: &[String]) -> ServiceInfo {
         ended_at: s.ended_at_unix_ms.map(ms_to_s),
         stop_reason: s.stop_reason,
         readiness: s.readiness.map(Into::into),
-        published_ports: Vec::new(),
+        published_ports,
         execution_mode: ExecutionMode::GuestVirtioSerial,
     }
 }
@@ -152,17 +169,33 @@ pub struct ServiceLogs {
     pub truncated: bool,
 }
 
-fn call(ws: &Workspace, m: Message) -> Result<Message> {
-    ws.connect()?.request(&m, None, &mut |_| {})
+fn call(c: &mut VmClient, m: Message) -> Result<Message> {
+    c.request(&m, None, &mut |_| {})
 }
 
 fn hidden(ws: &Workspace) -> Result<Vec<String>> {
     Ok(secrets::redaction_list(&ws.secret_values(&ws.read()?)?))
 }
 
-fn one(id: &str, ws: &Workspace, reply: Message) -> Result<ServiceInfo> {
+/// The services' published ports, after closing those of services that no
+/// longer run.
+fn live_ports(c: &mut VmClient, services: &[&ServiceState]) -> Result<Vec<ServicePort>> {
+    let mut ports = c.ports()?;
+    for s in services {
+        if s.state != "running" && ports.iter().any(|p| p.service == s.name) {
+            c.unpublish(&s.name)?;
+            ports.retain(|p| p.service != s.name);
+        }
+    }
+    Ok(ports)
+}
+
+fn one(c: &mut VmClient, id: &str, ws: &Workspace, reply: Message) -> Result<ServiceInfo> {
     match reply {
-        Message::Service(s) => Ok(info(id, s, &hidden(ws)?)),
+        Message::Service(s) => {
+            let ports = live_ports(c, &[&s])?;
+            Ok(info(id, s, &hidden(ws)?, &ports))
+        }
         other => Err(Error::Guest(format!("unexpected reply {other:?}"))),
     }
 }
@@ -175,17 +208,47 @@ pub fn start(pyro: &Pyro, id: &str, name: &str, p: &StartService) -> Result<Serv
             "ready_timeout_seconds and ready_interval_ms must be at least 1".into(),
         ));
     }
-    if !p.published_ports.is_empty() {
-        return Err(Error::Unsupported(
-            "publishing ports (it needs the egress+published-ports network policy)",
-        ));
-    }
     let ws = Workspace::locate(pyro, id)?;
-    let cwd = workspace_path(&p.cwd)?;
     let record = ws.read()?;
+    if !p.published_ports.is_empty() && record.network_policy != PUBLISHING_POLICY {
+        return Err(Error::InvalidArgument(format!(
+            "publishing ports needs a workspace created with --network-policy {PUBLISHING_POLICY} (this one has {})",
+            record.network_policy
+        )));
+    }
+    for (i, port) in p.published_ports.iter().enumerate() {
+        if port.guest_port == 0 || port.host_port == Some(0) {
+            return Err(Error::InvalidArgument(
+                "published ports must be between 1 and 65535".into(),
+            ));
+        }
+        if p.published_ports[..i]
+            .iter()
+            .any(|q| q.host_port.is_some() && q.host_port == port.host_port)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "host port {} is published twice",
+                port.host_port.unwrap()
+            )));
+        }
+    }
+    let cwd = workspace_path(&p.cwd)?;
     let env = secrets::environment(&ws.secret_values(&record)?, &p.secret_env)?;
+    let mut c = ws.connect()?;
+    // Ports left by an ended service of the same name are released here;
+    // the new ones are bound before the service starts, so a host port in
+    // use fails the call with nothing started.
+    if !p.published_ports.is_empty() {
+        c.unpublish(name)?;
+        for port in &p.published_ports {
+            if let Err(e) = c.publish(name, port.guest_port, port.host_port) {
+                let _ = c.unpublish(name);
+                return Err(e);
+            }
+        }
+    }
     let reply = call(
-        &ws,
+        &mut c,
         Message::ServiceStart(ServiceSpec {
             name: name.into(),
             command,
@@ -195,29 +258,52 @@ pub fn start(pyro: &Pyro, id: &str, name: &str, p: &StartService) -> Result<Serv
             ready_timeout_ms: p.ready_timeout_seconds * 1000,
             ready_interval_ms: p.ready_interval_ms,
         }),
-    )?;
-    one(id, &ws, reply)
+    );
+    match reply {
+        Ok(reply) => one(&mut c, id, &ws, reply),
+        Err(e) => {
+            // Not started (for example, the name is running already): the
+            // ports bound for this call go, unless they belong to that
+            // running service.
+            if !p.published_ports.is_empty() {
+                if let Ok(Message::Service(s)) =
+                    call(&mut c, Message::ServiceStatus { name: name.into() })
+                {
+                    let _ = live_ports(&mut c, &[&s]);
+                } else {
+                    let _ = c.unpublish(name);
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
 pub fn status(pyro: &Pyro, id: &str, name: &str) -> Result<ServiceInfo> {
     let ws = Workspace::locate(pyro, id)?;
-    let reply = call(&ws, Message::ServiceStatus { name: name.into() })?;
-    one(id, &ws, reply)
+    let mut c = ws.connect()?;
+    let reply = call(&mut c, Message::ServiceStatus { name: name.into() })?;
+    one(&mut c, id, &ws, reply)
 }
 
 pub fn stop(pyro: &Pyro, id: &str, name: &str) -> Result<ServiceInfo> {
     let ws = Workspace::locate(pyro, id)?;
-    let reply = call(&ws, Message::ServiceStop { name: name.into() })?;
-    one(id, &ws, reply)
+    let mut c = ws.connect()?;
+    let reply = call(&mut c, Message::ServiceStop { name: name.into() })?;
+    one(&mut c, id, &ws, reply)
 }
 
 pub fn list(pyro: &Pyro, id: &str) -> Result<ServiceList> {
     let ws = Workspace::locate(pyro, id)?;
-    match call(&ws, Message::ServiceList)? {
+    let mut c = ws.connect()?;
+    match call(&mut c, Message::ServiceList)? {
         Message::Services { services } => {
             let hide = hidden(&ws)?;
-            let services: Vec<ServiceInfo> =
-                services.into_iter().map(|s| info(id, s, &hide)).collect();
+            let ports = live_ports(&mut c, &services.iter().collect::<Vec<_>>())?;
+            let services: Vec<ServiceInfo> = services
+                .into_iter()
+                .map(|s| info(id, s, &hide, &ports))
+                .collect();
             Ok(ServiceList {
                 workspace_id: id.into(),
                 count: services.len(),
@@ -236,8 +322,9 @@ pub fn logs(pyro: &Pyro, id: &str, name: &str, tail_lines: Option<u64>) -> Resul
         ));
     }
     let ws = Workspace::locate(pyro, id)?;
+    // Reading logs never touches published ports.
     match call(
-        &ws,
+        &mut ws.connect()?,
         Message::ServiceLogs {
             name: name.into(),
             tail_lines,

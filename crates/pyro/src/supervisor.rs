@@ -28,7 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::host;
 use crate::qmp::Qmp;
+
+mod ports;
 use crate::vm::{BootReport, VmDir, VmRecord};
+pub use ports::{PortBinding, ServicePort};
 
 /// Requests to the supervisor itself, on stream 0 of the control socket.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -48,6 +51,19 @@ pub enum ControlRequest {
         #[serde(default)]
         arguments: serde_json::Value,
     },
+    /// Listen on the host's loopback (`host_port`, or any free port) and
+    /// relay connections to `guest_port` for `service`.
+    Publish {
+        service: String,
+        guest_port: u16,
+        host_port: Option<u16>,
+    },
+    /// Close every port published for `service`.
+    Unpublish {
+        service: String,
+    },
+    /// Every published port.
+    Ports,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -58,6 +74,7 @@ pub enum ControlResponse {
     Status(SupervisorStatus),
     Deleted,
     Qmp { result: serde_json::Value },
+    Ports { ports: Vec<ServicePort> },
     Error { message: String },
 }
 
@@ -112,6 +129,7 @@ struct Supervisor {
     /// When a client last asked anything (ms since the Unix epoch).
     last_activity: AtomicU64,
     qmp: Mutex<Option<Qmp>>,
+    ports: Mutex<Vec<ports::Publication>>,
 }
 
 impl Supervisor {
@@ -198,6 +216,7 @@ pub fn main(dir: &Path) -> ! {
         tearing_down: AtomicBool::new(false),
         last_activity: AtomicU64::new(host::now_unix_ms()),
         qmp: Mutex::new(None),
+        ports: Mutex::new(Vec::new()),
     });
 
     // Activation gives the booted guest its identity.
@@ -515,6 +534,20 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
                         Err(message) => ControlResponse::Error { message },
                     }
                 }
+                Ok(ControlRequest::Publish {
+                    service,
+                    guest_port,
+                    host_port,
+                }) => match ports::publish(&sup, service, guest_port, host_port) {
+                    Ok(port) => ControlResponse::Ports { ports: vec![port] },
+                    Err(message) => ControlResponse::Error { message },
+                },
+                Ok(ControlRequest::Unpublish { service }) => ControlResponse::Ports {
+                    ports: ports::unpublish(&sup, &service),
+                },
+                Ok(ControlRequest::Ports) => ControlResponse::Ports {
+                    ports: ports::list(&sup),
+                },
                 Err(e) => ControlResponse::Error {
                     message: format!("bad control request: {e}"),
                 },

@@ -587,12 +587,7 @@ pub fn create(pyro: &Pyro, p: &CreateWorkspace, progress: &dyn Progress) -> Resu
     crate::run::validate_resources(vcpu_count, mem_mib, ttl_seconds)?;
     let network_policy = p.network_policy.clone().unwrap_or_else(|| "off".into());
     match network_policy.as_str() {
-        "off" | "egress" => {}
-        "egress+published-ports" => {
-            return Err(Error::Unsupported(
-                "the egress+published-ports network policy",
-            ))
-        }
+        "off" | "egress" | crate::services::PUBLISHING_POLICY => {}
         other => {
             return Err(Error::InvalidArgument(format!(
                 "network policy {other:?}: use off, egress or egress+published-ports"
