@@ -197,12 +197,7 @@ fn egress_reaches_a_test_host_but_never_the_host_loopback() {
 }
 
 fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        stdout(out),
-        stderr(out)
-    );
+    assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
     serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 

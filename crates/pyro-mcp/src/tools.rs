@@ -155,6 +155,41 @@ pub struct VmRunParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+pub struct VmCreateParams {
+    /// Environment to boot, e.g. `debian:12`.
+    pub environment: String,
+    #[serde(default = "d_vcpu")]
+    pub vcpu_count: u32,
+    #[serde(default = "d_mem")]
+    pub mem_mib: u32,
+    /// The VM is stopped this long after creation and deleted on the next access.
+    #[serde(default = "d_ttl")]
+    pub ttl_seconds: u64,
+    /// Outbound network (user-mode NAT; the host loopback stays unreachable).
+    #[serde(default)]
+    pub network: bool,
+    /// Accepted for compatibility; these VMs always run in a guest.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub allow_host_compat: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct VmIdParams {
+    pub vm_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct VmExecParams {
+    pub vm_id: String,
+    /// The command: one string runs under `/bin/sh -lc`; a list is an argv.
+    pub command: CommandArg,
+    /// The command and everything it started are killed after this long (exit code 124).
+    #[serde(default = "d_timeout")]
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct CreateCoreParams {
     pub environment: String,
     #[serde(default = "d_vcpu")]
@@ -181,7 +216,7 @@ pub struct CreateCoreParams {
 pub struct CreateFullParams {
     #[serde(flatten)]
     pub core: CreateCoreParams,
-    /// `off` (no network device) or `egress` (outbound NAT; the host loopback stays unreachable). `egress+published-ports` is not available yet.
+    /// `off` (no network device), `egress` (outbound NAT; the host loopback stays unreachable) or `egress+published-ports` (egress, and services may publish ports on host 127.0.0.1).
     #[serde(default = "d_off")]
     pub network_policy: String,
     /// Secrets: `{name, value}` or `{name, file_path}` (a host file). Values are never shown and are redacted from output.
@@ -328,7 +363,7 @@ pub struct ServiceStartParams {
     /// Secrets as environment variables: `{SECRET: ENV}`.
     #[serde(default)]
     pub secret_env: Option<BTreeMap<String, String>>,
-    /// Ports to publish on host 127.0.0.1 (needs the egress+published-ports policy; not available yet).
+    /// Guest ports to publish on host 127.0.0.1 while the service runs: `{guest_port, host_port?}` (a free host port when host_port is absent). Needs the egress+published-ports policy.
     #[serde(default)]
     pub published_ports: Option<Vec<pyro::PublishedPort>>,
 }
@@ -968,6 +1003,106 @@ impl PyroServer {
             pyro.stop_service(&p.workspace_id, &p.service_name)
         })
         .await
+    }
+
+    #[tool(
+        description = "Create a microVM without booting it (vm_start boots it). It is deleted after ttl_seconds."
+    )]
+    async fn vm_create(
+        &self,
+        Parameters(p): Parameters<VmCreateParams>,
+    ) -> Result<Json<pyro::VmInfo>, String> {
+        call(&self.pyro, move |pyro| {
+            let params = pyro::CreateVm {
+                environment: p.environment,
+                vcpu_count: p.vcpu_count,
+                mem_mib: p.mem_mib,
+                ttl_seconds: p.ttl_seconds,
+                network: p.network,
+            };
+            pyro.create_vm(&params, &Silent)
+        })
+        .await
+    }
+
+    #[tool(description = "Boot a created or stopped microVM.")]
+    async fn vm_start(
+        &self,
+        Parameters(p): Parameters<VmIdParams>,
+    ) -> Result<Json<pyro::VmInfo>, String> {
+        call(&self.pyro, move |pyro| pyro.start_vm(&p.vm_id, &Silent)).await
+    }
+
+    #[tool(
+        description = "Run one command in a microVM (booting it if needed), then delete the VM. A non-zero exit code is a result, not an error.",
+        annotations(destructive_hint = true)
+    )]
+    async fn vm_exec(
+        &self,
+        Parameters(p): Parameters<VmExecParams>,
+    ) -> Result<Json<pyro::RunResult>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.exec_vm(
+                &p.vm_id,
+                &p.command.words(),
+                p.timeout_seconds,
+                &Silent,
+                &mut Discard,
+            )
+        })
+        .await
+    }
+
+    #[tool(description = "Stop a microVM; its disk stays for the next vm_start.")]
+    async fn vm_stop(
+        &self,
+        Parameters(p): Parameters<VmIdParams>,
+    ) -> Result<Json<pyro::VmInfo>, String> {
+        call(&self.pyro, move |pyro| pyro.stop_vm(&p.vm_id)).await
+    }
+
+    #[tool(
+        description = "Delete a microVM and its disk.",
+        annotations(destructive_hint = true)
+    )]
+    async fn vm_delete(
+        &self,
+        Parameters(p): Parameters<VmIdParams>,
+    ) -> Result<Json<pyro::VmDeleted>, String> {
+        call(&self.pyro, move |pyro| pyro.delete_vm(&p.vm_id)).await
+    }
+
+    #[tool(
+        description = "A microVM's state (created, started or stopped), resources and expiry.",
+        annotations(read_only_hint = true)
+    )]
+    async fn vm_status(
+        &self,
+        Parameters(p): Parameters<VmIdParams>,
+    ) -> Result<Json<pyro::VmInfo>, String> {
+        call(&self.pyro, move |pyro| pyro.status_vm(&p.vm_id)).await
+    }
+
+    #[tool(
+        description = "A microVM's guest network: address, gateway, DNS, and whether outbound traffic is expected to work.",
+        annotations(read_only_hint = true)
+    )]
+    async fn vm_network_info(
+        &self,
+        Parameters(p): Parameters<VmIdParams>,
+    ) -> Result<Json<pyro::VmNetworkInfo>, String> {
+        call(&self.pyro, move |pyro| pyro.network_info_vm(&p.vm_id)).await
+    }
+
+    #[tool(
+        description = "Delete every microVM past its TTL.",
+        annotations(destructive_hint = true)
+    )]
+    async fn vm_reap_expired(
+        &self,
+        Parameters(_): Parameters<EmptyParams>,
+    ) -> Result<Json<pyro::Reaped>, String> {
+        call(&self.pyro, |pyro| Ok(pyro.reap_expired())).await
     }
 
     #[tool(

@@ -429,8 +429,8 @@ pub fn spawn_qemu(spec: &crate::qemu::VmSpec, log: &Path) -> Result<std::process
 }
 
 /// Starts passt, the user-mode network for one VM: the guest gets
-/// 10.0.2.15/24 behind gateway 10.0.2.2, DNS queries to 10.0.2.3 go to the
-/// host's resolver, and `--no-map-gw` keeps the host's own loopback out of
+/// `qemu::net`'s address behind its gateway, DNS queries to its DNS address
+/// go to the host's resolver, and `--no-map-gw` keeps the host's own loopback out of
 /// the guest's reach. It serves one QEMU and exits when that one goes.
 pub fn spawn_passt(socket: &Path, log: &Path) -> Result<std::process::Child> {
     use std::os::unix::fs::PermissionsExt;
@@ -453,23 +453,14 @@ pub fn spawn_passt(socket: &Path, log: &Path) -> Result<std::process::Child> {
         .open(log)
         .ctx(|| format!("open {}", log.display()))?;
     let mut cmd = Command::new(which("passt").unwrap_or_else(|| PathBuf::from("passt")));
-    cmd.args([
-        "-f",
-        "-q",
-        "-1",
-        "--no-map-gw",
-        "-a",
-        "10.0.2.15",
-        "-n",
-        "24",
-        "-g",
-        "10.0.2.2",
-    ])
-    .args(["--dns-forward", "10.0.2.3", "-s"])
-    .arg(socket)
-    .stdin(Stdio::null())
-    .stdout(log.try_clone().ctx(|| "dup log".into())?)
-    .stderr(log);
+    use crate::qemu::net;
+    cmd.args(["-f", "-q", "-1", "--no-map-gw", "-a", net::ADDRESS, "-n"])
+        .arg(net::PREFIX.to_string())
+        .args(["-g", net::GATEWAY, "--dns-forward", net::DNS, "-s"])
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().ctx(|| "dup log".into())?)
+        .stderr(log);
     die_with_parent(&mut cmd, libc::SIGKILL);
     let child = cmd.spawn().map_err(|e| Error::Tool {
         tool: "passt".into(),

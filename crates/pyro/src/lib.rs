@@ -12,7 +12,8 @@
 //! - `vm` and `supervisor`: one detached supervisor process per VM, owning
 //!   QEMU and the agent connection, serving a control socket;
 //! - `client`: the control-socket client;
-//! - `run`: one-shot runs; `doctor`: host diagnosis;
+//! - `run`: one-shot runs; `vms`: VMs with a create/start/exec/stop/delete
+//!   lifecycle; `doctor`: host diagnosis;
 //! - `host`: every fact read from, and tool run on, the host.
 //!
 //! The façade keeps no state between calls: VM directories on disk are the
@@ -37,6 +38,7 @@ mod services;
 mod shells;
 mod supervisor;
 mod vm;
+mod vms;
 mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +61,7 @@ pub use services::{
     PortBinding, PublishedPort, ReadinessCheck, ServiceInfo, ServiceList, ServiceLogs, StartService,
 };
 pub use shells::{OpenShell, ReadShell, ShellInfo};
+pub use vms::{CreateVm, Reaped, VmDeleted, VmInfo, VmNetworkInfo};
 pub use workspace::{
     ArtifactType, CommandEntry, CreateWorkspace, Deleted, ExportResult, FileEntry, FileListResult,
     FileReadResult, FileWriteResult, ResetResult, SnapshotInfo, SnapshotList, State, SyncResult,
@@ -127,6 +130,52 @@ impl Pyro {
         output: &mut dyn OutputSink,
     ) -> Result<RunResult> {
         run::run_in_vm(self, params, progress, output)
+    }
+
+    /// Creates a VM without booting it; it is deleted once `ttl_seconds`
+    /// have passed since creation.
+    pub fn create_vm(&self, params: &CreateVm, progress: &dyn Progress) -> Result<VmInfo> {
+        vms::create(self, params, progress)
+    }
+
+    /// Boots a created or stopped VM (a started one is left as it is).
+    pub fn start_vm(&self, id: &str, progress: &dyn Progress) -> Result<VmInfo> {
+        vms::start(self, id, progress)
+    }
+
+    /// Runs one command in the VM, starting it if needed, then deletes the
+    /// VM. A non-zero exit code is a result, not an error.
+    pub fn exec_vm(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout_seconds: u64,
+        progress: &dyn Progress,
+        output: &mut dyn OutputSink,
+    ) -> Result<RunResult> {
+        vms::exec(self, id, command, timeout_seconds, progress, output)
+    }
+
+    /// Stops the VM gracefully, keeping its disk.
+    pub fn stop_vm(&self, id: &str) -> Result<VmInfo> {
+        vms::stop(self, id)
+    }
+
+    pub fn delete_vm(&self, id: &str) -> Result<VmDeleted> {
+        vms::delete(self, id)
+    }
+
+    pub fn status_vm(&self, id: &str) -> Result<VmInfo> {
+        vms::status(self, id)
+    }
+
+    pub fn network_info_vm(&self, id: &str) -> Result<VmNetworkInfo> {
+        vms::network_info(self, id)
+    }
+
+    /// Deletes every VM past its TTL.
+    pub fn reap_expired(&self) -> Reaped {
+        vms::reap_expired(self)
     }
 
     pub fn doctor(&self) -> DoctorReport {

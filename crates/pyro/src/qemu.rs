@@ -13,6 +13,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::Accel;
 
+/// The guest's side of its user-mode network: the same for every VM, since
+/// each has a passt of its own (`host::spawn_passt`).
+pub mod net {
+    pub const INTERFACE: &str = "eth0";
+    pub const ADDRESS: &str = "10.0.2.15";
+    pub const PREFIX: u8 = 24;
+    pub const SUBNET: &str = "10.0.2.0/24";
+    pub const GATEWAY: &str = "10.0.2.2";
+    /// passt answers DNS here by forwarding to the host's resolver.
+    pub const DNS: &str = "10.0.2.3";
+    pub const MAC: &str = "52:54:00:12:34:56";
+}
+
 /// Everything QEMU needs to start one VM.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +97,7 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
                 sock.display()
             ),
             "-device".into(),
-            "virtio-net-device,netdev=n0".into(),
+            format!("virtio-net-device,netdev=n0,mac={}", net::MAC),
         ] {
             a.push(s.into());
         }
@@ -198,7 +211,7 @@ mod tests {
         assert!(!render(&s).contains("netdev"));
         s.network_socket = Some("/v/net/passt.sock".into());
         assert!(render(&s).contains(
-            "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=/v/net/passt.sock -device virtio-net-device,netdev=n0"
+            "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=/v/net/passt.sock -device virtio-net-device,netdev=n0,mac=52:54:00:12:34:56"
         ));
     }
 

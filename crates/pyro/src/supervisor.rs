@@ -27,6 +27,7 @@ use pyro_protocol::{
 use serde::{Deserialize, Serialize};
 
 use crate::host;
+use crate::qemu::net;
 use crate::qmp::Qmp;
 
 mod ports;
@@ -228,11 +229,11 @@ pub fn main(dir: &Path) -> ! {
             .network_socket
             .as_ref()
             .map(|_| pyro_protocol::NetworkConfig {
-                interface: "eth0".into(),
-                address: "10.0.2.15".into(),
-                prefix: 24,
-                gateway: "10.0.2.2".into(),
-                dns: vec!["10.0.2.3".into()],
+                interface: net::INTERFACE.into(),
+                address: net::ADDRESS.into(),
+                prefix: net::PREFIX,
+                gateway: net::GATEWAY.into(),
+                dns: vec![net::DNS.into()],
             }),
     });
     let mut agent_reader = agent;

@@ -502,7 +502,7 @@ fn running_vms(pyro: &Pyro) -> Vec<String> {
     if let Ok(entries) = fs::read_dir(pyro.paths.vms()) {
         for e in entries.flatten() {
             if VmDir::from_path(&e.path()).live_supervisor().is_some() {
-                out.push(format!("run {}", e.file_name().to_string_lossy()));
+                out.push(format!("vm {}", e.file_name().to_string_lossy()));
             }
         }
     }
@@ -519,23 +519,30 @@ fn running_vms(pyro: &Pyro) -> Vec<String> {
     out
 }
 
+/// Takes the capacity lock and checks there is room for one more running
+/// VM; hold the lock until the VM has started.
+pub(crate) fn admit(pyro: &Pyro) -> Result<FileLock> {
+    fs::create_dir_all(&pyro.paths.home).ctx(|| "create state dir".into())?;
+    let lock = FileLock::acquire(&pyro.paths.home.join(".capacity.lock"))?;
+    let running = running_vms(pyro);
+    let limit = running_limit();
+    if running.len() >= limit {
+        return Err(Error::InvalidArgument(format!(
+            "{} VMs are running, the limit (PYRO_MAX_RUNNING_VMS) is {limit}; stop one first: {}",
+            running.len(),
+            running.join(", ")
+        )));
+    }
+    Ok(lock)
+}
+
 /// Boots the workspace's VM on its disk. Holds the capacity lock while
 /// counting and starting, so concurrent starts cannot overshoot.
 fn boot(pyro: &Pyro, ws: &Workspace, r: &Record, progress: &dyn Progress) -> Result<()> {
     let entry = environments::lookup(&r.environment)?;
     let assets = assets::ensure(&pyro.paths, progress)?;
     environments::ensure(&pyro.paths, entry, false, progress)?;
-    fs::create_dir_all(&pyro.paths.home).ctx(|| "create state dir".into())?;
-    let _capacity = FileLock::acquire(&pyro.paths.home.join(".capacity.lock"))?;
-    let running = running_vms(pyro);
-    let limit = running_limit();
-    if running.len() >= limit {
-        return Err(Error::InvalidArgument(format!(
-            "{} VMs are running, the limit (PYRO_MAX_RUNNING_VMS) is {limit}; stop one first (`pyro workspace stop ID`): {}",
-            running.len(),
-            running.join(", ")
-        )));
-    }
+    let _capacity = admit(pyro)?;
     let dir = ws.vm();
     let spec = qemu::VmSpec {
         accel: host::choose_accel().accel,

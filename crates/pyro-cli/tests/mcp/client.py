@@ -21,7 +21,7 @@ from mcp.client.streamable_http import streamablehttp_client
 
 PYRO = os.environ["PYRO_BIN"]
 GOLDEN = os.environ["PYRO_MCP_GOLDEN"]
-EXPECTED_COUNTS = {"vm-run": 1, "workspace-core": 16, "workspace-full": 35}
+EXPECTED_COUNTS = {"vm-run": 1, "workspace-core": 16, "workspace-full": 43}
 
 
 def check(cond, what):
@@ -172,7 +172,49 @@ async def stdio_profile(profile, tmp):
                 check(r["stdout"] == "up\n", "full: service logs")
                 r = ok(await session.call_tool("service_stop", {"workspace_id": wid, "service_name": "app"}))
                 check(r["state"] == "stopped", "full: service stopped")
+                r = await session.call_tool("service_start", {
+                    "workspace_id": wid, "service_name": "web", "command": "sleep 300",
+                    "published_ports": [{"guest_port": 8080}],
+                })
+                check(r.isError and "egress+published-ports" in r.content[0].text,
+                      "full: publishing needs the egress+published-ports policy")
                 ok(await session.call_tool("workspace_delete", {"workspace_id": wid}))
+                await vm_lifecycle(session)
+
+
+async def vm_lifecycle(session):
+    v = ok(await session.call_tool("vm_create", {"environment": "debian:12"}))
+    vid = v["vm_id"]
+    check(v["state"] == "created" and v["network_enabled"] is False, "vm_create: created, no network")
+    n = ok(await session.call_tool("vm_network_info", {"vm_id": vid}))
+    check(n["network_enabled"] is False and n["guest_ip"] is None, "vm_network_info without a network")
+    r = ok(await session.call_tool("vm_start", {"vm_id": vid}))
+    check(r["state"] == "started", "vm_start")
+    r = ok(await session.call_tool("vm_status", {"vm_id": vid}))
+    check(r["state"] == "started", "vm_status: started")
+    r = ok(await session.call_tool("vm_stop", {"vm_id": vid}))
+    check(r["state"] == "stopped" and r["stop_reason"] == "stopped", f"vm_stop: {r}")
+    r = ok(await session.call_tool("vm_exec", {"vm_id": vid, "command": "cat /proc/cmdline >/dev/null && uname -r"}))
+    check(r["exit_code"] == 0 and r["stdout"].strip().endswith("cloud-amd64") and r["cleanup"]["deleted"],
+          "vm_exec boots a stopped VM, runs, deletes")
+    r = await session.call_tool("vm_status", {"vm_id": vid})
+    check(r.isError and "unknown vm" in r.content[0].text, "vm_exec deleted the VM")
+
+    v = ok(await session.call_tool("vm_create", {"environment": "debian:12", "network": True}))
+    n = ok(await session.call_tool("vm_network_info", {"vm_id": v["vm_id"]}))
+    check(n["network_enabled"] and n["guest_ip"] == "10.0.2.15" and n["backend"] == "passt"
+          and n["outbound_connectivity_expected"], f"vm_network_info: {n}")
+    r = ok(await session.call_tool("vm_delete", {"vm_id": v["vm_id"]}))
+    check(r["deleted"] is True, "vm_delete")
+    r = await session.call_tool("vm_start", {"vm_id": v["vm_id"]})
+    check(r.isError, "a deleted VM is gone")
+
+    keep = ok(await session.call_tool("vm_create", {"environment": "debian:12"}))
+    short = ok(await session.call_tool("vm_create", {"environment": "debian:12", "ttl_seconds": 1}))
+    await asyncio.sleep(1.5)
+    r = ok(await session.call_tool("vm_reap_expired", {}))
+    check(r["deleted_vm_ids"] == [short["vm_id"]] and r["count"] == 1, f"vm_reap_expired: {r}")
+    ok(await session.call_tool("vm_delete", {"vm_id": keep["vm_id"]}))
 
 
 async def http(tmp):
