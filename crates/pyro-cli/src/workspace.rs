@@ -577,8 +577,19 @@ fn summary(w: &WorkspaceInfo) {
             .collect();
         println!("Secrets: {}", names.join(", "));
     }
+    if w.service_count.is_some() {
+        println!("Services: {} running", services(w));
+    }
     if let Some(c) = &w.last_command {
         println!("Last command: {} (exit_code={})", c.command, c.exit_code);
+    }
+}
+
+/// `R/T`: running and total services, `-` when not counted.
+fn services(w: &pyro::WorkspaceInfo) -> String {
+    match (w.running_service_count, w.service_count) {
+        (Some(r), Some(t)) => format!("{r}/{t}"),
+        _ => "-".into(),
     }
 }
 
@@ -644,7 +655,7 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
                 let labels: Vec<String> =
                     w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
-                    "[workspace] workspace_id={} name={:?} state={} environment={} labels={} last_activity_at={} expires_at={} commands={}",
+                    "[workspace] workspace_id={} name={:?} state={} environment={} labels={} last_activity_at={} expires_at={} commands={} services={}",
                     w.workspace_id,
                     w.name.clone().unwrap_or_default(),
                     serde_json::to_value(w.state).unwrap().as_str().unwrap_or(""),
@@ -652,7 +663,8 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> 
                     labels.join(","),
                     w.last_activity_at,
                     w.expires_at.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-                    w.command_count
+                    w.command_count,
+                    services(w)
                 );
             }
         }),

@@ -331,6 +331,14 @@ fn published_ports_serve_on_host_loopback_while_the_service_runs() {
     assert_eq!(net.fetch(&second_url), "second-service");
     let list = json(&ws(&["service", "list", &id, "--json"]));
     assert_eq!(list["running_count"], 2);
+    let status = json(&ws(&["status", &id, "--json"]));
+    assert_eq!(status["running_service_count"], 2, "{status}");
+    let out = ws(&["status", &id]);
+    assert!(
+        stdout(&out).contains("Services: 2/2 running"),
+        "{}",
+        stdout(&out)
+    );
 
     // A host port in use fails the start with nothing started.
     let out = ws(&[

@@ -716,10 +716,14 @@ fn crashes_and_idle_timeouts_stop_but_never_delete() {
     exec(&sb, &id, "echo idle > idle.txt");
     ws(&sb, &["snapshot", "create", &id, "s1"]);
     let start = Instant::now();
+    // Polling status is not activity: it must not hold off the timeout.
+    let st = ws(&sb, &["status", &id]);
+    assert_eq!(st["running_service_count"], 0, "{st}");
     loop {
         let st = ws(&sb, &["status", &id]);
         if st["state"] == "stopped" {
             assert_eq!(st["stop_reason"], "ttl_expired", "{st}");
+            assert_eq!(st["service_count"], 0, "{st}");
             break;
         }
         assert!(

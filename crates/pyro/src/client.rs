@@ -85,7 +85,23 @@ impl VmClient {
 
     /// Announces this connection; an owner's disconnect deletes a one-shot VM.
     pub fn attach(&mut self, owner: bool) -> Result<()> {
-        match self.control(&ControlRequest::Attach { owner })? {
+        self.attach_as(ControlRequest::Attach {
+            owner,
+            passive: false,
+        })
+    }
+
+    /// Announces a connection that only looks: its requests do not count as
+    /// activity for the idle timeout.
+    pub fn attach_passive(&mut self) -> Result<()> {
+        self.attach_as(ControlRequest::Attach {
+            owner: false,
+            passive: true,
+        })
+    }
+
+    fn attach_as(&mut self, req: ControlRequest) -> Result<()> {
+        match self.control(&req)? {
             ControlResponse::Attached { .. } => Ok(()),
             other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
         }

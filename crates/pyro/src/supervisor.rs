@@ -39,9 +39,13 @@ pub use ports::{PortBinding, ServicePort};
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlRequest {
-    /// Identify; an `owner` connection's end deletes a one-shot VM.
+    /// Identify; an `owner` connection's end deletes a one-shot VM. What a
+    /// `passive` connection asks (status, listings) is not activity: it
+    /// does not hold off the idle timeout.
     Attach {
         owner: bool,
+        #[serde(default)]
+        passive: bool,
     },
     Status,
     /// Stop the VM (and remove a one-shot VM); answered once it is done.
@@ -495,6 +499,7 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
     });
     let mut reader = stream;
     let mut owner = false;
+    let mut passive = false;
     // This client's streams: its id → the agent-side id.
     let mut streams: HashMap<u32, u32> = HashMap::new();
     loop {
@@ -502,11 +507,18 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
             Ok(Some(f)) => f,
             _ => break,
         };
-        sup.last_activity
-            .store(host::now_unix_ms(), Ordering::SeqCst);
-        if frame.stream == CONTROL_STREAM {
-            let reply = match serde_json::from_slice::<ControlRequest>(&frame.body) {
-                Ok(ControlRequest::Attach { owner: o }) => {
+        let request = (frame.stream == CONTROL_STREAM)
+            .then(|| serde_json::from_slice::<ControlRequest>(&frame.body));
+        if let Some(Ok(ControlRequest::Attach { passive: p, .. })) = &request {
+            passive = *p;
+        }
+        if !passive {
+            sup.last_activity
+                .store(host::now_unix_ms(), Ordering::SeqCst);
+        }
+        if let Some(request) = request {
+            let reply = match request {
+                Ok(ControlRequest::Attach { owner: o, .. }) => {
                     owner = o;
                     ControlResponse::Attached {
                         vm_id: sup.record.vm_id.clone(),

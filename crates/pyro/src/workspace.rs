@@ -181,6 +181,10 @@ pub struct WorkspaceInfo {
     pub snapshot_count: usize,
     /// Names and sources only, never values.
     pub secrets: Vec<SecretInfo>,
+    /// Services in the guest and how many run; counted by `status` and
+    /// `list` (null elsewhere; services end when the VM stops).
+    pub service_count: Option<usize>,
+    pub running_service_count: Option<usize>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -448,7 +452,44 @@ impl Workspace {
             last_reset_at: r.last_reset_at,
             snapshot_count: r.snapshots.len(),
             secrets: r.secrets.clone(),
+            service_count: None,
+            running_service_count: None,
         }
+    }
+
+    /// `info` with its services counted, without it counting as activity.
+    fn info_with_services(&self, r: &Record) -> WorkspaceInfo {
+        let mut info = self.info(r);
+        let counts = if info.state != State::Started {
+            Ok((0, 0))
+        } else {
+            (|| -> Result<(usize, usize)> {
+                let mut c = VmClient::connect(&self.vm())?;
+                c.attach_passive()?;
+                match c.request(&Message::ServiceList, None, &mut |_| {})? {
+                    Message::Services { services } => Ok((
+                        services.len(),
+                        services.iter().filter(|s| s.state == "running").count(),
+                    )),
+                    other => Err(Error::Guest(format!("unexpected reply {other:?}"))),
+                }
+            })()
+        };
+        match counts {
+            Ok((total, running)) => {
+                info.service_count = Some(total);
+                info.running_service_count = Some(running);
+            }
+            // It may have stopped meanwhile (an idle timeout); say so.
+            Err(_) => {
+                info = self.info(r);
+                if info.state == State::Stopped {
+                    info.service_count = Some(0);
+                    info.running_service_count = Some(0);
+                }
+            }
+        }
+        info
     }
 
     /// The workspace's secret values (for the guest and for redaction).
@@ -727,7 +768,7 @@ pub fn list(pyro: &Pyro) -> Result<WorkspaceList> {
             let id = e.file_name().to_string_lossy().into_owned();
             if let Ok(ws) = Workspace::locate(pyro, &id) {
                 if let Ok(r) = ws.read() {
-                    workspaces.push(ws.info(&r));
+                    workspaces.push(ws.info_with_services(&r));
                 }
             }
         }
@@ -748,7 +789,7 @@ pub fn list(pyro: &Pyro) -> Result<WorkspaceList> {
 pub fn status(pyro: &Pyro, id: &str) -> Result<WorkspaceInfo> {
     let ws = Workspace::locate(pyro, id)?;
     let r = ws.read()?;
-    Ok(ws.info(&r))
+    Ok(ws.info_with_services(&r))
 }
 
 pub fn update(pyro: &Pyro, id: &str, u: &UpdateWorkspace) -> Result<WorkspaceInfo> {
