@@ -375,6 +375,51 @@ fn published_ports_serve_on_host_loopback_while_the_service_runs() {
     assert!(host_ports(&ended).is_empty(), "{ended}");
     assert!(net.fetch(&second_url).starts_with("refused"));
 
+    // A peer that stops reading loses its connection; the VM's other
+    // clients never wait on it.
+    let flood = json(&ws(&[
+        "service", "start", &id, "flood",
+        "--ready-tcp", "127.0.0.1:9000",
+        "--publish", "9000",
+        "--json",
+        "--", "python3", "-c",
+        "import socket\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', 9000)); s.listen()\n\
+         while True:\n    c, _ = s.accept()\n    try:\n        c.sendall(b'x' * (256 << 20))\n    except OSError:\n        pass\n    c.close()",
+    ]));
+    let flood_port = host_ports(&flood)[0].to_string();
+    let stalled = Command::new("ip")
+        .args(["netns", "exec", &net.host, "python3", "-c"])
+        .arg(
+            "import socket, sys, time\n\
+             c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+             total = len(c.recv(1))\n\
+             time.sleep(30)\n\
+             while True:\n    b = c.recv(1 << 20)\n    if not b:\n        break\n    total += len(b)\n\
+             print(total)",
+        )
+        .arg(&flood_port)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let alive = Command::new("ip")
+        .args(["netns", "exec", &net.host, "timeout", "10"])
+        .arg(env!("CARGO_BIN_EXE_pyro"))
+        .args(["workspace", "exec", &id, "--", "echo", "alive"])
+        .env("PYRO_HOME", sb.home.path())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&alive), "alive\n", "{}", stderr(&alive));
+    let got: u64 = stdout(&stalled.wait_with_output().unwrap())
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("stalled peer received {got} of {} bytes", 256u64 << 20);
+    assert!(got < 256 << 20, "the stalled connection was dropped");
+    json(&ws(&["service", "stop", &id, "flood", "--json"]));
+
     // Reset and delete end every port with the VM.
     let again = json(&ws(&[
         "service",

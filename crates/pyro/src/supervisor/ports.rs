@@ -151,12 +151,30 @@ fn relay(sup: Arc<Supervisor>, tcp: TcpStream, guest_port: u16) {
             }
         }
     });
+    // The guest's bytes go to the TCP peer from a thread of their own, at
+    // most `BACKLOG` frames behind: a peer that stops reading loses its
+    // connection instead of stalling the supervisor for every client.
+    const BACKLOG: usize = 128;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BACKLOG);
+    let (Ok(mut to_tcp), Ok(closer)) = (tcp.try_clone(), tcp.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for bytes in rx {
+            if to_tcp.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        // Done (or failed): this also ends the copy in the other direction.
+        let _ = to_tcp.shutdown(Shutdown::Both);
+    });
     let mut from_sup = mine;
-    let mut to_tcp = tcp;
+    let mut lagging = false;
     while let Ok(Some(frame)) = Frame::read_from(&mut from_sup) {
         match frame.kind {
             Kind::Stdout => {
-                if to_tcp.write_all(&frame.body).is_err() {
+                if tx.try_send(frame.body).is_err() {
+                    lagging = true;
                     break;
                 }
             }
@@ -172,8 +190,13 @@ fn relay(sup: Arc<Supervisor>, tcp: TcpStream, guest_port: u16) {
             _ => {}
         }
     }
-    // Ends both copies; the private client's end makes the supervisor
-    // cancel the tunnel if it is still open in the guest.
-    let _ = to_tcp.shutdown(Shutdown::Both);
+    drop(tx);
+    if lagging {
+        let _ = closer.shutdown(Shutdown::Both);
+    }
+    // The private client's end makes the supervisor cancel the tunnel if it
+    // is still open in the guest; the TCP side closes once what was
+    // received is written.
     let _ = from_sup.shutdown(Shutdown::Both);
+    drop(tcp);
 }
