@@ -25,6 +25,7 @@ packages=(
     passt             # user-mode networking
     fakeroot uidmap   # building environments as a regular user
     python3 python3-venv  # the test suite's MCP client (the official Python SDK)
+    dnsmasq-base      # the network tests' DNS server (no system service)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -2,7 +2,9 @@
 //! machine: pyro itself runs inside a network namespace the test creates
 //! ("the host"), whose only way out is a veth to a second namespace (a test
 //! host serving HTTP). A server bound to the inner host's 127.0.0.1 stands
-//! for the host's loopback, which guests must not reach.
+//! for the host's loopback, which guests must not reach. The test host also
+//! answers DNS (dnsmasq) for `web.pyro.test`, and the inner host's
+//! resolv.conf (`/etc/netns/<ns>/resolv.conf`) points there.
 
 mod common;
 
@@ -79,6 +81,26 @@ impl Netns {
                 .unwrap();
             n.servers.push(child);
         }
+        // `ip netns exec` mounts this over /etc/resolv.conf for pyro (and
+        // so for passt, which forwards the guest's DNS queries to it).
+        let etc = std::path::Path::new("/etc/netns").join(&host);
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("resolv.conf"), "nameserver 10.203.7.2\n").unwrap();
+        let dns = Command::new("ip")
+            .args(["netns", "exec", &web, "dnsmasq", "--keep-in-foreground"])
+            .args([
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file",
+            ])
+            .args(["--bind-interfaces", "--listen-address=10.203.7.2"])
+            .arg("--address=/web.pyro.test/10.203.7.2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        n.servers.push(dns);
         std::thread::sleep(Duration::from_millis(800));
         n
     }
@@ -129,6 +151,7 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.host])
             .status();
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.host));
         let _ = Command::new("ip")
             .args(["netns", "del", &self.web])
             .status();
@@ -154,6 +177,26 @@ fn egress_reaches_a_test_host_but_never_the_host_loopback() {
     assert_eq!(
         stdout(&out),
         "hello-from-test-host\nunreachable\nunreachable\neth0 lo ",
+        "{}",
+        stderr(&out)
+    );
+
+    // Names resolve through the host's resolver (passt forwards 10.0.2.3).
+    let out = net.pyro(
+        &sb,
+        &[
+            "run",
+            "--network",
+            "debian:12",
+            "--",
+            "bash",
+            "-c",
+            &format!("{FETCH}; cat /etc/resolv.conf; getent hosts web.pyro.test; fetch web.pyro.test 8000 hello.txt"),
+        ],
+    );
+    assert_eq!(
+        stdout(&out),
+        "nameserver 10.0.2.3\n10.203.7.2      web.pyro.test\nhello-from-test-host\n",
         "{}",
         stderr(&out)
     );
