@@ -1295,7 +1295,7 @@ fn services_become_ready_fail_with_reasons_and_keep_logs() {
         "sleep 1",
     ]);
     assert!(
-        stderr(&out).contains("not supported yet"),
+        stderr(&out).contains("--network-policy egress+published-ports"),
         "{}",
         stderr(&out)
     );
