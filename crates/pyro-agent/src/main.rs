@@ -218,6 +218,11 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
         }
         Message::Activate(a) => {
             let mut problems = Vec::new();
+            if let Some(seed) = a.entropy.as_deref().and_then(unhex) {
+                if let Err(e) = sys::reseed_random(&seed) {
+                    problems.push(format!("random: {e}"));
+                }
+            }
             if let Err(e) = sys::set_realtime(a.unix_time_ms) {
                 problems.push(format!("clock: {e}"));
             }
@@ -429,6 +434,16 @@ fn configure_network(net: &pyro_protocol::NetworkConfig) -> Result<(), String> {
         .map(|d| format!("nameserver {d}\n"))
         .collect();
     std::fs::write("/etc/resolv.conf", resolv).map_err(|e| format!("resolv.conf: {e}"))
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn shell_reply(r: Result<pyro_protocol::ShellState, String>) -> Message {

@@ -261,6 +261,28 @@ pub fn freeze(path: &Path, frozen: bool) -> io::Result<()> {
     check(unsafe { libc::ioctl(dir.as_raw_fd(), request as _, 0) })
 }
 
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Mixes `seed` into the kernel's entropy pool, credited, and reseeds the
+/// CRNG at once: a guest restored from a snapshot must not share random
+/// state with its siblings.
+pub fn reseed_random(seed: &[u8]) -> io::Result<()> {
+    let urandom = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + seed.len());
+    info.extend_from_slice(&((seed.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(seed.len() as i32).to_ne_bytes());
+    info.extend_from_slice(seed);
+    // SAFETY: `info` is a complete rand_pool_info with `buf_size` bytes of
+    // buffer, alive for the call; the fd is open.
+    check(unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) })?;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    check(unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG as _, 0) })
+}
+
 /// A new pseudo-terminal pair sized `cols` x `rows`: (master, slave).
 pub fn open_pty(cols: u16, rows: u16) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     use std::os::fd::FromRawFd;

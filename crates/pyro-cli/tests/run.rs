@@ -239,3 +239,89 @@ fn bad_input_gets_a_clear_error() {
     );
     assert!(sb.vm_dirs().is_empty());
 }
+
+/// `pyro run --json` with the given extra environment, parsed; asserts
+/// the command succeeded.
+fn run_with(sb: &Sandbox, env: &[(&str, &std::ffi::OsStr)], command: &str) -> serde_json::Value {
+    let out = sb
+        .cmd()
+        .envs(env.iter().copied())
+        .args(["run", "--json", "debian:12", "--", command])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["exit_code"], 0, "{v}");
+    v
+}
+
+#[test]
+fn runs_restore_a_template_and_every_guest_is_its_own() {
+    let sb = Sandbox::new();
+    let cache = tempfile::tempdir().unwrap();
+    let templates = [("PYRO_TEMPLATE_CACHE_DIR", cache.path().as_os_str())];
+    let probe = "cat /proc/sys/kernel/random/uuid; hostname; date +%s";
+    let lines = |v: &serde_json::Value| -> Vec<String> {
+        v["stdout"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+
+    // The first run builds the template, then restores it like the next.
+    let a = run_with(&sb, &templates, probe);
+    let b = run_with(&sb, &templates, probe);
+    assert_eq!(a["timings"]["restored"], true, "{a}");
+    assert_eq!(b["timings"]["restored"], true, "{b}");
+    let (la, lb) = (lines(&a), lines(&b));
+    assert_ne!(
+        la[0], lb[0],
+        "each restored guest gets its own random state"
+    );
+    assert_ne!(la[1], lb[1], "and its own hostname");
+    let guest_time: i64 = lb[2].parse().unwrap();
+    assert!(
+        (guest_time - now()).abs() <= 5,
+        "and the current time: {guest_time}"
+    );
+
+    // Off on request.
+    let off = [
+        ("PYRO_TEMPLATE_CACHE_DIR", cache.path().as_os_str()),
+        ("PYRO_FAST_START", std::ffi::OsStr::new("0")),
+    ];
+    assert_eq!(run_with(&sb, &off, "true")["timings"]["restored"], false);
+
+    // A template that cannot restore: the run boots instead, and the
+    // template is rebuilt for the next one.
+    let dirs: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("template.json").exists())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one template");
+    let state = dirs[0].path().join("state.bin");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let c = run_with(&sb, &templates, "echo booted");
+    assert_eq!(c["stdout"], "booted\n");
+    assert_eq!(c["timings"]["restored"], false, "{c}");
+    assert_eq!(
+        run_with(&sb, &templates, "true")["timings"]["restored"],
+        true
+    );
+    sb.assert_clean_within(Duration::from_secs(10));
+}

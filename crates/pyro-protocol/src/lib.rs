@@ -540,6 +540,11 @@ pub struct Activation {
     /// How to configure the guest's network interface, if it has one.
     #[serde(default)]
     pub network: Option<NetworkConfig>,
+    /// Hex-encoded random bytes from the host, mixed into the guest's
+    /// entropy pool before the CRNG is reseeded (guests restored from one
+    /// snapshot start with the same random state).
+    #[serde(default)]
+    pub entropy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

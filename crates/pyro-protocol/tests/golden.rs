@@ -23,6 +23,7 @@ fn examples() -> Vec<Message> {
             hostname: "pyro-0123".into(),
             unix_time_ms: 1_700_000_000_000,
             network: None,
+            entropy: None,
         }),
         Message::Activate(Activation {
             hostname: "pyro-0123".into(),
@@ -34,6 +35,7 @@ fn examples() -> Vec<Message> {
                 gateway: "10.0.2.2".into(),
                 dns: vec!["10.0.2.3".into()],
             }),
+            entropy: Some("00ff10ab".into()),
         }),
         Message::Exec(ExecRequest {
             command: Command::Argv(vec![

@@ -411,9 +411,16 @@ pub fn spawn_qemu(spec: &crate::qemu::VmSpec, log: &Path) -> Result<std::process
         .append(true)
         .open(log)
         .ctx(|| format!("open {}", log.display()))?;
+    // A snapshot to restore is QEMU's standard input (`-incoming fd:0`).
+    let stdin = match &spec.snapshot {
+        Some(state) => {
+            Stdio::from(fs::File::open(state).ctx(|| format!("open {}", state.display()))?)
+        }
+        None => Stdio::null(),
+    };
     let mut cmd = Command::new(QEMU);
     cmd.args(crate::qemu::args(spec))
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(log.try_clone().ctx(|| "dup log".into())?)
         .stderr(log);
     die_with_parent(&mut cmd, libc::SIGKILL);

@@ -12,6 +12,7 @@
 //! - `vm` and `supervisor`: one detached supervisor process per VM, owning
 //!   QEMU and the agent connection, serving a control socket;
 //! - `client`: the control-socket client;
+//! - `templates`: saved guests to restore instead of booting (fast start);
 //! - `run`: one-shot runs; `vms`: VMs with a create/start/exec/stop/delete
 //!   lifecycle; `doctor`: host diagnosis;
 //! - `host`: every fact read from, and tool run on, the host.
@@ -37,6 +38,7 @@ mod secrets;
 mod services;
 mod shells;
 mod supervisor;
+mod templates;
 mod vm;
 mod vms;
 mod workspace;

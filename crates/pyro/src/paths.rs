@@ -14,6 +14,9 @@ pub struct Paths {
     pub runtime_cache: PathBuf,
     /// Installed environments.
     pub environment_cache: PathBuf,
+    /// Template snapshots for fast start (`PYRO_TEMPLATE_CACHE_DIR`, else
+    /// `templates/` in the runtime cache).
+    pub template_cache: PathBuf,
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -41,6 +44,8 @@ impl Paths {
         });
         Paths {
             home,
+            template_cache: env_path("PYRO_TEMPLATE_CACHE_DIR")
+                .unwrap_or_else(|| cache.join("runtime").join("templates")),
             runtime_cache: cache.join("runtime"),
             environment_cache: env_path("PYRO_ENVIRONMENT_CACHE_DIR")
                 .unwrap_or_else(|| cache.join("environments")),

@@ -49,6 +49,10 @@ pub struct VmSpec {
     /// when absent.
     #[serde(default)]
     pub network_socket: Option<PathBuf>,
+    /// Restore this saved VM state (a template, see `templates`) instead of
+    /// booting; QEMU reads it from its standard input.
+    #[serde(default)]
+    pub snapshot: Option<PathBuf>,
 }
 
 pub fn kernel_cmdline(spec: &VmSpec) -> String {
@@ -154,6 +158,10 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
     ] {
         a.push(s.into());
     }
+    if spec.snapshot.is_some() {
+        a.push("-incoming".into());
+        a.push("fd:0".into());
+    }
     a
 }
 
@@ -175,6 +183,7 @@ mod tests {
             qmp_socket: "/v/qmp.sock".into(),
             console_log: "/v/console.log".into(),
             network_socket: None,
+            snapshot: None,
         }
     }
 
@@ -203,6 +212,14 @@ mod tests {
              -device virtserialport,chardev=agent,name=org.pyro.agent \
              -qmp unix:/v/qmp.sock,server=on,wait=off"
         );
+    }
+
+    #[test]
+    fn a_snapshot_is_restored_from_standard_input() {
+        let mut s = spec(Accel::Tcg);
+        assert!(!render(&s).contains("-incoming"));
+        s.snapshot = Some("/t/state.bin".into());
+        assert!(render(&s).ends_with(" -incoming fd:0"));
     }
 
     #[test]

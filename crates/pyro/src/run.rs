@@ -11,7 +11,7 @@ use crate::client::{Capture, OutputSink, VmClient};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::vm::{self, VmDir};
-use crate::{assets, environments, host, qemu, Pyro};
+use crate::{assets, environments, host, qemu, templates, Pyro};
 
 /// Parameters of [`Pyro::run_in_vm`]; defaults match the CLI's.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -87,10 +87,12 @@ pub struct RunTimings {
     /// Resolving assets and the environment, creating the VM's disk.
     pub prepare_ms: u64,
     /// From starting the supervisor to the agent's welcome (QEMU start,
-    /// kernel, agent).
+    /// kernel, agent; or restoring a template).
     pub boot_ms: u64,
+    /// The guest was restored from a template snapshot instead of booted.
+    pub restored: bool,
     /// The guest's own clock at the agent's welcome: kernel start to agent
-    /// ready.
+    /// ready (0 when restored).
     pub guest_boot_ms: u64,
     /// From sending the command to its exit status.
     pub exec_ms: u64,
@@ -165,7 +167,7 @@ pub(crate) fn run_in_vm(
     let id = host::random_id(6);
     let dir = VmDir::new(&pyro.paths, &id);
     let accel = host::choose_accel();
-    let spec = qemu::VmSpec {
+    let mut spec = qemu::VmSpec {
         accel: accel.accel,
         vcpu_count: p.vcpu_count,
         mem_mib: p.mem_mib,
@@ -178,11 +180,26 @@ pub(crate) fn run_in_vm(
         qmp_socket: dir.qmp_socket(),
         console_log: dir.console_log(),
         network_socket: p.network.then(|| host::network_socket(&id)),
+        snapshot: None,
+    };
+    // Restore a saved guest when there is (or can be) one; boot otherwise.
+    let template = (templates::enabled() && templates::eligible(&spec))
+        .then(|| templates::ensure(&pyro.paths, &spec, &env, progress))
+        .and_then(|t| {
+            t.map_err(|e| tracing::warn!("fast start unavailable: {e}"))
+                .ok()
+        });
+    let base = match &template {
+        Some(t) => {
+            spec.snapshot = Some(t.state.clone());
+            t.disk.clone()
+        }
+        None => env.rootfs.clone(),
     };
     let record = vm::new_record(&id, entry.name, true, p.ttl_seconds, spec);
     let mut timings = RunTimings::default();
     let boot_started = std::cell::Cell::new(started);
-    let created = vm::create(&dir, &record, &env.rootfs)
+    let created = vm::create(&dir, &record, &base)
         .and_then(|()| {
             boot_started.set(Instant::now());
             progress.phase("run", &format!("phase=start vm_id={id}"));
@@ -201,9 +218,22 @@ pub(crate) fn run_in_vm(
         }
     };
 
+    if let (Some(t), false) = (&template, report.restored) {
+        // It did not restore (the VM booted instead): build it anew next time.
+        tracing::warn!(
+            "template {} did not restore; discarding it",
+            t.dir.display()
+        );
+        templates::discard(t);
+    }
     timings.prepare_ms = (boot_started.get() - started).as_millis() as u64;
     timings.boot_ms = report.boot_ms;
-    timings.guest_boot_ms = report.guest_boot_ms;
+    timings.restored = report.restored;
+    timings.guest_boot_ms = if report.restored {
+        0
+    } else {
+        report.guest_boot_ms
+    };
     progress.phase("run", &format!("phase=execute vm_id={id}"));
     let exec_started = Instant::now();
     let mut capture = Capture::new(sink);

@@ -178,6 +178,7 @@ pub fn main(dir: &Path) -> ! {
             kernel_release: String::new(),
             agent_version: String::new(),
             attempts: 0,
+            restored: false,
         });
         if ephemeral {
             let _ = fs::remove_dir_all(&dir.path);
@@ -192,10 +193,20 @@ pub fn main(dir: &Path) -> ! {
 
     let start = Instant::now();
     let mut attempt = 0;
+    let mut record = record;
     let (child, agent, welcome) = loop {
         attempt += 1;
         match boot_once(&dir, &record) {
             Ok(booted) => break booted,
+            // A template that does not restore is no reason to fail: boot
+            // the same disk from scratch instead.
+            Err(e) if record.spec.snapshot.is_some() => {
+                eprintln!(
+                    "supervisor: restoring the template failed: {}; booting instead",
+                    e.message
+                );
+                record.spec.snapshot = None;
+            }
             Err(e) if attempt < BOOT_ATTEMPTS && e.retry => {
                 eprintln!(
                     "supervisor: boot attempt {attempt} failed: {}; retrying",
@@ -205,6 +216,7 @@ pub fn main(dir: &Path) -> ! {
             Err(e) => fail(e.message, record.ephemeral),
         }
     };
+    let restored = record.spec.snapshot.is_some();
     let (generation, kernel_release, agent_version, guest_boot_ms) = welcome;
 
     let sup = Arc::new(Supervisor {
@@ -239,6 +251,7 @@ pub fn main(dir: &Path) -> ! {
                 gateway: net::GATEWAY.into(),
                 dns: vec![net::DNS.into()],
             }),
+        entropy: Some(host::random_id(32)),
     });
     let mut agent_reader = agent;
     if let Err(e) = request(&sup, &mut agent_reader, &activation) {
@@ -297,6 +310,7 @@ pub fn main(dir: &Path) -> ! {
         kernel_release,
         agent_version,
         attempts: attempt,
+        restored,
     });
     host::stdout_to_null();
 
@@ -313,15 +327,15 @@ pub fn main(dir: &Path) -> ! {
     std::process::exit(0)
 }
 
-struct BootError {
-    message: String,
+pub(crate) struct BootError {
+    pub message: String,
     retry: bool,
 }
 
-type Welcome = (u32, String, String, u64);
+pub(crate) type Welcome = (u32, String, String, u64);
 
 /// Starts QEMU and waits for the agent's welcome, within the watchdog.
-fn boot_once(
+pub(crate) fn boot_once(
     dir: &VmDir,
     record: &VmRecord,
 ) -> Result<(std::process::Child, UnixStream, Welcome), BootError> {
@@ -357,6 +371,14 @@ fn boot_once(
         }
         BootError { message, retry }
     };
+
+    // A restored guest stays paused (it was saved paused) until resumed.
+    if record.spec.snapshot.is_some() {
+        let until = Instant::now() + RESTORE_WATCHDOG;
+        if let Err(why) = resume_restored(dir, &mut child, until) {
+            return Err(give_up(&mut child, why, true));
+        }
+    }
 
     // QEMU creates the agent socket as it starts.
     let mut agent = loop {
@@ -454,6 +476,60 @@ fn boot_once(
                 _ => {}
             }
         }
+    }
+}
+
+/// How long loading a template's state may take.
+const RESTORE_WATCHDOG: Duration = Duration::from_secs(15);
+
+/// Waits for QEMU to load the saved state it reads on `-incoming`, then
+/// resumes the guest.
+fn resume_restored(
+    dir: &VmDir,
+    child: &mut std::process::Child,
+    until: Instant,
+) -> Result<(), String> {
+    let exited = |child: &mut std::process::Child| match child.try_wait() {
+        Ok(Some(status)) => Some(format!("QEMU exited while restoring ({status})")),
+        _ => None,
+    };
+    let mut qmp = loop {
+        if let Some(why) = exited(child) {
+            return Err(why);
+        }
+        match Qmp::connect(&dir.qmp_socket(), Duration::from_secs(5)) {
+            Ok(q) => break q,
+            Err(e) if Instant::now() > until => return Err(format!("QMP: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    };
+    let mut query = |command: &str| {
+        qmp.execute(command, serde_json::json!({}))
+            .map_err(|e| exited(child).unwrap_or_else(|| e.to_string()))
+    };
+    loop {
+        let status = query("query-status")?;
+        match status.get("status").and_then(|s| s.as_str()) {
+            Some("running") => return Ok(()),
+            Some("inmigrate") => {}
+            _ => {
+                let migration = query("query-migrate")?;
+                match migration.get("status").and_then(|s| s.as_str()) {
+                    Some("completed") => return query("cont").map(|_| ()),
+                    Some("failed") | Some("cancelled") => {
+                        return Err(format!("restoring the saved state failed: {migration}"))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if Instant::now() > until {
+            return Err(format!(
+                "restoring the saved state took over {}s",
+                RESTORE_WATCHDOG.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

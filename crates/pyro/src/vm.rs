@@ -65,6 +65,9 @@ pub struct BootReport {
     pub agent_version: String,
     #[serde(default)]
     pub attempts: u32,
+    /// The guest was restored from a template snapshot, not booted.
+    #[serde(default)]
+    pub restored: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -188,11 +191,16 @@ pub fn write_record(dir: &VmDir, record: &VmRecord) -> Result<()> {
     host::write_atomic(&dir.record(), &serde_json::to_vec_pretty(record).unwrap())
 }
 
-/// A qcow2 disk whose unwritten blocks read from the (read-only) base.
+/// A qcow2 disk whose unwritten blocks read from the (read-only) base: an
+/// environment's raw image, or a template's qcow2 disk.
 pub fn create_overlay(base_image: &Path, disk: &Path) -> Result<()> {
+    let format = match base_image.extension() {
+        Some(e) if e == "qcow2" => "qcow2",
+        _ => "raw",
+    };
     host::tool(
         Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
             .arg(base_image)
             .arg(disk),
     )

@@ -182,6 +182,7 @@ pub fn create(pyro: &Pyro, p: &CreateVm, progress: &dyn Progress) -> Result<VmIn
         qmp_socket: dir.qmp_socket(),
         console_log: dir.console_log(),
         network_socket: p.network.then(|| host::network_socket(&id)),
+        snapshot: None,
     };
     let mut record = vm::new_record(&id, entry.name, false, p.ttl_seconds, spec);
     record.idle_timeout = false;

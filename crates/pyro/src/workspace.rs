@@ -598,6 +598,7 @@ fn boot(pyro: &Pyro, ws: &Workspace, r: &Record, progress: &dyn Progress) -> Res
         qmp_socket: dir.qmp_socket(),
         console_log: dir.console_log(),
         network_socket: (r.network_policy != "off").then(|| host::network_socket(&ws.id)),
+        snapshot: None,
     };
     let record = vm::new_record(&ws.id, &r.environment, false, r.ttl_seconds, spec);
     vm::write_record(&dir, &record)?;

@@ -1,0 +1,300 @@
+//! Template snapshots: fast start (DESIGN §6).
+//!
+//! Booting a guest costs seconds under TCG. Instead, one VM per
+//! environment and machine shape is booted once, up to the agent's
+//! `welcome` (a state that carries nothing of any sandbox), then stopped
+//! and its memory and device state saved with QMP `migrate`. Its disk,
+//! frozen from then on, becomes `base.qcow2`. A later VM of that shape gets
+//! a new overlay on `base.qcow2` (so disk and restored page cache agree),
+//! QEMU restores the saved state (`-incoming fd:0`), and activation gives
+//! it its identity, a fresh random seed and the current time.
+//!
+//! A template is keyed by everything the saved state depends on: the
+//! machine shape, kernel, initramfs (the agent), environment image and
+//! QEMU binary. Anything else gets a new key, and the old template of the
+//! same environment and shape is removed once the new one exists (a VM
+//! still using it keeps its open files). A template that fails to build is
+//! remembered and not retried until the cache is cleared; a VM whose
+//! restore fails boots normally (see `supervisor`).
+
+use std::fs;
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::environments::Installed;
+use crate::error::{Error, IoContext, Result};
+use crate::host::{self, FileLock};
+use crate::paths::Paths;
+use crate::progress::Progress;
+use crate::qemu::VmSpec;
+use crate::qmp::Qmp;
+use crate::vm::{self, VmDir};
+
+const FORMAT_VERSION: u32 = 1;
+
+/// A ready template: the disk to layer on and the state to restore.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub dir: PathBuf,
+    pub disk: PathBuf,
+    pub state: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TemplateInfo {
+    format_version: u32,
+    key: String,
+    environment: String,
+    vcpu_count: u32,
+    mem_mib: u32,
+    built_at_unix_ms: u64,
+    build_ms: u64,
+    state_bytes: u64,
+}
+
+/// Fast start is on unless `PYRO_FAST_START=0`.
+pub fn enabled() -> bool {
+    std::env::var("PYRO_FAST_START").map_or(true, |v| v != "0")
+}
+
+/// Whether VMs of this spec can start from a template: not yet with a
+/// network device.
+pub fn eligible(spec: &VmSpec) -> bool {
+    spec.network_socket.is_none()
+}
+
+fn stamp(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(path) {
+        Ok(m) => format!("{}:{}:{}:{}", path.display(), m.len(), m.ino(), m.mtime()),
+        Err(_) => format!("{}:missing", path.display()),
+    }
+}
+
+fn key(spec: &VmSpec, env: &Installed) -> String {
+    let qemu = host::which(host::QEMU).unwrap_or_else(|| PathBuf::from(host::QEMU));
+    let facts = json!({
+        "format": FORMAT_VERSION,
+        "accel": spec.accel,
+        "vcpu_count": spec.vcpu_count,
+        "mem_mib": spec.mem_mib,
+        "tsc_khz": spec.tsc_khz,
+        "kernel": stamp(&spec.kernel),
+        "initramfs": stamp(&spec.initramfs),
+        "image": env.rootfs,
+        "image_sha256": env.manifest.image_sha256,
+        "qemu": stamp(&qemu),
+    });
+    let digest = Sha256::digest(facts.to_string().as_bytes());
+    digest[..10].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn ready(dir: &Path) -> Option<Template> {
+    dir.join("template.json").exists().then(|| Template {
+        dir: dir.to_path_buf(),
+        disk: dir.join("base.qcow2"),
+        state: dir.join("state.bin"),
+    })
+}
+
+/// The template for VMs like `spec` (whose per-VM paths are ignored),
+/// built first if there is none.
+pub fn ensure(
+    paths: &Paths,
+    spec: &VmSpec,
+    env: &Installed,
+    progress: &dyn Progress,
+) -> Result<Template> {
+    let root = &paths.template_cache;
+    let key = key(spec, env);
+    let dir = root.join(&key);
+    if let Some(t) = ready(&dir) {
+        return Ok(t);
+    }
+    let failed = root.join(format!("{key}.failed"));
+    if let Ok(why) = fs::read_to_string(&failed) {
+        return Err(Error::Boot(format!(
+            "the template {} failed to build before ({}); remove it to retry",
+            failed.display(),
+            why.trim()
+        )));
+    }
+    fs::create_dir_all(root).ctx(|| format!("create {}", root.display()))?;
+    let _lock = FileLock::acquire(&root.join(format!("{key}.lock")))?;
+    if let Some(t) = ready(&dir) {
+        return Ok(t);
+    }
+    // Holding the lock, partial builds of this key are dead ones' leftovers.
+    if let Ok(entries) = fs::read_dir(root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!(".partial-{key}-")) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    progress.phase(
+        "template",
+        &format!("phase=build environment={}", env.manifest.name),
+    );
+    let partial = root.join(format!(".partial-{key}-{}", host::random_id(4)));
+    let started = Instant::now();
+    let built = build(&partial, spec, env).and_then(|state_bytes| {
+        let info = TemplateInfo {
+            format_version: FORMAT_VERSION,
+            key: key.clone(),
+            environment: env.manifest.name.clone(),
+            vcpu_count: spec.vcpu_count,
+            mem_mib: spec.mem_mib,
+            built_at_unix_ms: host::now_unix_ms(),
+            build_ms: started.elapsed().as_millis() as u64,
+            state_bytes,
+        };
+        host::write_atomic(
+            &partial.join("template.json"),
+            &serde_json::to_vec_pretty(&info).unwrap(),
+        )?;
+        fs::rename(&partial, &dir).ctx(|| format!("install {}", dir.display()))
+    });
+    if let Err(e) = built {
+        let _ = fs::remove_dir_all(&partial);
+        let _ = fs::write(&failed, e.to_string());
+        return Err(e);
+    }
+    remove_replaced(root, &key, spec, env);
+    ready(&dir).ok_or_else(|| Error::Boot("the template vanished after its build".into()))
+}
+
+/// Removes a template whose restore failed, so the next VM builds anew.
+pub fn discard(t: &Template) {
+    let _ = fs::remove_dir_all(&t.dir);
+}
+
+/// Other templates of the same environment and shape are outdated.
+fn remove_replaced(root: &Path, key: &str, spec: &VmSpec, env: &Installed) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(bytes) = fs::read(e.path().join("template.json")) else {
+            continue;
+        };
+        let Ok(info) = serde_json::from_slice::<TemplateInfo>(&bytes) else {
+            continue;
+        };
+        if info.key != key
+            && info.environment == env.manifest.name
+            && info.vcpu_count == spec.vcpu_count
+            && info.mem_mib == spec.mem_mib
+        {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Boots the template VM in `dir` to the agent's welcome, saves its state
+/// and stops it. Returns the state's size.
+fn build(dir: &Path, like: &VmSpec, env: &Installed) -> Result<u64> {
+    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    let vm_dir = VmDir::from_path(dir);
+    let disk = dir.join("base.qcow2");
+    vm::create_overlay(&env.rootfs, &disk)?;
+    let spec = VmSpec {
+        disk: disk.clone(),
+        disk_cache_unsafe: false,
+        agent_socket: vm_dir.agent_socket(),
+        qmp_socket: vm_dir.qmp_socket(),
+        console_log: vm_dir.console_log(),
+        network_socket: None,
+        snapshot: None,
+        ..like.clone()
+    };
+    let record = vm::new_record("template", &env.manifest.name, true, 600, spec);
+    let (mut child, agent, _welcome) = crate::supervisor::boot_once(&vm_dir, &record)
+        .map_err(|e| Error::Boot(format!("the template VM did not boot: {}", e.message)))?;
+    let saved = save(dir, &vm_dir);
+    // After a save QEMU is quitting; give it time to close the disk.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while saved.is_ok() && Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(agent);
+    for sock in [vm_dir.agent_socket(), vm_dir.qmp_socket()] {
+        let _ = fs::remove_file(sock);
+    }
+    let state_bytes = saved?;
+    // The disk must never change again: every clone's overlay reads it.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&disk, fs::Permissions::from_mode(0o444))
+        .ctx(|| format!("chmod {}", disk.display()))?;
+    Ok(state_bytes)
+}
+
+/// Stops the VM and streams its state into `state.bin` through a UNIX
+/// socket (QEMU's sandbox forbids spawning a helper), then quits QEMU
+/// cleanly so the disk's metadata is on the file.
+fn save(dir: &Path, vm_dir: &VmDir) -> Result<u64> {
+    let qmp_err = |e: crate::qmp::QmpError| Error::Boot(format!("saving the template: {e}"));
+    let mut qmp = Qmp::connect(&vm_dir.qmp_socket(), Duration::from_secs(30)).map_err(qmp_err)?;
+    // The default bandwidth cap (32 MiB/s) is for live migration.
+    qmp.execute(
+        "migrate-set-parameters",
+        json!({ "max-bandwidth": 1u64 << 40 }),
+    )
+    .map_err(qmp_err)?;
+    qmp.execute("stop", json!({})).map_err(qmp_err)?;
+    let sock = dir.join("migrate.sock");
+    let listener = UnixListener::bind(&sock).ctx(|| format!("bind {}", sock.display()))?;
+    listener
+        .set_nonblocking(true)
+        .ctx(|| "nonblocking listener".into())?;
+    qmp.execute(
+        "migrate",
+        json!({ "uri": format!("unix:{}", sock.display()) }),
+    )
+    .map_err(qmp_err)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e).ctx(|| "QEMU never sent its state".into()),
+        }
+    };
+    conn.set_nonblocking(false)
+        .ctx(|| "blocking migration socket".into())?;
+    let state = dir.join("state.bin");
+    let mut file = fs::File::create(&state).ctx(|| format!("create {}", state.display()))?;
+    let bytes = io::copy(&mut conn, &mut file).ctx(|| "receive the VM state".into())?;
+    file.sync_all().ctx(|| "sync the VM state".into())?;
+    let _ = fs::remove_file(&sock);
+    loop {
+        let status = qmp.execute("query-migrate", json!({})).map_err(qmp_err)?;
+        match status.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => break,
+            Some("failed") | Some("cancelled") => {
+                return Err(Error::Boot(format!("saving the template failed: {status}")))
+            }
+            _ if Instant::now() > deadline => {
+                return Err(Error::Boot("saving the template timed out".into()))
+            }
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    // QEMU writes the disk's metadata back as it quits.
+    let _ = qmp.execute("quit", json!({}));
+    Ok(bytes)
+}
