@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -113,7 +112,7 @@ pub fn open(agent: &Arc<Agent>, req: ShellOpen) -> Result<ShellState, String> {
         .spawn(&mut cmd, tx, |status| status)
         .map_err(|e| format!("start shell: {e}"))?;
     drop(cmd);
-    let master = File::from(OwnedFd::from(master));
+    let master = File::from(master);
     let mut reader = master.try_clone().map_err(|e| e.to_string())?;
     let shell = Arc::new(Mutex::new(Shell {
         open: req.clone(),
