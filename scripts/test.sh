@@ -13,7 +13,7 @@ if [ ! -x target/mcp-venv/bin/python ] || ! target/mcp-venv/bin/python -c 'impor
     target/mcp-venv/bin/pip install --quiet "mcp==1.26.0"
 fi
 status=0
-cargo test --locked --workspace -- --test-threads="${PYRO_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+cargo test --locked --workspace --no-fail-fast -- --test-threads="${PYRO_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit $status
