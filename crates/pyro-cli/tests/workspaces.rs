@@ -194,6 +194,38 @@ fn recipe_r3_parallel_isolated_workspaces() {
         exec(&sb, &b, "cat branch.txt note.txt")["stdout"],
         "beta\nshared\n"
     );
+    // Both were restored from one template (fast start), yet each has its
+    // own identity and random state.
+    let fast_start = std::env::var("PYRO_FAST_START").map_or(true, |v| v != "0");
+    for id in [&a, &b].into_iter().filter(|_| fast_start) {
+        let vm = std::fs::read_to_string(
+            sb.home
+                .path()
+                .join("workspaces")
+                .join(id)
+                .join("vm/vm.json"),
+        )
+        .unwrap();
+        let vm: serde_json::Value = serde_json::from_str(&vm).unwrap();
+        assert!(vm["spec"]["snapshot"].is_string(), "{vm}");
+        let log = std::fs::read_to_string(
+            sb.home
+                .path()
+                .join("workspaces")
+                .join(id)
+                .join("vm/supervisor.log"),
+        )
+        .unwrap();
+        assert!(!log.contains("restoring the template failed"), "{log}");
+    }
+    let probe = "hostname; cat /proc/sys/kernel/random/uuid";
+    let (pa, pb) = (exec(&sb, &a, probe), exec(&sb, &b, probe));
+    let (pa, pb) = (
+        pa["stdout"].as_str().unwrap(),
+        pb["stdout"].as_str().unwrap(),
+    );
+    assert_ne!(pa.lines().next(), pb.lines().next(), "hostnames");
+    assert_ne!(pa.lines().nth(1), pb.lines().nth(1), "random state");
     ws(&sb, &["delete", &b]);
     ws(&sb, &["delete", &a]);
     assert_eq!(ws(&sb, &["list"])["count"], 0);

@@ -31,7 +31,7 @@ use crate::progress::Progress;
 use crate::run::{command_from_args, ExecutionMode};
 use crate::secrets::{self, SecretInfo, SecretInput};
 use crate::vm::{self, VmDir};
-use crate::{assets, environments, qemu, Pyro};
+use crate::{assets, environments, qemu, templates, Pyro};
 
 const RECORD_VERSION: u32 = 1;
 
@@ -579,18 +579,15 @@ pub(crate) fn admit(pyro: &Pyro) -> Result<FileLock> {
 
 /// Boots the workspace's VM on its disk. Holds the capacity lock while
 /// counting and starting, so concurrent starts cannot overshoot.
-fn boot(pyro: &Pyro, ws: &Workspace, r: &Record, progress: &dyn Progress) -> Result<()> {
-    let entry = environments::lookup(&r.environment)?;
-    let assets = assets::ensure(&pyro.paths, progress)?;
-    environments::ensure(&pyro.paths, entry, false, progress)?;
-    let _capacity = admit(pyro)?;
+/// The VM a workspace runs in.
+fn vm_spec(ws: &Workspace, r: &Record, assets: &assets::RuntimeAssets) -> qemu::VmSpec {
     let dir = ws.vm();
-    let spec = qemu::VmSpec {
+    qemu::VmSpec {
         accel: host::choose_accel().accel,
         vcpu_count: r.vcpu_count,
         mem_mib: r.mem_mib,
-        kernel: assets.kernel,
-        initramfs: assets.initramfs,
+        kernel: assets.kernel.clone(),
+        initramfs: assets.initramfs.clone(),
         disk: ws.disk(),
         disk_cache_unsafe: false,
         tsc_khz: host::tsc_khz(),
@@ -599,16 +596,76 @@ fn boot(pyro: &Pyro, ws: &Workspace, r: &Record, progress: &dyn Progress) -> Res
         console_log: dir.console_log(),
         network_socket: (r.network_policy != "off").then(|| host::network_socket(&ws.id)),
         snapshot: None,
-    };
+    }
+}
+
+/// Boots the workspace's VM on its disk, or restores `template` (whose
+/// disk the workspace's must be a copy of). Holds the capacity lock while
+/// counting and starting, so concurrent starts cannot overshoot.
+fn boot(
+    pyro: &Pyro,
+    ws: &Workspace,
+    r: &Record,
+    template: Option<&templates::Template>,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let entry = environments::lookup(&r.environment)?;
+    let assets = assets::ensure(&pyro.paths, progress)?;
+    environments::ensure(&pyro.paths, entry, false, progress)?;
+    let _capacity = admit(pyro)?;
+    let dir = ws.vm();
+    let mut spec = vm_spec(ws, r, &assets);
+    spec.snapshot = template.map(|t| t.state.clone());
     let record = vm::new_record(&ws.id, &r.environment, false, r.ttl_seconds, spec);
     vm::write_record(&dir, &record)?;
-    vm::start_supervisor(&pyro.program, &dir)?;
+    let report = vm::start_supervisor(&pyro.program, &dir)?;
+    if let (Some(t), false) = (template, report.restored) {
+        tracing::warn!(
+            "template {} did not restore; discarding it",
+            t.dir.display()
+        );
+        templates::discard(t);
+    }
     if !r.secrets.is_empty() {
         let secrets = ws.secret_values(r)?;
         let mut c = ws.connect()?;
         c.request(&Message::InstallSecrets { secrets }, None, &mut |_| {})?;
     }
     Ok(())
+}
+
+/// A new workspace's disk: a copy of the template's small overlay when it
+/// can start from one (so it restores instead of booting), else a fresh
+/// overlay on the environment image.
+fn first_disk(
+    pyro: &Pyro,
+    ws: &Workspace,
+    r: &Record,
+    env: &environments::Installed,
+    progress: &dyn Progress,
+) -> Result<Option<templates::Template>> {
+    let template = if templates::enabled() {
+        let assets = assets::ensure(&pyro.paths, progress)?;
+        let spec = vm_spec(ws, r, &assets);
+        templates::eligible(&spec)
+            .then(|| templates::ensure(&pyro.paths, &spec, env, progress))
+            .and_then(|t| {
+                t.map_err(|e| tracing::warn!("fast start unavailable: {e}"))
+                    .ok()
+            })
+    } else {
+        None
+    };
+    match &template {
+        Some(t) => {
+            use std::os::unix::fs::PermissionsExt;
+            fs::copy(&t.disk, ws.disk()).ctx(|| format!("copy {}", t.disk.display()))?;
+            fs::set_permissions(ws.disk(), fs::Permissions::from_mode(0o644))
+                .ctx(|| format!("chmod {}", ws.disk().display()))?;
+        }
+        None => vm::create_overlay(&env.rootfs, &ws.disk())?,
+    }
+    Ok(template)
 }
 
 /// Stops the VM gracefully (the guest syncs and powers off).
@@ -672,7 +729,6 @@ pub fn create(pyro: &Pyro, p: &CreateWorkspace, progress: &dyn Progress) -> Resu
             }
         };
         let base = environments::ensure(&pyro.paths, entry, false, progress)?;
-        vm::create_overlay(&base.rootfs, &ws.disk())?;
         let t = now();
         let record = Record {
             format_version: RECORD_VERSION,
@@ -708,9 +764,10 @@ pub fn create(pyro: &Pyro, p: &CreateWorkspace, progress: &dyn Progress) -> Resu
             }],
             secrets: secret_values.iter().map(|(i, _)| i.clone()).collect(),
         };
+        let template = first_disk(pyro, &ws, &record, &base, progress)?;
         ws.write(&record)?;
         progress.phase("workspace", &format!("phase=start workspace_id={id}"));
-        boot(pyro, &ws, &record, progress)?;
+        boot(pyro, &ws, &record, template.as_ref(), progress)?;
         let mut client = ws.connect()?;
         if mode != SourceMode::Empty {
             progress.phase("workspace", &format!("phase=seed workspace_id={id}"));
@@ -835,7 +892,7 @@ pub fn start(pyro: &Pyro, id: &str, progress: &dyn Progress) -> Result<Workspace
     let ws = Workspace::locate(pyro, id)?;
     if !ws.running() {
         let r = ws.read()?;
-        boot(pyro, &ws, &r, progress)?;
+        boot(pyro, &ws, &r, None, progress)?;
     }
     let r = ws.update(|r| {
         r.state = State::Started;
@@ -1379,7 +1436,7 @@ pub fn reset(
     )?;
     let _ = fs::remove_dir_all(ws.commands());
     fs::create_dir_all(ws.commands()).ctx(|| "create history".into())?;
-    boot(pyro, &ws, &r, progress)?;
+    boot(pyro, &ws, &r, None, progress)?;
     let r = ws.update(|r| {
         r.state = State::Started;
         r.stop_reason = None;
