@@ -171,6 +171,34 @@ pub fn ensure(
     ready(&dir).ok_or_else(|| Error::Boot("the template vanished after its build".into()))
 }
 
+/// Creates the disk of a VM that will outlive any template (a workspace, a
+/// lifecycle VM) at `spec.disk`: a copy of the template's small overlay
+/// when it can start from one (returned, to restore on first start), else
+/// a fresh overlay on the environment image.
+pub fn first_disk(
+    paths: &Paths,
+    spec: &VmSpec,
+    env: &Installed,
+    progress: &dyn Progress,
+) -> Result<Option<Template>> {
+    let template = (enabled() && eligible(spec))
+        .then(|| ensure(paths, spec, env, progress))
+        .and_then(|t| {
+            t.map_err(|e| tracing::warn!("fast start unavailable: {e}"))
+                .ok()
+        });
+    match &template {
+        Some(t) => {
+            use std::os::unix::fs::PermissionsExt;
+            fs::copy(&t.disk, &spec.disk).ctx(|| format!("copy {}", t.disk.display()))?;
+            fs::set_permissions(&spec.disk, fs::Permissions::from_mode(0o644))
+                .ctx(|| format!("chmod {}", spec.disk.display()))?;
+        }
+        None => vm::create_overlay(&env.rootfs, &spec.disk)?,
+    }
+    Ok(template)
+}
+
 /// Removes a template whose restore failed, so the next VM builds anew.
 pub fn discard(t: &Template) {
     let _ = fs::remove_dir_all(&t.dir);

@@ -15,12 +15,12 @@ use pyro_protocol::ExecRequest;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Capture, OutputSink, VmClient};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::qemu::{self, net};
 use crate::run::{command_from_args, validate_resources, Cleanup, ExecutionMode, RunResult};
 use crate::vm::{self, VmDir, VmRecord};
-use crate::{assets, environments, host, Pyro};
+use crate::{assets, environments, host, templates, Pyro};
 
 /// Parameters of [`Pyro::create_vm`](crate::Pyro::create_vm); defaults
 /// match the MCP tool's.
@@ -186,7 +186,15 @@ pub fn create(pyro: &Pyro, p: &CreateVm, progress: &dyn Progress) -> Result<VmIn
     };
     let mut record = vm::new_record(&id, entry.name, false, p.ttl_seconds, spec);
     record.idle_timeout = false;
-    if let Err(e) = vm::create(&dir, &record, &env.rootfs) {
+    let created = fs::create_dir_all(&dir.path)
+        .ctx(|| format!("create {}", dir.path.display()))
+        .and_then(|()| templates::first_disk(&pyro.paths, &record.spec, &env, progress))
+        .and_then(|template| {
+            // The first start restores the template; later ones boot.
+            record.spec.snapshot = template.map(|t| t.state);
+            vm::write_record(&dir, &record)
+        });
+    if let Err(e) = created {
         vm::destroy(&dir);
         return Err(e);
     }
@@ -205,6 +213,12 @@ pub fn start(pyro: &Pyro, id: &str, progress: &dyn Progress) -> Result<VmInfo> {
     let _ = fs::remove_file(dir.supervisor_pid());
     vm::write_record(&dir, &record)?;
     vm::start_supervisor(&pyro.program, &dir)?;
+    if record.spec.snapshot.is_some() {
+        // From now on the disk has moved on from the saved state.
+        let mut record = record.clone();
+        record.spec.snapshot = None;
+        host::write_atomic(&dir.record(), &serde_json::to_vec_pretty(&record).unwrap())?;
+    }
     Ok(info(&dir, &record))
 }
 

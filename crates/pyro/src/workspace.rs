@@ -634,40 +634,6 @@ fn boot(
     Ok(())
 }
 
-/// A new workspace's disk: a copy of the template's small overlay when it
-/// can start from one (so it restores instead of booting), else a fresh
-/// overlay on the environment image.
-fn first_disk(
-    pyro: &Pyro,
-    ws: &Workspace,
-    r: &Record,
-    env: &environments::Installed,
-    progress: &dyn Progress,
-) -> Result<Option<templates::Template>> {
-    let template = if templates::enabled() {
-        let assets = assets::ensure(&pyro.paths, progress)?;
-        let spec = vm_spec(ws, r, &assets);
-        templates::eligible(&spec)
-            .then(|| templates::ensure(&pyro.paths, &spec, env, progress))
-            .and_then(|t| {
-                t.map_err(|e| tracing::warn!("fast start unavailable: {e}"))
-                    .ok()
-            })
-    } else {
-        None
-    };
-    match &template {
-        Some(t) => {
-            use std::os::unix::fs::PermissionsExt;
-            fs::copy(&t.disk, ws.disk()).ctx(|| format!("copy {}", t.disk.display()))?;
-            fs::set_permissions(ws.disk(), fs::Permissions::from_mode(0o644))
-                .ctx(|| format!("chmod {}", ws.disk().display()))?;
-        }
-        None => vm::create_overlay(&env.rootfs, &ws.disk())?,
-    }
-    Ok(template)
-}
-
 /// Stops the VM gracefully (the guest syncs and powers off).
 fn halt(ws: &Workspace) -> Result<()> {
     if let Some(pid) = ws.vm().live_supervisor() {
@@ -764,7 +730,13 @@ pub fn create(pyro: &Pyro, p: &CreateWorkspace, progress: &dyn Progress) -> Resu
             }],
             secrets: secret_values.iter().map(|(i, _)| i.clone()).collect(),
         };
-        let template = first_disk(pyro, &ws, &record, &base, progress)?;
+        let assets = assets::ensure(&pyro.paths, progress)?;
+        let template = templates::first_disk(
+            &pyro.paths,
+            &vm_spec(&ws, &record, &assets),
+            &base,
+            progress,
+        )?;
         ws.write(&record)?;
         progress.phase("workspace", &format!("phase=start workspace_id={id}"));
         boot(pyro, &ws, &record, template.as_ref(), progress)?;
