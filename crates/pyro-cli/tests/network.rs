@@ -201,6 +201,27 @@ fn egress_reaches_a_test_host_but_never_the_host_loopback() {
         stderr(&out)
     );
 
+    // Networked runs restore a template that has a NIC, and the restored
+    // guest's network works.
+    if std::env::var("PYRO_FAST_START").map_or(true, |v| v != "0") {
+        let out = net.pyro(
+            &sb,
+            &[
+                "run",
+                "--json",
+                "--network",
+                "debian:12",
+                "--",
+                "bash",
+                "-c",
+                &format!("{FETCH}; fetch 10.203.7.2 8000 hello.txt"),
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["timings"]["restored"], true, "{v}");
+        assert_eq!(v["stdout"], "hello-from-test-host\n", "{v}");
+    }
+
     // A workspace with the egress policy; `off` has no interface at all.
     let out = net.pyro(
         &sb,

@@ -183,12 +183,7 @@ pub(crate) fn run_in_vm(
         snapshot: None,
     };
     // Restore a saved guest when there is (or can be) one; boot otherwise.
-    let template = (templates::enabled() && templates::eligible(&spec))
-        .then(|| templates::ensure(&pyro.paths, &spec, &env, progress))
-        .and_then(|t| {
-            t.map_err(|e| tracing::warn!("fast start unavailable: {e}"))
-                .ok()
-        });
+    let template = templates::usable(&pyro.paths, &spec, &env, progress);
     let base = match &template {
         Some(t) => {
             spec.snapshot = Some(t.state.clone());

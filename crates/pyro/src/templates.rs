@@ -18,7 +18,7 @@
 //! restore fails boots normally (see `supervisor`).
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -53,20 +53,16 @@ struct TemplateInfo {
     environment: String,
     vcpu_count: u32,
     mem_mib: u32,
+    #[serde(default)]
+    network: bool,
     built_at_unix_ms: u64,
     build_ms: u64,
     state_bytes: u64,
 }
 
 /// Fast start is on unless `PYRO_FAST_START=0`.
-pub fn enabled() -> bool {
+fn enabled() -> bool {
     std::env::var("PYRO_FAST_START").map_or(true, |v| v != "0")
-}
-
-/// Whether VMs of this spec can start from a template: not yet with a
-/// network device.
-pub fn eligible(spec: &VmSpec) -> bool {
-    spec.network_socket.is_none()
 }
 
 fn stamp(path: &Path) -> String {
@@ -85,6 +81,8 @@ fn key(spec: &VmSpec, env: &Installed) -> String {
         "vcpu_count": spec.vcpu_count,
         "mem_mib": spec.mem_mib,
         "tsc_khz": spec.tsc_khz,
+        // A network device is part of the machine (its backend, passt, is not).
+        "network": spec.network_socket.is_some(),
         "kernel": stamp(&spec.kernel),
         "initramfs": stamp(&spec.initramfs),
         "image": env.rootfs,
@@ -152,6 +150,7 @@ pub fn ensure(
             environment: env.manifest.name.clone(),
             vcpu_count: spec.vcpu_count,
             mem_mib: spec.mem_mib,
+            network: spec.network_socket.is_some(),
             built_at_unix_ms: host::now_unix_ms(),
             build_ms: started.elapsed().as_millis() as u64,
             state_bytes,
@@ -171,6 +170,22 @@ pub fn ensure(
     ready(&dir).ok_or_else(|| Error::Boot("the template vanished after its build".into()))
 }
 
+/// The template to start VMs like `spec` from, unless fast start is off or
+/// no template can be had (then the VM boots; the reason is logged).
+pub fn usable(
+    paths: &Paths,
+    spec: &VmSpec,
+    env: &Installed,
+    progress: &dyn Progress,
+) -> Option<Template> {
+    if !enabled() {
+        return None;
+    }
+    ensure(paths, spec, env, progress)
+        .map_err(|e| tracing::warn!("fast start unavailable: {e}"))
+        .ok()
+}
+
 /// Creates the disk of a VM that will outlive any template (a workspace, a
 /// lifecycle VM) at `spec.disk`: a copy of the template's small overlay
 /// when it can start from one (returned, to restore on first start), else
@@ -181,12 +196,7 @@ pub fn first_disk(
     env: &Installed,
     progress: &dyn Progress,
 ) -> Result<Option<Template>> {
-    let template = (enabled() && eligible(spec))
-        .then(|| ensure(paths, spec, env, progress))
-        .and_then(|t| {
-            t.map_err(|e| tracing::warn!("fast start unavailable: {e}"))
-                .ok()
-        });
+    let template = usable(paths, spec, env, progress);
     match &template {
         Some(t) => {
             use std::os::unix::fs::PermissionsExt;
@@ -220,6 +230,7 @@ fn remove_replaced(root: &Path, key: &str, spec: &VmSpec, env: &Installed) {
             && info.environment == env.manifest.name
             && info.vcpu_count == spec.vcpu_count
             && info.mem_mib == spec.mem_mib
+            && info.network == spec.network_socket.is_some()
         {
             let _ = fs::remove_dir_all(e.path());
         }
@@ -233,20 +244,27 @@ fn build(dir: &Path, like: &VmSpec, env: &Installed) -> Result<u64> {
     let vm_dir = VmDir::from_path(dir);
     let disk = dir.join("base.qcow2");
     vm::create_overlay(&env.rootfs, &disk)?;
+    // With a network device, the template VM gets a passt of its own while
+    // it boots; its interface stays down (the agent configures it only on
+    // activation), so it sends nothing.
+    let network_socket = like
+        .network_socket
+        .as_ref()
+        .map(|_| host::network_socket(&format!("template-{}", host::random_id(4))));
     let spec = VmSpec {
         disk: disk.clone(),
         disk_cache_unsafe: false,
         agent_socket: vm_dir.agent_socket(),
         qmp_socket: vm_dir.qmp_socket(),
         console_log: vm_dir.console_log(),
-        network_socket: None,
+        network_socket: network_socket.clone(),
         snapshot: None,
         ..like.clone()
     };
     let record = vm::new_record("template", &env.manifest.name, true, 600, spec);
-    let (mut child, agent, _welcome) = crate::supervisor::boot_once(&vm_dir, &record)
+    let (mut child, mut agent, _welcome) = crate::supervisor::boot_once(&vm_dir, &record)
         .map_err(|e| Error::Boot(format!("the template VM did not boot: {}", e.message)))?;
-    let saved = save(dir, &vm_dir);
+    let saved = warm_up(&mut agent).and_then(|()| save(dir, &vm_dir));
     // After a save QEMU is quitting; give it time to close the disk.
     let deadline = Instant::now() + Duration::from_secs(10);
     while saved.is_ok() && Instant::now() < deadline {
@@ -261,12 +279,51 @@ fn build(dir: &Path, like: &VmSpec, env: &Installed) -> Result<u64> {
     for sock in [vm_dir.agent_socket(), vm_dir.qmp_socket()] {
         let _ = fs::remove_file(sock);
     }
+    if let Some(net_dir) = network_socket.as_ref().and_then(|s| s.parent()) {
+        let _ = fs::remove_dir_all(net_dir);
+    }
     let state_bytes = saved?;
     // The disk must never change again: every clone's overlay reads it.
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&disk, fs::Permissions::from_mode(0o444))
         .ctx(|| format!("chmod {}", disk.display()))?;
     Ok(state_bytes)
+}
+
+/// Runs one login shell in the guest before it is saved, so the files every
+/// first command reads (the shell, libc, the profile) are in the saved page
+/// cache instead of on the disk.
+fn warm_up(agent: &mut std::os::unix::net::UnixStream) -> Result<()> {
+    use pyro_protocol::{Command, ExecRequest, Frame, Kind, Message};
+    const STREAM: u32 = 7;
+    let failed = |why: String| Error::Boot(format!("warming up the template: {why}"));
+    let exec = Message::Exec(ExecRequest {
+        command: Command::Shell("true".into()),
+        env: Default::default(),
+        cwd: Some("/".into()),
+        timeout_ms: Some(30_000),
+        sync_after: false,
+    });
+    agent
+        .write_all(&Frame::message(STREAM, &exec).encode())
+        .map_err(|e| failed(e.to_string()))?;
+    agent
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| failed(e.to_string()))?;
+    loop {
+        match Frame::read_from(agent) {
+            Ok(Some(f)) if f.stream == STREAM && f.kind == Kind::Message => {
+                match f.decode_message() {
+                    Ok(Message::Exited(_)) => return Ok(()),
+                    Ok(Message::Error { message }) => return Err(failed(message)),
+                    _ => {}
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(failed("the agent went away".into())),
+            Err(e) => return Err(failed(e.to_string())),
+        }
+    }
 }
 
 /// Stops the VM and streams its state into `state.bin` through a UNIX
