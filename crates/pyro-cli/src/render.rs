@@ -193,6 +193,16 @@ pub fn doctor(r: &DoctorReport) {
             .unwrap_or("not installed")
     );
     println!("Environment cache: {}", r.runtime.cache_dir);
+    println!(
+        "Fast start: {} ({} templates in {})",
+        if r.runtime.fast_start {
+            "on"
+        } else {
+            "off (PYRO_FAST_START=0)"
+        },
+        r.runtime.templates,
+        r.runtime.template_dir
+    );
     for e in &r.runtime.environments {
         println!(
             "  {} {}",

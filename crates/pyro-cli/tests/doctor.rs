@@ -29,6 +29,9 @@ fn doctor_reports_the_host() {
         .any(|e| e["name"] == "debian:12"));
     assert!(r["issues"].is_array());
     assert!(r["runtime"]["capabilities"]["supports_vm_boot"].is_boolean());
+    assert!(r["runtime"]["fast_start"].is_boolean());
+    assert!(r["runtime"]["templates"].is_u64());
+    assert!(r["runtime"]["template_dir"].is_string());
     assert!(r["runtime_ok"].is_boolean());
 
     // Under a forced accelerator, the choice and its reason follow.

@@ -57,6 +57,11 @@ pub struct Runtime {
     pub catalog_version: String,
     pub cache_dir: String,
     pub state_dir: String,
+    /// Fast start: whether VMs restore saved templates (`PYRO_FAST_START`),
+    /// where those live and how many there are.
+    pub fast_start: bool,
+    pub template_dir: String,
+    pub templates: usize,
     pub environments: Vec<EnvironmentStatus>,
     pub capabilities: Capabilities,
 }
@@ -189,6 +194,9 @@ pub(crate) fn doctor(pyro: &Pyro) -> DoctorReport {
             catalog_version: environments::CATALOG_VERSION.into(),
             cache_dir: show(&pyro.paths.environment_cache),
             state_dir: show(&pyro.paths.home),
+            fast_start: crate::templates::enabled(),
+            template_dir: show(&pyro.paths.template_cache),
+            templates: crate::templates::count(&pyro.paths),
             environments,
             capabilities: Capabilities {
                 supports_vm_boot: boot,

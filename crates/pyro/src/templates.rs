@@ -14,8 +14,8 @@
 //! QEMU binary. Anything else gets a new key, and the old template of the
 //! same environment and shape is removed once the new one exists (a VM
 //! still using it keeps its open files). A template that fails to build is
-//! remembered and not retried until the cache is cleared; a VM whose
-//! restore fails boots normally (see `supervisor`).
+//! not tried again for ten minutes; a VM whose restore fails boots normally
+//! (see `supervisor`).
 
 use std::fs;
 use std::io::{self, Write};
@@ -61,7 +61,7 @@ struct TemplateInfo {
 }
 
 /// Fast start is on unless `PYRO_FAST_START=0`.
-fn enabled() -> bool {
+pub fn enabled() -> bool {
     std::env::var("PYRO_FAST_START").map_or(true, |v| v != "0")
 }
 
@@ -116,11 +116,12 @@ pub fn ensure(
         return Ok(t);
     }
     let failed = root.join(format!("{key}.failed"));
-    if let Ok(why) = fs::read_to_string(&failed) {
+    if let Some(why) = recent_failure(&failed) {
         return Err(Error::Boot(format!(
-            "the template {} failed to build before ({}); remove it to retry",
-            failed.display(),
-            why.trim()
+            "building the template failed less than {} minutes ago ({}); remove {} to retry now",
+            RETRY_AFTER.as_secs() / 60,
+            why.trim(),
+            failed.display()
         )));
     }
     fs::create_dir_all(root).ctx(|| format!("create {}", root.display()))?;
@@ -166,8 +167,18 @@ pub fn ensure(
         let _ = fs::write(&failed, e.to_string());
         return Err(e);
     }
+    let _ = fs::remove_file(&failed);
     remove_replaced(root, &key, spec, env);
     ready(&dir).ok_or_else(|| Error::Boot("the template vanished after its build".into()))
+}
+
+/// A failed build is not retried for this long, so a host that cannot
+/// build one does not pay for a try on every VM.
+const RETRY_AFTER: Duration = Duration::from_secs(600);
+
+fn recent_failure(marker: &Path) -> Option<String> {
+    let age = fs::metadata(marker).ok()?.modified().ok()?.elapsed().ok()?;
+    (age < RETRY_AFTER).then(|| fs::read_to_string(marker).unwrap_or_default())
 }
 
 /// The template to start VMs like `spec` from, unless fast start is off or
@@ -207,6 +218,18 @@ pub fn first_disk(
         None => vm::create_overlay(&env.rootfs, &spec.disk)?,
     }
     Ok(template)
+}
+
+/// How many templates are ready.
+pub fn count(paths: &Paths) -> usize {
+    fs::read_dir(&paths.template_cache)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| ready(&e.path()).is_some())
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// Removes a template whose restore failed, so the next VM builds anew.
