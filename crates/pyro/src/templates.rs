@@ -125,7 +125,9 @@ pub fn ensure(
         )));
     }
     fs::create_dir_all(root).ctx(|| format!("create {}", root.display()))?;
-    let _lock = FileLock::acquire(&root.join(format!("{key}.lock")))?;
+    // One lock for all builds: they are rare, and per-key lock files would
+    // pile up as keys change.
+    let _lock = FileLock::acquire(&root.join(".lock"))?;
     if let Some(t) = ready(&dir) {
         return Ok(t);
     }
