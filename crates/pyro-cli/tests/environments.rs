@@ -271,14 +271,34 @@ fn prune_removes_partial_and_unknown_directories() {
     std::fs::create_dir_all(&unknown).unwrap();
     let incomplete = cache.path().join("debian_12-build-1.0.0");
     std::fs::create_dir_all(&incomplete).unwrap();
+    // Fast-start leftovers: a dead build, a failure marker, and a template
+    // over an image of this cache that is not installed (any more).
+    let templates = tempfile::tempdir().unwrap();
+    let t = templates.path();
+    std::fs::create_dir_all(t.join(".partial-0123456789-abcd")).unwrap();
+    std::fs::write(t.join("0123456789.failed"), "boot failed").unwrap();
+    std::fs::create_dir_all(t.join("outdated")).unwrap();
+    let info = serde_json::json!({
+        "format_version": 2, "key": "outdated", "environment": "debian:12",
+        "vcpu_count": 1, "mem_mib": 1024, "network": false,
+        "image": cache.path().join("debian_12-1.0.0/rootfs.ext4"),
+        "image_sha256": "00", "built_at_unix_ms": 0, "build_ms": 0, "state_bytes": 0,
+    });
+    std::fs::write(t.join("outdated/template.json"), info.to_string()).unwrap();
+    // One over another cache's image is not this prune's business.
+    std::fs::create_dir_all(t.join("elsewhere")).unwrap();
+    let mut other = info.clone();
+    other["image"] = "/elsewhere/rootfs.ext4".into();
+    std::fs::write(t.join("elsewhere/template.json"), other.to_string()).unwrap();
 
     let out = with_cache(&sb, &cache)
+        .env("PYRO_TEMPLATE_CACHE_DIR", t)
         .args(["env", "prune", "--json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let r = json(&out);
-    assert_eq!(r["count"], 3, "{r}");
+    assert_eq!(r["count"], 6, "{r}");
     assert!(r["freed_bytes"].as_u64().unwrap() >= 100_000, "{r}");
     let reasons: Vec<&str> = r["deleted"]
         .as_array()
@@ -286,10 +306,18 @@ fn prune_removes_partial_and_unknown_directories() {
         .iter()
         .map(|d| d["reason"].as_str().unwrap())
         .collect();
-    for reason in ["partial build", "not in the catalog", "incomplete install"] {
+    for reason in [
+        "partial build",
+        "not in the catalog",
+        "incomplete install",
+        "partial template build",
+        "failed template build",
+        "outdated template",
+    ] {
         assert!(reasons.contains(&reason), "{r}");
     }
     assert!(!partial.exists() && !unknown.exists() && !incomplete.exists());
+    assert!(!t.join("outdated").exists() && t.join("elsewhere").exists());
     let r = json(
         &with_cache(&sb, &cache)
             .args(["env", "prune", "--json"])

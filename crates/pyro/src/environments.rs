@@ -263,8 +263,9 @@ pub struct PruneReport {
     pub freed_bytes: u64,
 }
 
-/// Removes partial builds nobody is running, incomplete installs, and
-/// directories that belong to no catalog entry.
+/// Removes partial builds nobody is running, incomplete installs,
+/// directories that belong to no catalog entry, and fast-start templates
+/// that can no longer be used (see `templates::prunable`).
 pub fn prune(paths: &Paths) -> Result<PruneReport> {
     let mut deleted = Vec::new();
     let mut remove = |path: PathBuf, reason: &str| -> Result<()> {
@@ -277,15 +278,12 @@ pub fn prune(paths: &Paths) -> Result<PruneReport> {
         });
         Ok(())
     };
-    let Ok(entries) = fs::read_dir(&paths.environment_cache) else {
-        return Ok(PruneReport {
-            deleted,
-            count: 0,
-            freed_bytes: 0,
-        });
-    };
+    let entries = fs::read_dir(&paths.environment_cache)
+        .into_iter()
+        .flatten()
+        .flatten();
     let slugs: Vec<String> = CATALOG.iter().map(slug).collect();
-    for e in entries.flatten() {
+    for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
         if name.ends_with(".lock") && name.starts_with('.') {
@@ -312,12 +310,21 @@ pub fn prune(paths: &Paths) -> Result<PruneReport> {
             None => remove(path, "not in the catalog")?,
         }
     }
+    for (path, reason) in crate::templates::prunable(paths)? {
+        remove(path, reason)?;
+    }
     let freed_bytes = deleted.iter().map(|d| d.bytes).sum();
     Ok(PruneReport {
         count: deleted.len(),
         deleted,
         freed_bytes,
     })
+}
+
+/// The image sha256 of the installed environment `name`, if it is.
+pub fn installed_sha256(paths: &Paths, name: &str) -> Option<String> {
+    let entry = CATALOG.iter().find(|e| e.name == name)?;
+    installed(paths, entry).map(|i| i.manifest.image_sha256)
 }
 
 fn build(paths: &Paths, entry: &CatalogEntry, progress: &dyn Progress) -> Result<()> {

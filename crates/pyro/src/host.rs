@@ -339,6 +339,9 @@ pub fn remove_tree(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
+    if !path.is_dir() {
+        return fs::remove_file(path).ctx(|| format!("remove {}", path.display()));
+    }
     let root = fs::canonicalize(path).ctx(|| format!("resolve {}", path.display()))?;
     let mounts_below = || -> Vec<PathBuf> {
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -36,7 +36,7 @@ use crate::qemu::VmSpec;
 use crate::qmp::Qmp;
 use crate::vm::{self, VmDir};
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// A ready template: the disk to layer on and the state to restore.
 #[derive(Debug, Clone)]
@@ -55,6 +55,11 @@ struct TemplateInfo {
     mem_mib: u32,
     #[serde(default)]
     network: bool,
+    /// The environment image under `base.qcow2`, and its sha256 then.
+    #[serde(default)]
+    image: PathBuf,
+    #[serde(default)]
+    image_sha256: String,
     built_at_unix_ms: u64,
     build_ms: u64,
     state_bytes: u64,
@@ -154,6 +159,8 @@ pub fn ensure(
             vcpu_count: spec.vcpu_count,
             mem_mib: spec.mem_mib,
             network: spec.network_socket.is_some(),
+            image: env.rootfs.clone(),
+            image_sha256: env.manifest.image_sha256.clone(),
             built_at_unix_ms: host::now_unix_ms(),
             build_ms: started.elapsed().as_millis() as u64,
             state_bytes,
@@ -232,6 +239,40 @@ pub fn count(paths: &Paths) -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// What `pyro env prune` may remove here, with why: partial builds (when
+/// no build runs), failure markers, and templates over an image of this
+/// environment cache that is gone or was rebuilt since.
+pub fn prunable(paths: &Paths) -> Result<Vec<(PathBuf, &'static str)>> {
+    let root = &paths.template_cache;
+    let Ok(entries) = fs::read_dir(root) else {
+        return Ok(Vec::new());
+    };
+    let Some(_idle) = FileLock::try_acquire(&root.join(".lock"))? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with(".partial-") {
+            out.push((path, "partial template build"));
+        } else if name.ends_with(".failed") {
+            out.push((path, "failed template build"));
+        } else if let Some(info) = fs::read(path.join("template.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<TemplateInfo>(&b).ok())
+        {
+            if info.image.starts_with(&paths.environment_cache)
+                && crate::environments::installed_sha256(paths, &info.environment).as_ref()
+                    != Some(&info.image_sha256)
+            {
+                out.push((path, "outdated template"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Removes a template whose restore failed, so the next VM builds anew.
