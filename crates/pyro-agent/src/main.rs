@@ -61,6 +61,17 @@ impl Agent {
     fn send(&self, frame: &Frame) {
         self.link.send(frame)
     }
+
+    /// Routes the input frames of `stream` to the returned receiver
+    /// (`None` ends the input; a dropped sender is a cancel).
+    fn accept_input(&self, stream: u32) -> std::sync::mpsc::Receiver<Option<Vec<u8>>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.streams
+            .lock()
+            .unwrap()
+            .insert(stream, Inflight::Input(tx));
+        rx
+    }
 }
 
 fn main() {
@@ -274,12 +285,7 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
             }
         }
         Message::PutArchive(req) => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            agent
-                .streams
-                .lock()
-                .unwrap()
-                .insert(stream, Inflight::Input(tx));
+            let rx = agent.accept_input(stream);
             reply_later(agent, stream, move |agent| {
                 let mut input = files::InputReader::new(rx);
                 let put = files::put_archive(&req, &mut input);
@@ -292,12 +298,7 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
             });
         }
         Message::TunnelOpen { port } => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            agent
-                .streams
-                .lock()
-                .unwrap()
-                .insert(stream, Inflight::Input(tx));
+            let rx = agent.accept_input(stream);
             let agent = agent.clone();
             std::thread::spawn(move || tunnel::run(&agent, stream, port, rx));
         }

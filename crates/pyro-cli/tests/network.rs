@@ -371,7 +371,7 @@ fn published_ports_serve_on_host_loopback_while_the_service_runs() {
 
     // A second service with a chosen host port; the first keeps serving.
     let fixed = net.free_port();
-    let second = json(&ws(&[
+    let second_args = [
         "service",
         "start",
         &id,
@@ -382,19 +382,33 @@ fn published_ports_serve_on_host_loopback_while_the_service_runs() {
         "127.0.0.1:8081",
         "--publish",
         &format!("{fixed}:8081"),
-        "--json",
         "--",
         "python3",
         "-m",
         "http.server",
         "8081",
-    ]));
+    ];
+    let start_second = || {
+        json(&ws(
+            &[&second_args[..4], &["--json"], &second_args[4..]].concat()
+        ))
+    };
+    let second = start_second();
     assert_eq!(host_ports(&second), vec![fixed]);
     assert_eq!(net.fetch(&web_url), "served-from-guest");
     let second_url = format!("http://127.0.0.1:{fixed}/index.txt");
     assert_eq!(net.fetch(&second_url), "second-service");
     let list = json(&ws(&["service", "list", &id, "--json"]));
     assert_eq!(list["running_count"], 2);
+    // Starting it again (here with another port) is refused and leaves its
+    // ports as they were.
+    let mut again_args = second_args.to_vec();
+    again_args[9] = "8081";
+    let out = ws(&again_args);
+    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    assert_eq!(net.fetch(&second_url), "second-service");
+    let status = json(&ws(&["service", "status", &id, "second", "--json"]));
+    assert_eq!(host_ports(&status), vec![fixed]);
     let status = json(&ws(&["status", &id, "--json"]));
     assert_eq!(status["running_service_count"], 2, "{status}");
     let out = ws(&["status", &id]);
@@ -485,24 +499,7 @@ fn published_ports_serve_on_host_loopback_while_the_service_runs() {
     json(&ws(&["service", "stop", &id, "flood", "--json"]));
 
     // Reset and delete end every port with the VM.
-    let again = json(&ws(&[
-        "service",
-        "start",
-        &id,
-        "second",
-        "--cwd",
-        "/workspace/two",
-        "--ready-tcp",
-        "127.0.0.1:8081",
-        "--publish",
-        &format!("{fixed}:8081"),
-        "--json",
-        "--",
-        "python3",
-        "-m",
-        "http.server",
-        "8081",
-    ]));
+    let again = start_second();
     assert_eq!(host_ports(&again), vec![fixed]);
     assert_eq!(net.fetch(&second_url), "second-service");
     let out = ws(&["reset", &id]);

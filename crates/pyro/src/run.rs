@@ -213,14 +213,6 @@ pub(crate) fn run_in_vm(
         }
     };
 
-    if let (Some(t), false) = (&template, report.restored) {
-        // It did not restore (the VM booted instead): build it anew next time.
-        tracing::warn!(
-            "template {} did not restore; discarding it",
-            t.dir.display()
-        );
-        templates::discard(t);
-    }
     timings.prepare_ms = (boot_started.get() - started).as_millis() as u64;
     timings.boot_ms = report.boot_ms;
     timings.restored = report.restored;

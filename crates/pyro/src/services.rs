@@ -237,8 +237,14 @@ pub fn start(pyro: &Pyro, id: &str, name: &str, p: &StartService) -> Result<Serv
     let mut c = ws.connect()?;
     // Ports left by an ended service of the same name are released here;
     // the new ones are bound before the service starts, so a host port in
-    // use fails the call with nothing started.
-    if !p.published_ports.is_empty() {
+    // use fails the call with nothing started. A running service of that
+    // name keeps its ports: the agent refuses the start.
+    let publish = !p.published_ports.is_empty()
+        && !matches!(
+            call(&mut c, Message::ServiceStatus { name: name.into() }),
+            Ok(Message::Service(s)) if s.state == "running"
+        );
+    if publish {
         c.unpublish(name)?;
         for port in &p.published_ports {
             if let Err(e) = c.publish(name, port.guest_port, port.host_port) {
@@ -262,17 +268,9 @@ pub fn start(pyro: &Pyro, id: &str, name: &str, p: &StartService) -> Result<Serv
     match reply {
         Ok(reply) => one(&mut c, id, &ws, reply),
         Err(e) => {
-            // Not started (for example, the name is running already): the
-            // ports bound for this call go, unless they belong to that
-            // running service.
-            if !p.published_ports.is_empty() {
-                if let Ok(Message::Service(s)) =
-                    call(&mut c, Message::ServiceStatus { name: name.into() })
-                {
-                    let _ = live_ports(&mut c, &[&s]);
-                } else {
-                    let _ = c.unpublish(name);
-                }
+            // Not started: the ports bound for this call go.
+            if publish {
+                let _ = c.unpublish(name);
             }
             Err(e)
         }

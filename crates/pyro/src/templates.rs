@@ -41,7 +41,6 @@ const FORMAT_VERSION: u32 = 2;
 /// A ready template: the disk to layer on and the state to restore.
 #[derive(Debug, Clone)]
 pub struct Template {
-    pub dir: PathBuf,
     pub disk: PathBuf,
     pub state: PathBuf,
 }
@@ -100,7 +99,6 @@ fn key(spec: &VmSpec, env: &Installed) -> String {
 
 fn ready(dir: &Path) -> Option<Template> {
     dir.join("template.json").exists().then(|| Template {
-        dir: dir.to_path_buf(),
         disk: dir.join("base.qcow2"),
         state: dir.join("state.bin"),
     })
@@ -275,9 +273,13 @@ pub fn prunable(paths: &Paths) -> Result<Vec<(PathBuf, &'static str)>> {
     Ok(out)
 }
 
-/// Removes a template whose restore failed, so the next VM builds anew.
-pub fn discard(t: &Template) {
-    let _ = fs::remove_dir_all(&t.dir);
+/// Removes the template whose saved state `state` is, after a VM that was
+/// to restore it booted instead: the next VM builds it anew.
+pub fn discard(state: &Path) {
+    if let Some(dir) = state.parent() {
+        tracing::warn!("template {} did not restore; discarding it", dir.display());
+        let _ = fs::remove_dir_all(dir);
+    }
 }
 
 /// Other templates of the same environment and shape are outdated.

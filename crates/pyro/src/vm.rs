@@ -242,7 +242,28 @@ pub fn start_supervisor(program: &Path, dir: &VmDir) -> Result<BootReport> {
     if !report.ok {
         return Err(Error::Boot(report.error.unwrap_or_default()));
     }
+    if !report.restored {
+        if let Some(state) = dir.read_record().ok().and_then(|r| r.spec.snapshot) {
+            crate::templates::discard(&state);
+        }
+    }
     Ok(report)
+}
+
+/// Stops a persistent VM gracefully (the guest syncs and powers off; after
+/// 30 s it is killed), keeping its directory.
+pub fn halt(dir: &VmDir) -> Result<()> {
+    if let Some(pid) = dir.live_supervisor() {
+        match crate::client::VmClient::connect(dir) {
+            Ok(c) => c.stop()?,
+            Err(_) => host::signal(pid, libc::SIGKILL),
+        }
+        let start = std::time::Instant::now();
+        while host::process_alive(pid) && start.elapsed().as_secs() < 30 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
 }
 
 /// Kills whatever is left of a VM and removes its directory.

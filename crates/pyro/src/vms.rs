@@ -217,7 +217,7 @@ pub fn start(pyro: &Pyro, id: &str, progress: &dyn Progress) -> Result<VmInfo> {
         // From now on the disk has moved on from the saved state.
         let mut record = record.clone();
         record.spec.snapshot = None;
-        host::write_atomic(&dir.record(), &serde_json::to_vec_pretty(&record).unwrap())?;
+        vm::write_record(&dir, &record)?;
     }
     Ok(info(&dir, &record))
 }
@@ -283,16 +283,7 @@ pub fn exec(
 /// Stops the VM gracefully; its disk is kept for the next start.
 pub fn stop(pyro: &Pyro, id: &str) -> Result<VmInfo> {
     let (dir, record) = locate(pyro, id)?;
-    if let Some(pid) = dir.live_supervisor() {
-        match VmClient::connect(&dir) {
-            Ok(c) => c.stop()?,
-            Err(_) => host::signal(pid, libc::SIGKILL),
-        }
-        let start = Instant::now();
-        while host::process_alive(pid) && start.elapsed().as_secs() < 30 {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
+    vm::halt(&dir)?;
     Ok(info(&dir, &record))
 }
 

@@ -618,14 +618,7 @@ fn boot(
     spec.snapshot = template.map(|t| t.state.clone());
     let record = vm::new_record(&ws.id, &r.environment, false, r.ttl_seconds, spec);
     vm::write_record(&dir, &record)?;
-    let report = vm::start_supervisor(&pyro.program, &dir)?;
-    if let (Some(t), false) = (template, report.restored) {
-        tracing::warn!(
-            "template {} did not restore; discarding it",
-            t.dir.display()
-        );
-        templates::discard(t);
-    }
+    vm::start_supervisor(&pyro.program, &dir)?;
     if !r.secrets.is_empty() {
         let secrets = ws.secret_values(r)?;
         let mut c = ws.connect()?;
@@ -636,19 +629,7 @@ fn boot(
 
 /// Stops the VM gracefully (the guest syncs and powers off).
 fn halt(ws: &Workspace) -> Result<()> {
-    if let Some(pid) = ws.vm().live_supervisor() {
-        match VmClient::connect(&ws.vm()) {
-            Ok(c) => {
-                c.stop()?;
-            }
-            Err(_) => host::signal(pid, libc::SIGKILL),
-        }
-        let start = Instant::now();
-        while host::process_alive(pid) && start.elapsed().as_secs() < 30 {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-    Ok(())
+    vm::halt(&ws.vm())
 }
 
 pub fn create(pyro: &Pyro, p: &CreateWorkspace, progress: &dyn Progress) -> Result<WorkspaceInfo> {
