@@ -27,17 +27,45 @@ packages=(
     python3 python3-venv  # the test suite's MCP client (the official Python SDK)
     dnsmasq-base      # the network tests' DNS server (no system service)
 )
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
 # The guest kernel is fetched with `apt-get download`, which needs fresh lists.
 echo "[setup] apt-get update"
 $SUDO apt-get update -qq
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "[setup] installing: ${missing[*]}"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The whole set is installed in one transaction, every time. QEMU's packages
+# come from one source and must match: a machine may carry a newer
+# backported qemu-utils that installing qemu-system-x86 would remove, so
+# qemu-utils is asked for at qemu-system-x86's own version.
+qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ { print $2 }')
+if [ -z "$qemu_version" ] || [ "$qemu_version" = "(none)" ]; then
+    echo "[setup] no qemu-system-x86 package is available from apt" >&2
+    exit 1
 fi
+selected=()
+for p in "${packages[@]}"; do
+    case "$p" in
+        qemu-system-x86|qemu-utils) selected+=("$p=$qemu_version") ;;
+        *) selected+=("$p") ;;
+    esac
+done
+echo "[setup] installing: ${packages[*]} (QEMU $qemu_version)"
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    --allow-downgrades "${selected[@]}" >/dev/null
+
+# Every tool pyro and its tests run, and the package that provides it.
+tools=(
+    qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mmdebstrap:mmdebstrap
+    mkfs.ext4:e2fsprogs cpio:cpio depmod:kmod passt:passt fakeroot:fakeroot
+    newuidmap:uidmap python3:python3 dnsmasq:dnsmasq-base
+)
+absent=()
+for t in "${tools[@]}"; do
+    PATH="$PATH:/usr/sbin:/sbin" command -v "${t%%:*}" >/dev/null || absent+=("$t")
+done
+if [ ${#absent[@]} -gt 0 ]; then
+    echo "[setup] missing after install: ${absent[*]}" >&2
+    exit 1
+fi
+python3 -c 'import venv' 2>/dev/null || { echo "[setup] python3-venv is missing" >&2; exit 1; }
+echo "[setup] verified: $(qemu-system-x86_64 --version | head -1); $(qemu-img --version | head -1)"
 
 if ! command -v cargo >/dev/null; then
     echo "[setup] cargo is required: install Rust (https://rustup.rs) and rerun" >&2
