@@ -438,7 +438,7 @@ fn configure_network(net: &pyro_protocol::NetworkConfig) -> Result<(), String> {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pyro_protocol::{Readiness, ServiceSpec, ServiceState};
+use pyro_protocol::{Readiness, ServiceSpec, ServiceState, ServiceStatus, ServiceStopReason};
 
 use crate::cgroup::Cgroup;
 use crate::{sys, Agent};
@@ -141,7 +141,7 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
     {
         let map = agent.services.services.lock().unwrap();
         if let Some(existing) = map.get(&spec.name) {
-            if existing.lock().unwrap().state.state == "running" {
+            if existing.lock().unwrap().state.state == ServiceStatus::Running {
                 return Err(format!("service {} is already running", spec.name));
             }
         }
@@ -198,7 +198,7 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
     let svc = Arc::new(Mutex::new(Service {
         state: ServiceState {
             name: spec.name.clone(),
-            state: "running".into(),
+            state: ServiceStatus::Running,
             command: shown,
             cwd: spec.cwd.clone(),
             pid: Some(pid as u32),
@@ -223,8 +223,8 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
             let mut s = waiter.lock().unwrap();
             s.state.exit_code = Some(sys::decode_status(raw).0);
             s.state.ended_at_unix_ms = Some(now_ms());
-            if s.state.state == "running" {
-                s.state.state = "exited".into();
+            if s.state.state == ServiceStatus::Running {
+                s.state.state = ServiceStatus::Exited;
             }
         }
     });
@@ -236,8 +236,8 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
         if exited {
             let mut s = svc.lock().unwrap();
             if s.state.ready_at_unix_ms.is_none() && spec.readiness.is_some() {
-                s.state.state = "failed".into();
-                s.state.stop_reason = Some("process_exited_before_ready".into());
+                s.state.state = ServiceStatus::Failed;
+                s.state.stop_reason = Some(ServiceStopReason::ProcessExitedBeforeReady);
             }
             return Ok(s.state.clone());
         }
@@ -254,8 +254,8 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
         }
         if Instant::now() >= deadline {
             let mut s = svc.lock().unwrap();
-            s.state.state = "failed".into();
-            s.state.stop_reason = Some("readiness_timeout".into());
+            s.state.state = ServiceStatus::Failed;
+            s.state.stop_reason = Some(ServiceStopReason::ReadinessTimeout);
             stop_group(&s, pid, libc::SIGKILL);
             return Ok(s.state.clone());
         }
@@ -323,18 +323,18 @@ pub fn stop(agent: &Agent, name: &str) -> Result<ServiceState, String> {
     let svc = get(agent, name)?;
     let pid = {
         let s = svc.lock().unwrap();
-        if s.state.state != "running" {
+        if s.state.state != ServiceStatus::Running {
             return Ok(s.state.clone());
         }
         s.state.pid.unwrap_or(0) as i32
     };
     stop_group(&svc.lock().unwrap(), pid, libc::SIGTERM);
-    let mut reason = "sigterm";
+    let mut reason = ServiceStopReason::Sigterm;
     let start = Instant::now();
     while svc.lock().unwrap().state.exit_code.is_none() {
         if start.elapsed() > Duration::from_secs(5) {
             stop_group(&svc.lock().unwrap(), pid, libc::SIGKILL);
-            reason = "sigkill";
+            reason = ServiceStopReason::Sigkill;
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -349,7 +349,7 @@ pub fn stop(agent: &Agent, name: &str) -> Result<ServiceState, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut s = svc.lock().unwrap();
-    s.state.state = "stopped".into();
-    s.state.stop_reason = Some(reason.into());
+    s.state.state = ServiceStatus::Stopped;
+    s.state.stop_reason = Some(reason);
     Ok(s.state.clone())
 }

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use pyro_protocol::{ShellOpen, ShellState};
+use pyro_protocol::{ShellOpen, ShellState, ShellStatus};
 
 use crate::{sys, Agent};
 
@@ -50,11 +50,10 @@ fn state(sh: &Shell, cursor: u64, max_bytes: u64) -> ShellState {
     ShellState {
         shell_id: sh.open.shell_id.clone(),
         state: if sh.exit_code.is_some() {
-            "exited"
+            ShellStatus::Exited
         } else {
-            "running"
-        }
-        .into(),
+            ShellStatus::Running
+        },
         exit_code: sh.exit_code,
         cols: sh.open.cols,
         rows: sh.open.rows,
@@ -206,6 +205,6 @@ pub fn close(agent: &Agent, id: &str) -> Result<ShellState, String> {
     let sh = sh.lock().unwrap();
     let end = sh.base + sh.buffer.len() as u64;
     let mut st = state(&sh, end, 0);
-    st.state = "closed".into();
+    st.state = ShellStatus::Closed;
     Ok(st)
 }

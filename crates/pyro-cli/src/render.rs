@@ -1,9 +1,10 @@
-//! Human and JSON rendering. JSON goes to stdout; progress and errors to
-//! stderr.
+//! Rendering: JSON (`--json`) or one human form per result type (the
+//! [`Human`] impls in `human`) on stdout; progress and errors on stderr.
 
 use std::io::Write;
+use std::process::ExitCode;
 
-use pyro::{DoctorReport, EnvironmentInfo, ExecutionMode, OutputSink, Progress};
+use pyro::{OutputSink, Progress, Remedy};
 
 /// Progress as `[area] detail` lines on stderr.
 pub struct Stderr;
@@ -89,14 +90,6 @@ impl OutputSink for Stream {
     }
 }
 
-/// Output is only wanted in the result.
-pub struct Discard;
-
-impl OutputSink for Discard {
-    fn stdout(&mut self, _: &[u8]) {}
-    fn stderr(&mut self, _: &[u8]) {}
-}
-
 pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
@@ -104,8 +97,54 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A result printed in its human form.
+pub trait Human {
+    fn human(&self);
+}
+
+/// Prints `value` as JSON or in its human form.
+pub fn show<T: serde::Serialize + Human>(json: bool, value: &T) -> anyhow::Result<ExitCode> {
+    if json {
+        self::json(value)?;
+    } else {
+        value.human();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the user can do about an error, in this command line's words.
+fn remedy(r: &Remedy) -> String {
+    match r {
+        Remedy::StartWorkspace { workspace_id } => {
+            format!("; run `pyro workspace start {workspace_id}` first")
+        }
+        Remedy::StopWorkspace { workspace_id } => {
+            format!("; run `pyro workspace stop {workspace_id}`")
+        }
+        Remedy::Overwrite => "; pass --force to overwrite it".into(),
+        Remedy::ListWorkspaces => "; `pyro workspace list` shows them".into(),
+        Remedy::ListEnvironments => "; `pyro env list` shows the catalog".into(),
+        Remedy::PullEnvironment { environment } => {
+            format!("; run `pyro env pull {environment}` to repair it")
+        }
+        Remedy::AllowHostCompat => {
+            "\n  (or pass --allow-host-compat to run the command on the host, without isolation)"
+                .into()
+        }
+        Remedy::NetworkPolicy { policy } => {
+            format!("; create the workspace with --network-policy {policy}")
+        }
+    }
+}
+
 pub fn error(e: &anyhow::Error, json: bool) {
-    let message = format!("{e:#}");
+    let mut message = format!("{e:#}");
+    if let Some(r) = e
+        .downcast_ref::<pyro::Error>()
+        .and_then(pyro::Error::remedy)
+    {
+        message.push_str(&remedy(&r));
+    }
     if json {
         let _ = self::json(&serde_json::json!({ "ok": false, "error": message }));
     } else {
@@ -113,153 +152,10 @@ pub fn error(e: &anyhow::Error, json: bool) {
     }
 }
 
-/// One line per path: kind, path, then size or link target.
-pub fn entries(entries: &[pyro::FileEntry]) {
-    for e in entries {
-        let kind = serde_json::to_value(e.artifact_type).unwrap();
-        let kind = kind.as_str().unwrap_or("");
-        match &e.link_target {
-            Some(t) => println!("{kind} {} -> {t}", e.path),
-            None => println!("{kind} {} {}", e.path, e.size_bytes),
-        }
-    }
-}
-
-/// File content as `file read` and `disk read` print it: the content on
-/// stdout (ending in a newline), a summary line on stderr.
-pub fn file_content(
-    tag: &str,
-    id: &str,
-    path: &str,
-    content: &str,
-    size: u64,
-    truncated: bool,
-    content_only: bool,
-) {
-    print!("{content}");
-    if !content_only {
-        if !content.ends_with('\n') {
-            println!();
-        }
-        eprintln!(
-            "[{tag}] workspace_id={id} path={path} size_bytes={size} truncated={}",
-            yes(truncated)
-        );
-    }
-}
-
-pub fn mode(m: ExecutionMode) -> &'static str {
-    match m {
-        ExecutionMode::GuestVirtioSerial => "guest_virtio_serial",
-        ExecutionMode::HostCompat => "host_compat",
-    }
-}
-
-fn yes(b: bool) -> &'static str {
+pub fn yes(b: bool) -> &'static str {
     if b {
         "yes"
     } else {
         "no"
-    }
-}
-
-pub fn doctor(r: &DoctorReport) {
-    let caps = &r.runtime.capabilities;
-    println!("Platform: {}", r.platform);
-    println!("Runtime: {}", if r.runtime_ok { "PASS" } else { "FAIL" });
-    println!(
-        "Accelerator: {} ({})",
-        serde_json::to_value(r.accelerator.accel)
-            .unwrap()
-            .as_str()
-            .unwrap_or(""),
-        r.accelerator.reason
-    );
-    println!(
-        "KVM: exists={} readable={} writable={}",
-        yes(r.kvm.exists),
-        yes(r.kvm.readable),
-        yes(r.kvm.writable)
-    );
-    println!(
-        "QEMU: {}",
-        r.qemu.version.as_deref().unwrap_or("not installed")
-    );
-    println!(
-        "Guest kernel: {}",
-        r.runtime
-            .kernel_source
-            .as_deref()
-            .unwrap_or("not installed")
-    );
-    println!("Environment cache: {}", r.runtime.cache_dir);
-    println!(
-        "Fast start: {} ({} templates in {})",
-        if r.runtime.fast_start {
-            "on"
-        } else {
-            "off (PYRO_FAST_START=0)"
-        },
-        r.runtime.templates,
-        r.runtime.template_dir
-    );
-    for e in &r.runtime.environments {
-        println!(
-            "  {} {}",
-            e.name,
-            if e.installed {
-                "installed"
-            } else {
-                "not installed"
-            }
-        );
-    }
-    println!(
-        "Capabilities: vm_boot={} guest_exec={} guest_network={}",
-        yes(caps.supports_vm_boot),
-        yes(caps.supports_guest_exec),
-        yes(caps.supports_guest_network)
-    );
-    println!(
-        "Networking: passt={}",
-        r.networking
-            .passt_binary
-            .as_deref()
-            .unwrap_or("not installed")
-    );
-    if r.issues.is_empty() {
-        println!("Issues: none");
-    } else {
-        println!("Issues:");
-        for i in &r.issues {
-            println!("  - {}\n    fix: {}", i.problem, i.remedy);
-        }
-    }
-}
-
-pub fn environment_list(list: &[EnvironmentInfo]) {
-    println!("Catalog version: {}", pyro::CATALOG_VERSION);
-    for e in list {
-        let state = if e.installed {
-            "installed"
-        } else {
-            "not installed"
-        };
-        println!("{} [{state}] {}", e.name, e.description);
-    }
-}
-
-pub fn environment(e: &EnvironmentInfo, heading: &str) {
-    println!("{heading}: {}", e.name);
-    println!("Version: {}", e.version);
-    println!("Distribution: {}", e.distribution);
-    println!("Installed: {}", yes(e.installed));
-    println!("Default packages: {}", e.default_packages.join(", "));
-    println!("Description: {}", e.description);
-    println!("Install dir: {}", e.install_dir);
-    if let Some(m) = &e.manifest {
-        println!("Image size: {} bytes", m.image_size_bytes);
-        println!("Image sha256: {}", m.image_sha256);
-        println!("Installed packages: {}", m.installed_packages.len());
     }
 }

@@ -51,7 +51,7 @@ fn create(pyro: &Pyro, seed: &Path, name: &str, labels: &[(&str, &str)]) -> Stri
 fn sh(pyro: &Pyro, id: &str, command: &str) -> pyro::CommandEntry {
     pyro.exec_workspace(
         id,
-        &pyro::WorkspaceExec::new(vec![command.to_string()]),
+        &pyro::WorkspaceExec::new(pyro::Command::shell(command)),
         &mut Quiet,
     )
     .unwrap()
@@ -157,7 +157,10 @@ fn r4_untrusted_inspection() {
     );
     write(&seed, "README.md", "# untrusted\n");
     let id = create(&pyro, &seed, "untrusted-inspection", &[]);
-    assert_eq!(pyro.status_workspace(&id).unwrap().network_policy, "off");
+    assert_eq!(
+        pyro.status_workspace(&id).unwrap().network_policy,
+        pyro::NetworkPolicy::Off
+    );
     let files = pyro.list_workspace_files(&id, "/workspace", true).unwrap();
     assert!(files
         .entries

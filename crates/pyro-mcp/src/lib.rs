@@ -13,6 +13,7 @@
 //! data as the CLI's `--json`, as structured content with an output schema;
 //! failures are tool errors carrying the CLI's messages.
 
+mod params;
 mod tools;
 
 use std::net::SocketAddr;

@@ -1,16 +1,14 @@
-//! The tools. Parameter structs are the tools' input schemas; the façade's
-//! result types are their output schemas.
+//! The tools: one façade call each. Parameter structs (`params`) are the
+//! tools' input schemas; the façade's result types are their output
+//! schemas.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-use pyro::{CreateWorkspace, OutputSink, Pyro, Silent, UpdateWorkspace};
+use pyro::{CreateWorkspace, Discard, Pyro, Remedy, Silent, UpdateWorkspace};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{tool, tool_handler, tool_router, ServerHandler};
-use schemars::JsonSchema;
-use serde::Deserialize;
+
+use crate::params::*;
 
 /// Which tools a client sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,16 +54,10 @@ impl PyroServer {
     }
 }
 
-struct Discard;
-impl OutputSink for Discard {
-    fn stdout(&mut self, _: &[u8]) {}
-    fn stderr(&mut self, _: &[u8]) {}
-}
-
 type ToolResult<T> = Result<Json<T>, String>;
 
 /// Runs a façade call on a blocking thread; a failure becomes a tool error
-/// with the same message the CLI prints.
+/// whose remedy names this server's tools and parameters.
 async fn call<T, F>(pyro: &Pyro, f: F) -> ToolResult<T>
 where
     T: Send + 'static,
@@ -74,406 +66,43 @@ where
     let pyro = pyro.clone();
     match tokio::task::spawn_blocking(move || f(pyro)).await {
         Ok(Ok(v)) => Ok(Json(v)),
-        Ok(Err(e)) => Err(chain(&e)),
+        Ok(Err(e)) => Err(message(&e)),
         Err(e) => Err(format!("internal error: {e}")),
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+/// The error and its causes, then what the client can do about it, in
+/// this server's words.
+pub(crate) fn message(e: &pyro::Error) -> String {
     let mut s = e.to_string();
-    let mut source = e.source();
+    let mut source = std::error::Error::source(e);
     while let Some(inner) = source {
         s.push_str(": ");
         s.push_str(&inner.to_string());
         source = inner.source();
     }
-    s
-}
-
-/// A command: one string is run with `/bin/sh -lc`; a list is an argv.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum CommandArg {
-    Shell(String),
-    Argv(Vec<String>),
-}
-
-impl CommandArg {
-    fn words(self) -> Vec<String> {
-        match self {
-            CommandArg::Shell(s) => vec![s],
-            CommandArg::Argv(a) => a,
+    let remedy = match e.remedy() {
+        None => return s,
+        Some(Remedy::StartWorkspace { workspace_id }) => {
+            format!("call workspace_start with workspace_id {workspace_id} first")
         }
-    }
-}
-
-fn d_vcpu() -> u32 {
-    1
-}
-fn d_mem() -> u32 {
-    1024
-}
-fn d_timeout() -> u64 {
-    30
-}
-fn d_ttl() -> u64 {
-    600
-}
-fn d_root() -> String {
-    "/workspace".into()
-}
-fn d_max_bytes() -> u64 {
-    65536
-}
-fn d_baseline() -> String {
-    "baseline".into()
-}
-fn d_off() -> String {
-    "off".into()
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct VmRunParams {
-    /// Environment to boot, e.g. `debian:12`.
-    pub environment: String,
-    /// The command: one string runs under `/bin/sh -lc`; a list is an argv.
-    pub command: CommandArg,
-    #[serde(default = "d_vcpu")]
-    pub vcpu_count: u32,
-    #[serde(default = "d_mem")]
-    pub mem_mib: u32,
-    /// The command and everything it started are killed after this long (exit code 124).
-    #[serde(default = "d_timeout")]
-    pub timeout_seconds: u64,
-    #[serde(default = "d_ttl")]
-    pub ttl_seconds: u64,
-    #[serde(default)]
-    pub network: bool,
-    /// Run on the host without isolation if no guest can boot.
-    #[serde(default)]
-    pub allow_host_compat: bool,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct VmCreateParams {
-    /// Environment to boot, e.g. `debian:12`.
-    pub environment: String,
-    #[serde(default = "d_vcpu")]
-    pub vcpu_count: u32,
-    #[serde(default = "d_mem")]
-    pub mem_mib: u32,
-    /// The VM is stopped this long after creation and deleted on the next access.
-    #[serde(default = "d_ttl")]
-    pub ttl_seconds: u64,
-    /// Outbound network (user-mode NAT; the host loopback stays unreachable).
-    #[serde(default)]
-    pub network: bool,
-    /// Accepted for compatibility; these VMs always run in a guest.
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub allow_host_compat: bool,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct VmIdParams {
-    pub vm_id: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct VmExecParams {
-    pub vm_id: String,
-    /// The command: one string runs under `/bin/sh -lc`; a list is an argv.
-    pub command: CommandArg,
-    /// The command and everything it started are killed after this long (exit code 124).
-    #[serde(default = "d_timeout")]
-    pub timeout_seconds: u64,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct CreateCoreParams {
-    pub environment: String,
-    #[serde(default = "d_vcpu")]
-    pub vcpu_count: u32,
-    #[serde(default = "d_mem")]
-    pub mem_mib: u32,
-    /// Idle timeout: the workspace is stopped (never deleted) after this long without activity.
-    #[serde(default = "d_ttl")]
-    pub ttl_seconds: u64,
-    /// Accepted for compatibility; workspaces always run in a guest.
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub allow_host_compat: bool,
-    /// A host directory, .tar, .tar.gz or .tgz copied into /workspace.
-    #[serde(default)]
-    pub seed_path: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub labels: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct CreateFullParams {
-    #[serde(flatten)]
-    pub core: CreateCoreParams,
-    /// `off` (no network device), `egress` (outbound NAT; the host loopback stays unreachable) or `egress+published-ports` (egress, and services may publish ports on host 127.0.0.1).
-    #[serde(default = "d_off")]
-    pub network_policy: String,
-    /// Secrets: `{name, value}` or `{name, file_path}` (a host file). Values are never shown and are redacted from output.
-    #[serde(default)]
-    pub secrets: Option<Vec<pyro::SecretInput>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ExecFullParams {
-    #[serde(flatten)]
-    pub exec: ExecParams,
-    /// Secrets to pass as environment variables: `{SECRET: ENV}`.
-    #[serde(default)]
-    pub secret_env: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct IdParams {
-    pub workspace_id: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct UpdateParams {
-    pub workspace_id: String,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub clear_name: bool,
-    #[serde(default)]
-    pub labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    pub clear_labels: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct SyncParams {
-    pub workspace_id: String,
-    pub source_path: String,
-    #[serde(default = "d_root")]
-    pub dest: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ExecParams {
-    pub workspace_id: String,
-    /// The command: one string runs under `/bin/sh -lc`; a list is an argv.
-    pub command: CommandArg,
-    #[serde(default = "d_timeout")]
-    pub timeout_seconds: u64,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ListFilesParams {
-    pub workspace_id: String,
-    #[serde(default = "d_root")]
-    pub path: String,
-    #[serde(default)]
-    pub recursive: bool,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ReadFileParams {
-    pub workspace_id: String,
-    pub path: String,
-    #[serde(default = "d_max_bytes")]
-    pub max_bytes: u64,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct WriteFileParams {
-    pub workspace_id: String,
-    pub path: String,
-    pub text: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct PatchParams {
-    pub workspace_id: String,
-    /// A unified or git diff; nothing changes unless all of it applies.
-    pub patch: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ExportParams {
-    pub workspace_id: String,
-    pub path: String,
-    /// Host path to write; must not exist yet.
-    pub output_path: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ResetParams {
-    pub workspace_id: String,
-    #[serde(default = "d_baseline")]
-    pub snapshot: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct SnapshotParams {
-    pub workspace_id: String,
-    pub snapshot_name: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct DiskExportParams {
-    pub workspace_id: String,
-    pub output_path: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct EmptyParams {}
-
-fn d_interval() -> u64 {
-    500
-}
-fn d_tail() -> u64 {
-    200
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ServiceStartParams {
-    pub workspace_id: String,
-    pub service_name: String,
-    /// The command: one string runs under `/bin/sh -lc`; a list is an argv.
-    pub command: CommandArg,
-    #[serde(default = "d_root")]
-    pub cwd: String,
-    /// Ready once this path (relative to cwd) exists. At most one ready_* may be given.
-    #[serde(default)]
-    pub ready_file: Option<String>,
-    /// Ready once HOST:PORT accepts a TCP connection.
-    #[serde(default)]
-    pub ready_tcp: Option<String>,
-    /// Ready once a GET of this URL answers 200-399.
-    #[serde(default)]
-    pub ready_http: Option<String>,
-    /// Ready once this shell command exits 0.
-    #[serde(default)]
-    pub ready_command: Option<String>,
-    #[serde(default = "d_timeout")]
-    pub ready_timeout_seconds: u64,
-    #[serde(default = "d_interval")]
-    pub ready_interval_ms: u64,
-    /// Secrets as environment variables: `{SECRET: ENV}`.
-    #[serde(default)]
-    pub secret_env: Option<BTreeMap<String, String>>,
-    /// Guest ports to publish on host 127.0.0.1 while the service runs: `{guest_port, host_port?}` (a free host port when host_port is absent). Needs the egress+published-ports policy.
-    #[serde(default)]
-    pub published_ports: Option<Vec<pyro::PublishedPort>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ServiceNameParams {
-    pub workspace_id: String,
-    pub service_name: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ServiceLogsParams {
-    pub workspace_id: String,
-    pub service_name: String,
-    #[serde(default = "d_tail")]
-    pub tail_lines: u64,
-    /// Everything kept instead of the last tail_lines.
-    #[serde(default)]
-    pub all: bool,
-}
-
-fn d_cols() -> u16 {
-    120
-}
-fn d_rows() -> u16 {
-    30
-}
-fn d_max_chars() -> u64 {
-    65536
-}
-fn d_true() -> bool {
-    true
-}
-fn d_int() -> String {
-    "INT".into()
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ShellOpenParams {
-    pub workspace_id: String,
-    #[serde(default = "d_root")]
-    pub cwd: String,
-    #[serde(default = "d_cols")]
-    pub cols: u16,
-    #[serde(default = "d_rows")]
-    pub rows: u16,
-    /// Secrets as environment variables: `{SECRET: ENV}`.
-    #[serde(default)]
-    pub secret_env: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ShellReadParams {
-    pub workspace_id: String,
-    pub shell_id: String,
-    /// Byte offset to read from: the previous read's `next_cursor`.
-    #[serde(default)]
-    pub cursor: u64,
-    #[serde(default = "d_max_chars")]
-    pub max_chars: u64,
-    /// Render through a terminal emulator: the text as the screen shows it.
-    #[serde(default)]
-    pub plain: bool,
-    /// Keep reading until the shell has been quiet this long (1-10000 ms).
-    #[serde(default)]
-    pub wait_for_idle_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ShellWriteParams {
-    pub workspace_id: String,
-    pub shell_id: String,
-    pub input: String,
-    #[serde(default = "d_true")]
-    pub append_newline: bool,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ShellSignalParams {
-    pub workspace_id: String,
-    pub shell_id: String,
-    /// INT, TERM, HUP or KILL.
-    #[serde(default = "d_int")]
-    pub signal_name: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ShellIdParams {
-    pub workspace_id: String,
-    pub shell_id: String,
-}
-
-#[derive(Debug, serde::Serialize, JsonSchema)]
-pub struct EnvironmentList {
-    pub catalog_version: String,
-    pub environments: Vec<pyro::EnvironmentInfo>,
-}
-
-fn create_params(p: CreateCoreParams, network_policy: Option<String>) -> CreateWorkspace {
-    CreateWorkspace {
-        environment: p.environment,
-        vcpu_count: Some(p.vcpu_count),
-        mem_mib: Some(p.mem_mib),
-        ttl_seconds: Some(p.ttl_seconds),
-        network_policy,
-        seed_path: p.seed_path.map(PathBuf::from),
-        name: p.name,
-        labels: p.labels.unwrap_or_default(),
-        secrets: Vec::new(),
-    }
+        Some(Remedy::StopWorkspace { workspace_id }) => {
+            format!("call workspace_stop with workspace_id {workspace_id} first")
+        }
+        Some(Remedy::Overwrite) => "choose an output_path that does not exist".into(),
+        Some(Remedy::ListWorkspaces) => "workspace_list shows them".into(),
+        Some(Remedy::ListEnvironments) => "vm_list_environments shows the catalog".into(),
+        Some(Remedy::PullEnvironment { environment }) => {
+            format!("pull {environment} again on the host to repair it")
+        }
+        Some(Remedy::AllowHostCompat) => {
+            "or set allow_host_compat to run the command on the host, without isolation".into()
+        }
+        Some(Remedy::NetworkPolicy { policy }) => {
+            format!("create the workspace with network_policy {policy}")
+        }
+    };
+    format!("{s}; {remedy}")
 }
 
 #[tool_router(router = run_router)]
@@ -488,7 +117,7 @@ impl PyroServer {
         call(&self.pyro, move |pyro| {
             let params = pyro::RunParams {
                 environment: p.environment,
-                command: p.command.words(),
+                command: p.command.into(),
                 vcpu_count: p.vcpu_count,
                 mem_mib: p.mem_mib,
                 timeout_seconds: p.timeout_seconds,
@@ -512,7 +141,7 @@ impl PyroServer {
         Parameters(p): Parameters<CreateCoreParams>,
     ) -> Result<Json<pyro::WorkspaceInfo>, String> {
         call(&self.pyro, move |pyro| {
-            pyro.create_workspace(&create_params(p, None), &Silent)
+            pyro.create_workspace(&CreateWorkspace::from(p), &Silent)
         })
         .await
     }
@@ -581,7 +210,7 @@ impl PyroServer {
         Parameters(p): Parameters<ExecParams>,
     ) -> Result<Json<pyro::CommandEntry>, String> {
         call(&self.pyro, move |pyro| {
-            let mut e = pyro::WorkspaceExec::new(p.command.words());
+            let mut e = pyro::WorkspaceExec::new(p.command.into());
             e.timeout_seconds = p.timeout_seconds;
             pyro.exec_workspace(&p.workspace_id, &e, &mut Discard)
         })
@@ -717,7 +346,8 @@ impl PyroServer {
         Parameters(p): Parameters<CreateFullParams>,
     ) -> Result<Json<pyro::WorkspaceInfo>, String> {
         call(&self.pyro, move |pyro| {
-            let mut params = create_params(p.core, Some(p.network_policy));
+            let mut params = CreateWorkspace::from(p.core);
+            params.network_policy = p.network_policy.parse()?;
             params.secrets = p.secrets.unwrap_or_default();
             pyro.create_workspace(&params, &Silent)
         })
@@ -734,7 +364,7 @@ impl PyroServer {
     ) -> Result<Json<pyro::CommandEntry>, String> {
         call(&self.pyro, move |pyro| {
             let e = pyro::WorkspaceExec {
-                command: p.exec.command.words(),
+                command: p.exec.command.into(),
                 timeout_seconds: p.exec.timeout_seconds,
                 secret_env: p.secret_env.unwrap_or_default(),
             };
@@ -938,7 +568,7 @@ impl PyroServer {
         }
         call(&self.pyro, move |pyro| {
             let params = pyro::StartService {
-                command: p.command.words(),
+                command: p.command.into(),
                 cwd: p.cwd,
                 readiness,
                 ready_timeout_seconds: p.ready_timeout_seconds,
@@ -1044,7 +674,7 @@ impl PyroServer {
         call(&self.pyro, move |pyro| {
             pyro.exec_vm(
                 &p.vm_id,
-                &p.command.words(),
+                &p.command.into(),
                 p.timeout_seconds,
                 &Silent,
                 &mut Discard,

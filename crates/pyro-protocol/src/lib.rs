@@ -462,11 +462,92 @@ pub struct ServiceSpec {
     pub ready_interval_ms: u64,
 }
 
+/// Where a service is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceStatus {
+    Running,
+    /// Ended on its own (with an exit code).
+    Exited,
+    /// Stopped on request.
+    Stopped,
+    /// Never became ready (see its stop reason).
+    Failed,
+    /// A state a newer agent knows and this host does not.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Why a service is not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceStopReason {
+    ProcessExitedBeforeReady,
+    ReadinessTimeout,
+    /// Stopped by SIGTERM.
+    Sigterm,
+    /// Killed after ignoring SIGTERM.
+    Sigkill,
+    #[serde(other)]
+    Unknown,
+}
+
+/// Where a shell is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShellStatus {
+    Running,
+    /// Its process ended (with an exit code).
+    Exited,
+    /// Closed on request.
+    Closed,
+    #[serde(other)]
+    Unknown,
+}
+
+macro_rules! names {
+    ($ty:ty { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $ty {
+            /// The name it has on the wire and in every result.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(<$ty>::$variant => $name,)*
+                }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names!(ServiceStatus {
+    Running => "running",
+    Exited => "exited",
+    Stopped => "stopped",
+    Failed => "failed",
+    Unknown => "unknown",
+});
+names!(ServiceStopReason {
+    ProcessExitedBeforeReady => "process_exited_before_ready",
+    ReadinessTimeout => "readiness_timeout",
+    Sigterm => "sigterm",
+    Sigkill => "sigkill",
+    Unknown => "unknown",
+});
+names!(ShellStatus {
+    Running => "running",
+    Exited => "exited",
+    Closed => "closed",
+    Unknown => "unknown",
+});
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceState {
     pub name: String,
-    /// `running`, `exited`, `stopped` or `failed`.
-    pub state: String,
+    pub state: ServiceStatus,
     pub command: String,
     pub cwd: String,
     pub pid: Option<u32>,
@@ -474,9 +555,8 @@ pub struct ServiceState {
     pub started_at_unix_ms: u64,
     pub ready_at_unix_ms: Option<u64>,
     pub ended_at_unix_ms: Option<u64>,
-    /// Why it is not running: `process_exited_before_ready`,
-    /// `readiness_timeout`, `sigterm`, `sigkill`.
-    pub stop_reason: Option<String>,
+    /// Why it is not running.
+    pub stop_reason: Option<ServiceStopReason>,
     pub readiness: Option<Readiness>,
 }
 
@@ -493,8 +573,7 @@ pub struct ShellOpen {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShellState {
     pub shell_id: String,
-    /// `running` or `exited`.
-    pub state: String,
+    pub state: ShellStatus,
     pub exit_code: Option<i32>,
     pub cols: u16,
     pub rows: u16,
@@ -598,6 +677,31 @@ pub struct ExitStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_travel_as_the_names_of_generation_one() {
+        fn text<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap()
+        }
+        assert_eq!(text(&ServiceStatus::Running), "\"running\"");
+        assert_eq!(text(&ServiceStatus::Failed), "\"failed\"");
+        assert_eq!(
+            text(&ServiceStopReason::ProcessExitedBeforeReady),
+            "\"process_exited_before_ready\""
+        );
+        assert_eq!(text(&ShellStatus::Closed), "\"closed\"");
+        for s in [
+            ServiceStatus::Running,
+            ServiceStatus::Exited,
+            ServiceStatus::Stopped,
+            ServiceStatus::Failed,
+        ] {
+            assert_eq!(text(&s), format!("\"{s}\""));
+        }
+        // A state only a newer agent knows does not fail the whole reply.
+        let s: ServiceStatus = serde_json::from_str("\"paused\"").unwrap();
+        assert_eq!(s, ServiceStatus::Unknown);
+    }
 
     #[test]
     fn frames_round_trip_through_reader_and_decoder() {

@@ -73,7 +73,8 @@ pub struct RuntimeAssets {
 fn unavailable(reason: impl Into<String>, remedy: impl Into<String>) -> Error {
     Error::GuestUnavailable {
         reason: reason.into(),
-        remedy: remedy.into(),
+        fix: remedy.into(),
+        host_compat: false,
     }
 }
 
@@ -452,6 +453,41 @@ fn ensure_initramfs(paths: &Paths, source: &KernelSource) -> Result<PathBuf> {
     result.map(|()| path)
 }
 
+/// Installs a kernel directory from an environment archive, unless this
+/// machine already has a working one. Its `vmlinuz` must match the
+/// manifest's checksum and every listed module must be present.
+pub fn import_kernel(paths: &Paths, staged: &Path) -> Result<()> {
+    let dest = paths.runtime_cache.join("kernel");
+    let current = read_kernel_manifest(&dest).and_then(|m| debian_source(&dest, m).ok());
+    if current.is_some() {
+        return Ok(());
+    }
+    let bad = |why: &str| Error::InvalidArgument(format!("the archived kernel is unusable: {why}"));
+    let m = read_kernel_manifest(staged).ok_or_else(|| bad("no valid kernel.json"))?;
+    if host::sha256_file(&staged.join("vmlinuz"))? != m.vmlinuz_sha256 {
+        return Err(bad("vmlinuz does not match its checksum"));
+    }
+    if m.module_order
+        .iter()
+        .any(|f| f.contains('/') || !staged.join("modules").join(f).is_file())
+    {
+        return Err(bad("modules are missing"));
+    }
+    fs::create_dir_all(&paths.runtime_cache)
+        .ctx(|| format!("create {}", paths.runtime_cache.display()))?;
+    let _lock = FileLock::acquire(&paths.runtime_cache.join(".kernel.lock"))?;
+    if dest.exists() {
+        host::remove_tree(&dest)?;
+    }
+    // The archive was extracted beside the environment cache, which may be
+    // another filesystem: copy, then rename within the runtime cache.
+    let tmp = paths
+        .runtime_cache
+        .join(format!(".partial-kernel-{}", host::random_id(4)));
+    host::tool(Command::new("cp").arg("-a").arg(staged).arg(&tmp))?;
+    fs::rename(&tmp, &dest).ctx(|| format!("install {}", dest.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,39 +537,4 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
             "{err}"
         );
     }
-}
-
-/// Installs a kernel directory from an environment archive, unless this
-/// machine already has a working one. Its `vmlinuz` must match the
-/// manifest's checksum and every listed module must be present.
-pub fn import_kernel(paths: &Paths, staged: &Path) -> Result<()> {
-    let dest = paths.runtime_cache.join("kernel");
-    let current = read_kernel_manifest(&dest).and_then(|m| debian_source(&dest, m).ok());
-    if current.is_some() {
-        return Ok(());
-    }
-    let bad = |why: &str| Error::InvalidArgument(format!("the archived kernel is unusable: {why}"));
-    let m = read_kernel_manifest(staged).ok_or_else(|| bad("no valid kernel.json"))?;
-    if host::sha256_file(&staged.join("vmlinuz"))? != m.vmlinuz_sha256 {
-        return Err(bad("vmlinuz does not match its checksum"));
-    }
-    if m.module_order
-        .iter()
-        .any(|f| f.contains('/') || !staged.join("modules").join(f).is_file())
-    {
-        return Err(bad("modules are missing"));
-    }
-    fs::create_dir_all(&paths.runtime_cache)
-        .ctx(|| format!("create {}", paths.runtime_cache.display()))?;
-    let _lock = FileLock::acquire(&paths.runtime_cache.join(".kernel.lock"))?;
-    if dest.exists() {
-        host::remove_tree(&dest)?;
-    }
-    // The archive was extracted beside the environment cache, which may be
-    // another filesystem: copy, then rename within the runtime cache.
-    let tmp = paths
-        .runtime_cache
-        .join(format!(".partial-kernel-{}", host::random_id(4)));
-    host::tool(Command::new("cp").arg("-a").arg(staged).arg(&tmp))?;
-    fs::rename(&tmp, &dest).ctx(|| format!("install {}", dest.display()))
 }

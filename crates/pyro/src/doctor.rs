@@ -4,8 +4,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::host::{self, AccelChoice};
-use crate::{assets, environments, Pyro};
+use crate::paths::Paths;
+use crate::vmm::qemu::{self, AccelChoice};
+use crate::vmm::templates;
+use crate::{assets, environments, host};
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
@@ -102,7 +104,7 @@ fn which(p: &str) -> Option<String> {
     host::which(p).map(|p| p.display().to_string())
 }
 
-pub(crate) fn doctor(pyro: &Pyro) -> DoctorReport {
+pub(crate) fn doctor(paths: &Paths) -> DoctorReport {
     let mut issues = Vec::new();
     let mut issue = |problem: String, remedy: &str| {
         issues.push(Issue {
@@ -117,19 +119,19 @@ pub(crate) fn doctor(pyro: &Pyro) -> DoctorReport {
             "run pyro on Linux x86_64",
         );
     }
-    let accelerator = host::choose_accel();
+    let accelerator = qemu::choose_accel();
     let kvm = Kvm {
         exists: accelerator.kvm_device,
         readable: std::fs::File::open("/dev/kvm").is_ok(),
         writable: accelerator.kvm_writable,
     };
     let qemu = Qemu {
-        binary: which(host::QEMU),
-        version: host::qemu_version(),
+        binary: which(qemu::QEMU),
+        version: qemu::version(),
     };
     if qemu.binary.is_none() {
         issue(
-            format!("{} is not installed", host::QEMU),
+            format!("{} is not installed", qemu::QEMU),
             "run scripts/setup.sh (or apt-get install qemu-system-x86)",
         );
     }
@@ -154,11 +156,11 @@ pub(crate) fn doctor(pyro: &Pyro) -> DoctorReport {
             );
         }
     }
-    let assets = assets::inspect(&pyro.paths);
+    let assets = assets::inspect(paths);
     let mut reason = None;
     if let Err(e) = &assets {
         let (problem, remedy) = match e {
-            crate::Error::GuestUnavailable { reason, remedy } => (reason.clone(), remedy.clone()),
+            crate::Error::GuestUnavailable { reason, fix, .. } => (reason.clone(), fix.clone()),
             other => (other.to_string(), "run `pyro env pull debian:12`".into()),
         };
         reason = Some(problem.clone());
@@ -173,7 +175,7 @@ pub(crate) fn doctor(pyro: &Pyro) -> DoctorReport {
         .iter()
         .map(|e| EnvironmentStatus {
             name: e.name.to_string(),
-            installed: environments::installed(&pyro.paths, e).is_some(),
+            installed: environments::installed(paths, e).is_some(),
         })
         .collect();
     let show = |p: &Path| p.display().to_string();
@@ -192,11 +194,11 @@ pub(crate) fn doctor(pyro: &Pyro) -> DoctorReport {
             agent_sha256: assets::agent_sha256(),
             agent_size_bytes: assets::AGENT.len() as u64,
             catalog_version: environments::CATALOG_VERSION.into(),
-            cache_dir: show(&pyro.paths.environment_cache),
-            state_dir: show(&pyro.paths.home),
-            fast_start: crate::templates::enabled(),
-            template_dir: show(&pyro.paths.template_cache),
-            templates: crate::templates::count(&pyro.paths),
+            cache_dir: show(&paths.environment_cache),
+            state_dir: show(&paths.home),
+            fast_start: templates::enabled(),
+            template_dir: show(&paths.template_cache),
+            templates: templates::count(paths),
             environments,
             capabilities: Capabilities {
                 supports_vm_boot: boot,

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Remedy, Result};
 use crate::host::{self, FileLock};
 use crate::paths::Paths;
 use crate::progress::Progress;
@@ -153,6 +153,7 @@ fn write_stamp(dir: &Path, rootfs: &Path) -> Result<()> {
     let s = stamp(rootfs).ok_or_else(|| Error::Environment {
         name: dir.display().to_string(),
         detail: "image vanished".into(),
+        remedy: None,
     })?;
     host::write_atomic(&stamp_path(dir), &serde_json::to_vec(&s).unwrap())
 }
@@ -172,11 +173,13 @@ pub fn verify(install: &Installed, dir: &Path) -> Result<()> {
         return Err(Error::Environment {
             name: install.manifest.name.clone(),
             detail: format!(
-                "the image {} is corrupted (sha256 {actual}, expected {}); run `pyro env pull {}` to repair it",
+                "the image {} is corrupted (sha256 {actual}, expected {})",
                 install.rootfs.display(),
                 install.manifest.image_sha256,
-                install.manifest.name
             ),
+            remedy: Some(Remedy::PullEnvironment {
+                environment: install.manifest.name.clone(),
+            }),
         });
     }
     write_stamp(dir, &install.rootfs)
@@ -227,6 +230,7 @@ pub fn ensure(
     installed(paths, entry).ok_or_else(|| Error::Environment {
         name: entry.name.into(),
         detail: "the build finished but left no usable install".into(),
+        remedy: None,
     })
 }
 
@@ -256,28 +260,34 @@ pub struct Pruned {
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PruneReport {
     pub deleted: Vec<Pruned>,
     pub count: usize,
     pub freed_bytes: u64,
 }
 
-/// Removes partial builds nobody is running, incomplete installs,
-/// directories that belong to no catalog entry, and fast-start templates
-/// that can no longer be used (see `templates::prunable`).
-pub fn prune(paths: &Paths) -> Result<PruneReport> {
-    let mut deleted = Vec::new();
-    let mut remove = |path: PathBuf, reason: &str| -> Result<()> {
+impl PruneReport {
+    /// Removes `path` (a file or a tree) and records it.
+    pub(crate) fn remove(&mut self, path: PathBuf, reason: &str) -> Result<()> {
         let bytes = host::disk_usage(&path);
         host::remove_tree(&path)?;
-        deleted.push(Pruned {
+        self.count += 1;
+        self.freed_bytes += bytes;
+        self.deleted.push(Pruned {
             path: path.display().to_string(),
             reason: reason.to_string(),
             bytes,
         });
         Ok(())
-    };
+    }
+}
+
+/// Removes partial builds nobody is running, incomplete installs and
+/// directories that belong to no catalog entry. (Fast-start templates are
+/// pruned by `vmm::templates::prune`, into the same report.)
+pub fn prune(paths: &Paths) -> Result<PruneReport> {
+    let mut report = PruneReport::default();
     let entries = fs::read_dir(&paths.environment_cache)
         .into_iter()
         .flatten()
@@ -295,7 +305,7 @@ pub fn prune(paths: &Paths) -> Result<PruneReport> {
             // running build.
             let lock = paths.environment_cache.join(format!(".{slug}.lock"));
             if let Some(_held) = FileLock::try_acquire(&lock)? {
-                remove(path, "partial build")?;
+                report.remove(path, "partial build")?;
             }
             continue;
         }
@@ -303,22 +313,14 @@ pub fn prune(paths: &Paths) -> Result<PruneReport> {
             Some((entry, _)) => {
                 if installed(paths, entry).is_none() {
                     if let Some(_held) = FileLock::try_acquire(&lock_path(paths, entry))? {
-                        remove(path, "incomplete install")?;
+                        report.remove(path, "incomplete install")?;
                     }
                 }
             }
-            None => remove(path, "not in the catalog")?,
+            None => report.remove(path, "not in the catalog")?,
         }
     }
-    for (path, reason) in crate::templates::prunable(paths)? {
-        remove(path, reason)?;
-    }
-    let freed_bytes = deleted.iter().map(|d| d.bytes).sum();
-    Ok(PruneReport {
-        count: deleted.len(),
-        deleted,
-        freed_bytes,
-    })
+    Ok(report)
 }
 
 /// The image sha256 of the installed environment `name`, if it is.
@@ -331,6 +333,7 @@ fn build(paths: &Paths, entry: &CatalogEntry, progress: &dyn Progress) -> Result
     let fail = |detail: String| Error::Environment {
         name: entry.name.into(),
         detail,
+        remedy: None,
     };
     let partial =
         paths
@@ -517,7 +520,10 @@ pub fn export(
     let dir = install_dir(paths, entry);
     let inst = installed(paths, entry).ok_or_else(|| Error::Environment {
         name: entry.name.into(),
-        detail: format!("not installed; run `pyro env pull {}` first", entry.name),
+        detail: "not installed".into(),
+        remedy: Some(Remedy::PullEnvironment {
+            environment: entry.name.into(),
+        }),
     })?;
     verify(&inst, &dir)?;
     let kernel = paths.runtime_cache.join("kernel");

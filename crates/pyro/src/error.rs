@@ -1,20 +1,81 @@
+//! What the library can fail with. Every error has a [`ErrorKind`] (what
+//! sort of failure it is, for programs) and may carry a [`Remedy`] (what
+//! the caller can do about it). Messages are lowercase and name no front
+//! end's flags or commands: each front end words the remedy its own way
+//! (the CLI names its flags, the MCP server its tools and parameters).
+
 use std::io;
 
-/// Everything the library can fail with. Messages are lowercase and say
-/// what to do where there is something to do.
+/// The sort of failure, for callers that act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The workspace, VM, snapshot, service, shell or environment does not
+    /// exist.
+    NotFound,
+    /// The request clashes with what exists or with the current state (a
+    /// name in use, an output that exists, a workspace that is stopped).
+    Conflict,
+    /// The request itself is malformed or out of range.
+    InvalidArgument,
+    /// The host cannot do it now (no guest can boot, no capacity, the VM
+    /// went away); retrying later or elsewhere may work.
+    Unavailable,
+    /// The guest refused or failed the request.
+    Guest,
+    /// A host tool or file operation failed.
+    Internal,
+}
+
+/// What the caller can do about an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remedy {
+    /// Start the (stopped) workspace first.
+    StartWorkspace { workspace_id: String },
+    /// Stop the (running) workspace first.
+    StopWorkspace { workspace_id: String },
+    /// Ask to overwrite the existing output.
+    Overwrite,
+    /// See which workspaces exist.
+    ListWorkspaces,
+    /// See the environment catalog.
+    ListEnvironments,
+    /// Install (or repair) the environment.
+    PullEnvironment { environment: String },
+    /// Run the command on the host instead, without isolation.
+    AllowHostCompat,
+    /// Create the workspace with this network policy.
+    NetworkPolicy { policy: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unknown environment {0:?}; `pyro env list` shows the catalog")]
+    #[error("no {what} {id:?}")]
+    NotFound { what: &'static str, id: String },
+
+    #[error("unknown environment {0:?}")]
     UnknownEnvironment(String),
+
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        remedy: Option<Remedy>,
+    },
 
     #[error("{0}")]
     InvalidArgument(String),
 
     /// No guest can be booted here; nothing ran.
-    #[error(
-        "guest boot is unavailable: {reason}\n  fix: {remedy}\n  (or pass --allow-host-compat to run the command on the host, without isolation)"
-    )]
-    GuestUnavailable { reason: String, remedy: String },
+    #[error("guest boot is unavailable: {reason}\n  fix: {fix}")]
+    GuestUnavailable {
+        reason: String,
+        fix: String,
+        /// The caller could run the command on the host instead.
+        host_compat: bool,
+    },
+
+    /// Too many VMs run already.
+    #[error("{0}")]
+    Capacity(String),
 
     #[error("the VM failed to start: {0}")]
     Boot(String),
@@ -33,7 +94,11 @@ pub enum Error {
     Tool { tool: String, detail: String },
 
     #[error("environment {name}: {detail}")]
-    Environment { name: String, detail: String },
+    Environment {
+        name: String,
+        detail: String,
+        remedy: Option<Remedy>,
+    },
 
     #[error("{context}")]
     Io {
@@ -44,6 +109,68 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound { .. } | Error::UnknownEnvironment(_) => ErrorKind::NotFound,
+            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::InvalidArgument(_) | Error::Unsupported(_) => ErrorKind::InvalidArgument,
+            Error::GuestUnavailable { .. }
+            | Error::Capacity(_)
+            | Error::Boot(_)
+            | Error::VmLost(_) => ErrorKind::Unavailable,
+            Error::Guest(_) => ErrorKind::Guest,
+            Error::Tool { .. } | Error::Environment { .. } | Error::Io { .. } => {
+                ErrorKind::Internal
+            }
+        }
+    }
+
+    pub fn remedy(&self) -> Option<Remedy> {
+        match self {
+            Error::NotFound {
+                what: "workspace", ..
+            } => Some(Remedy::ListWorkspaces),
+            Error::UnknownEnvironment(_) => Some(Remedy::ListEnvironments),
+            Error::Conflict { remedy, .. } | Error::Environment { remedy, .. } => remedy.clone(),
+            Error::GuestUnavailable {
+                host_compat: true, ..
+            } => Some(Remedy::AllowHostCompat),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn not_found(what: &'static str, id: impl Into<String>) -> Error {
+        Error::NotFound {
+            what,
+            id: id.into(),
+        }
+    }
+
+    pub(crate) fn conflict(message: impl Into<String>) -> Error {
+        Error::Conflict {
+            message: message.into(),
+            remedy: None,
+        }
+    }
+
+    pub(crate) fn conflict_with(message: impl Into<String>, remedy: Remedy) -> Error {
+        Error::Conflict {
+            message: message.into(),
+            remedy: Some(remedy),
+        }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Error {
+        Error::InvalidArgument(message.into())
+    }
+
+    /// An agent reply that does not answer the request.
+    pub(crate) fn unexpected(reply: &impl std::fmt::Debug) -> Error {
+        Error::Guest(format!("unexpected reply {reply:?}"))
+    }
+}
 
 /// Attaches what was being done to an I/O error.
 pub(crate) trait IoContext<T> {
@@ -56,5 +183,25 @@ impl<T> IoContext<T> for io::Result<T> {
             context: context(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_remedies() {
+        let e = Error::not_found("workspace", "ab12");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert_eq!(e.remedy(), Some(Remedy::ListWorkspaces));
+        assert_eq!(e.to_string(), "no workspace \"ab12\"");
+        let e = Error::conflict_with("x exists", Remedy::Overwrite);
+        assert_eq!(
+            (e.kind(), e.remedy()),
+            (ErrorKind::Conflict, Some(Remedy::Overwrite))
+        );
+        assert_eq!(Error::invalid("bad").kind(), ErrorKind::InvalidArgument);
+        assert_eq!(Error::VmLost("gone".into()).kind(), ErrorKind::Unavailable);
     }
 }

@@ -1,14 +1,15 @@
-//! The host: facts read from it and the tools run on it. Every external
-//! program pyro starts, other than QEMU and the supervisor (see `vm`), is
-//! started through [`tool`], so failures read the same everywhere.
+//! The host: facts read from it and the tools run on it, and every
+//! `unsafe` call of the library (each with its `SAFETY:` note). Every
+//! external program pyro runs to completion goes through [`tool`], so
+//! failures read the same everywhere; the long-lived ones (QEMU, passt,
+//! the supervisor) are started by `vmm::boot` and `vmm::launch` with
+//! [`die_with_parent`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -75,72 +76,6 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Which accelerator QEMU should use, and why.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Serialize)]
-pub struct AccelChoice {
-    pub accel: Accel,
-    pub reason: String,
-    pub kvm_device: bool,
-    pub kvm_writable: bool,
-    pub cpu_virtualization_flag: bool,
-}
-
-/// KVM only when `/dev/kvm` opens read-write *and* the CPU advertises
-/// hardware virtualization (`vmx`/`svm`); nested paravirtual KVM without
-/// those flags boots stock kernels too slowly to use. `PYRO_ACCEL` overrides.
-pub fn choose_accel() -> AccelChoice {
-    let kvm_device = Path::new("/dev/kvm").exists();
-    let kvm_writable = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flag = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    let mk = |accel, reason: String| AccelChoice {
-        accel,
-        reason,
-        kvm_device,
-        kvm_writable,
-        cpu_virtualization_flag: flag,
-    };
-    match std::env::var("PYRO_ACCEL").ok().as_deref() {
-        Some("kvm") => return mk(Accel::Kvm, "PYRO_ACCEL=kvm".into()),
-        Some("tcg") => return mk(Accel::Tcg, "PYRO_ACCEL=tcg".into()),
-        _ => {}
-    }
-    if kvm_writable && flag {
-        mk(
-            Accel::Kvm,
-            "/dev/kvm is usable and the CPU has hardware virtualization".into(),
-        )
-    } else if !kvm_device {
-        mk(Accel::Tcg, "/dev/kvm does not exist".into())
-    } else if !kvm_writable {
-        mk(
-            Accel::Tcg,
-            "/dev/kvm is not readable and writable by this user".into(),
-        )
-    } else {
-        mk(
-            Accel::Tcg,
-            "/dev/kvm exists but the CPU has no vmx/svm flag (nested paravirtual KVM is too slow for stock kernels)".into(),
-        )
-    }
-}
-
 /// The host's TSC frequency in kHz, for `tsc_early_khz=` under TCG: microvm
 /// has no HPET or PM timer, and early TSC calibration otherwise hangs a few
 /// percent of boots.
@@ -155,21 +90,6 @@ pub fn tsc_khz() -> Option<u64> {
         .parse()
         .ok()?;
     Some((mhz * 1000.0) as u64)
-}
-
-pub const QEMU: &str = "qemu-system-x86_64";
-
-/// `qemu-system-x86_64 --version`, first line.
-pub fn qemu_version() -> Option<String> {
-    let out = Command::new(QEMU)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .map(str::to_owned)
 }
 
 pub fn is_root() -> bool {
@@ -202,9 +122,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         fs::rename(&tmp, path)
     };
     write()
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
-            e
         })
         .ctx(|| format!("write {}", path.display()))
 }
@@ -218,10 +137,10 @@ pub fn produce_file(
     make: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     if fs::symlink_metadata(output).is_ok() && !force {
-        return Err(Error::InvalidArgument(format!(
-            "{} already exists; pass --force to overwrite it",
-            output.display()
-        )));
+        return Err(Error::conflict_with(
+            format!("{} already exists", output.display()),
+            crate::error::Remedy::Overwrite,
+        ));
     }
     let tmp = output.with_file_name(format!(
         ".{}.partial-{}",
@@ -317,7 +236,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Has the child of `cmd` receive `signal` when its parent dies.
-fn die_with_parent(cmd: &mut Command, signal: i32) {
+pub(crate) fn die_with_parent(cmd: &mut Command, signal: i32) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure only calls prctl, which is async-signal-safe.
     unsafe {
@@ -406,100 +325,6 @@ pub fn disk_usage(path: &Path) -> u64 {
     total
 }
 
-/// Starts QEMU for `spec`, as a child that dies with its parent (the
-/// supervisor), with its stderr in `log`.
-pub fn spawn_qemu(spec: &crate::qemu::VmSpec, log: &Path) -> Result<std::process::Child> {
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .ctx(|| format!("open {}", log.display()))?;
-    // A snapshot to restore is QEMU's standard input (`-incoming fd:0`).
-    let stdin = match &spec.snapshot {
-        Some(state) => {
-            Stdio::from(fs::File::open(state).ctx(|| format!("open {}", state.display()))?)
-        }
-        None => Stdio::null(),
-    };
-    let mut cmd = Command::new(QEMU);
-    cmd.args(crate::qemu::args(spec))
-        .stdin(stdin)
-        .stdout(log.try_clone().ctx(|| "dup log".into())?)
-        .stderr(log);
-    die_with_parent(&mut cmd, libc::SIGKILL);
-    cmd.spawn().map_err(|e| Error::Tool {
-        tool: QEMU.into(),
-        detail: if e.kind() == io::ErrorKind::NotFound {
-            "QEMU is not installed (run scripts/setup.sh, or apt-get install qemu-system-x86)"
-                .into()
-        } else {
-            e.to_string()
-        },
-    })
-}
-
-/// Starts passt, the user-mode network for one VM: the guest gets
-/// `qemu::net`'s address behind its gateway, DNS queries to its DNS address
-/// go to the host's resolver, and `--no-map-gw` keeps the host's own loopback out of
-/// the guest's reach. It serves one QEMU and exits when that one goes.
-pub fn spawn_passt(socket: &Path, log: &Path) -> Result<std::process::Child> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = socket.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).ctx(|| "chmod net dir".into())?;
-    if is_root() {
-        // passt drops root for `nobody`, who must be able to create the
-        // socket; the directory is this VM's alone.
-        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c` is a NUL-terminated path that outlives the call.
-        if unsafe { libc::chown(c.as_ptr(), 65534, 65534) } != 0 {
-            return Err(io::Error::last_os_error()).ctx(|| format!("chown {}", dir.display()));
-        }
-    }
-    let _ = fs::remove_file(socket);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .ctx(|| format!("open {}", log.display()))?;
-    let mut cmd = Command::new(which("passt").unwrap_or_else(|| PathBuf::from("passt")));
-    use crate::qemu::net;
-    cmd.args(["-f", "-q", "-1", "--no-map-gw", "-a", net::ADDRESS, "-n"])
-        .arg(net::PREFIX.to_string())
-        .args(["-g", net::GATEWAY, "--dns-forward", net::DNS, "-s"])
-        .arg(socket)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().ctx(|| "dup log".into())?)
-        .stderr(log);
-    die_with_parent(&mut cmd, libc::SIGKILL);
-    let child = cmd.spawn().map_err(|e| Error::Tool {
-        tool: "passt".into(),
-        detail: if e.kind() == io::ErrorKind::NotFound {
-            "passt is not installed (run scripts/setup.sh, or apt-get install passt)".into()
-        } else {
-            e.to_string()
-        },
-    })?;
-    for _ in 0..500 {
-        if socket.exists() {
-            return Ok(child);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(4));
-    }
-    Err(Error::Tool {
-        tool: "passt".into(),
-        detail: "its socket never appeared".into(),
-    })
-}
-
-/// Where a VM's network socket lives: outside `$PYRO_HOME`, whose parents
-/// (a home directory) the unprivileged passt may not traverse.
-pub fn network_socket(vm_id: &str) -> PathBuf {
-    std::env::temp_dir()
-        .join(format!("pyro-net-{vm_id}"))
-        .join("passt.sock")
-}
-
 /// Detaches the calling process from its parent: fork, the parent exits at
 /// once (so whoever spawned us can reap it), the child starts a new session.
 /// Must be called before any thread is started.
@@ -524,6 +349,18 @@ pub fn stdout_to_null() {
         // SAFETY: dup2 between two fds this process owns.
         unsafe { libc::dup2(null.as_raw_fd(), 1) };
     }
+}
+
+/// Gives `path` to `uid:gid` (without following a final symlink).
+pub fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        .ctx(|| format!("chown {}", path.display()))?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    if unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
+        return Err(io::Error::last_os_error()).ctx(|| format!("chown {}", path.display()));
+    }
+    Ok(())
 }
 
 pub fn signal(pid: i32, sig: i32) {

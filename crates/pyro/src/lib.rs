@@ -2,80 +2,74 @@
 //!
 //! [`Pyro`] is the façade: every front end (the `pyro` CLI, the MCP server,
 //! Rust programs) makes one call on it per operation, with plain data in and
-//! out. Behind it:
+//! out. It keeps no state between calls: directories on disk are the truth,
+//! so separate processes see the same VMs and workspaces.
 //!
-//! - `assets`: the guest kernel, its modules and the initramfs with the
-//!   agent embedded in this crate;
-//! - `environments`: the catalog and the root filesystem images;
-//! - `qemu`: the QEMU command line, a pure function of a spec; `qmp`: the
-//!   client for QEMU's machine protocol;
-//! - `vm` and `supervisor`: one detached supervisor process per VM, owning
-//!   QEMU and the agent connection, serving a control socket;
-//! - `client`: the control-socket client;
-//! - `templates`: saved guests to restore instead of booting (fast start);
-//! - `run`: one-shot runs; `vms`: VMs with a create/start/exec/stop/delete
-//!   lifecycle; `doctor`: host diagnosis;
-//! - `host`: every fact read from, and tool run on, the host.
+//! Behind it, from the top down (a module imports only from below it; a
+//! test keeps the graph free of cycles):
 //!
-//! The façade keeps no state between calls: VM directories on disk are the
-//! truth, so separate processes see the same VMs.
+//! - `run` (one-shot runs), `vms` (VMs with a create/start/exec/stop/delete
+//!   lifecycle), `workspace` (persistent workspaces: lifecycle, exec and
+//!   history, files, checkpoints, diff and patch, offline disk reads,
+//!   services, shells, secrets), `doctor` (host diagnosis);
+//! - `vmm`: the VM machinery — QEMU's command line, a VM's directory and
+//!   records, boot and restore, the per-VM supervisor and its client,
+//!   fast-start templates, admission;
+//! - `assets` (guest kernel, modules and the initramfs with the agent
+//!   embedded in this crate) and `environments` (the catalog and its root
+//!   filesystem images);
+//! - `contract` (the typed [`Command`], [`ExecutionMode`], every
+//!   parameter's [`defaults`], shared limits), `error` (errors with a
+//!   [`ErrorKind`] and a [`Remedy`] for front ends to word), `paths`,
+//!   `progress`, and `host` (facts read from the host, tools run on it, and
+//!   every `unsafe` call).
 
-mod archive;
 mod assets;
-mod changes;
-mod client;
-mod disk;
+mod contract;
 mod doctor;
 mod environments;
 mod error;
 mod host;
 mod paths;
 mod progress;
-mod qemu;
-mod qmp;
 mod run;
-mod secrets;
-mod services;
-mod shells;
-mod supervisor;
-mod templates;
-mod vm;
+mod vmm;
 mod vms;
 mod workspace;
 
+#[cfg(test)]
+mod golden;
+
 use std::path::{Path, PathBuf};
 
-pub use changes::{
-    ChangeStatus, DiffEntry, DiffResult, DiffSummary, PatchEntry, PatchResult, PatchSummary,
-};
-pub use client::OutputSink;
-pub use disk::{DiskExport, DiskList, DiskRead};
+pub use contract::{defaults, Command, ExecutionMode, BASELINE};
 pub use doctor::DoctorReport;
 pub use environments::{
     CatalogEntry, EnvironmentManifest, ExportReport, PruneReport, Pruned, CATALOG, CATALOG_VERSION,
 };
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Remedy, Result};
 pub use paths::Paths;
 pub use progress::{Progress, Silent};
-pub use run::{command_from_args, Cleanup, ExecutionMode, RunParams, RunResult, RunTimings};
-pub use secrets::{SecretInfo, SecretInput};
-pub use services::{
-    PortBinding, PublishedPort, ReadinessCheck, ServiceInfo, ServiceList, ServiceLogs, StartService,
-};
-pub use shells::{OpenShell, ReadShell, ShellInfo};
-pub use vms::{CreateVm, Reaped, VmDeleted, VmInfo, VmNetworkInfo};
+pub use pyro_protocol::{ServiceStatus, ServiceStopReason, ShellStatus};
+pub use run::{Cleanup, CleanupReason, RunParams, RunResult, RunTimings};
+pub use vmm::client::{Discard, OutputSink};
+pub use vmm::control::PortBinding;
+pub use vms::{CreateVm, Reaped, VmDeleted, VmInfo, VmNetworkInfo, VmState};
 pub use workspace::{
-    ArtifactType, CommandEntry, CreateWorkspace, Deleted, ExportResult, FileEntry, FileListResult,
-    FileReadResult, FileWriteResult, ResetResult, SnapshotInfo, SnapshotList, State, SyncResult,
-    UpdateWorkspace, WorkspaceExec, WorkspaceInfo, WorkspaceList, WorkspaceLogs,
+    ArtifactType, ChangeStatus, CommandEntry, CreateWorkspace, Deleted, DiffEntry, DiffResult,
+    DiffSummary, DiskExport, DiskList, DiskRead, ExportResult, FileEntry, FileListResult,
+    FileReadResult, FileWriteResult, LastCommand, NetworkPolicy, OpenShell, PatchEntry,
+    PatchResult, PatchSummary, PublishedPort, ReadShell, ReadinessCheck, ResetInfo, ResetResult,
+    SecretInfo, SecretInput, SecretSource, ServiceInfo, ServiceList, ServiceLogs, ShellInfo,
+    SnapshotInfo, SnapshotKind, SnapshotList, SourceMode, StartService, State, StopReason,
+    SyncInfo, SyncResult, UpdateWorkspace, WorkspaceExec, WorkspaceInfo, WorkspaceList,
+    WorkspaceLogs, WorkspaceSeed, MAX_FILE_BYTES,
 };
 
 /// The entry point of the library.
 #[derive(Debug, Clone)]
 pub struct Pyro {
-    paths: Paths,
-    /// The `pyro` binary, started in its hidden supervisor mode for each VM.
-    program: PathBuf,
+    ctx: paths::Context,
 }
 
 /// An environment as `env list`/`pull`/`inspect` show it.
@@ -102,24 +96,26 @@ impl Pyro {
             .or_else(|| std::env::current_exe().ok())
             .unwrap_or_else(|| PathBuf::from("pyro"));
         Pyro {
-            paths: Paths::from_env(),
-            program,
+            ctx: paths::Context {
+                paths: Paths::from_env(),
+                program,
+            },
         }
     }
 
     pub fn with_paths(mut self, paths: Paths) -> Pyro {
-        self.paths = paths;
+        self.ctx.paths = paths;
         self
     }
 
     /// The `pyro` binary to start as each VM's supervisor.
     pub fn with_program(mut self, program: impl Into<PathBuf>) -> Pyro {
-        self.program = program.into();
+        self.ctx.program = program.into();
         self
     }
 
     pub fn paths(&self) -> &Paths {
-        &self.paths
+        &self.ctx.paths
     }
 
     /// Boots a VM, runs one command in it, deletes the VM. The command's
@@ -131,18 +127,18 @@ impl Pyro {
         progress: &dyn Progress,
         output: &mut dyn OutputSink,
     ) -> Result<RunResult> {
-        run::run_in_vm(self, params, progress, output)
+        run::run_in_vm(&self.ctx, params, progress, output)
     }
 
     /// Creates a VM without booting it; it is deleted once `ttl_seconds`
     /// have passed since creation.
     pub fn create_vm(&self, params: &CreateVm, progress: &dyn Progress) -> Result<VmInfo> {
-        vms::create(self, params, progress)
+        vms::create(&self.ctx, params, progress)
     }
 
     /// Boots a created or stopped VM (a started one is left as it is).
     pub fn start_vm(&self, id: &str, progress: &dyn Progress) -> Result<VmInfo> {
-        vms::start(self, id, progress)
+        vms::start(&self.ctx, id, progress)
     }
 
     /// Runs one command in the VM, starting it if needed, then deletes the
@@ -150,38 +146,38 @@ impl Pyro {
     pub fn exec_vm(
         &self,
         id: &str,
-        command: &[String],
+        command: &Command,
         timeout_seconds: u64,
         progress: &dyn Progress,
         output: &mut dyn OutputSink,
     ) -> Result<RunResult> {
-        vms::exec(self, id, command, timeout_seconds, progress, output)
+        vms::exec(&self.ctx, id, command, timeout_seconds, progress, output)
     }
 
     /// Stops the VM gracefully, keeping its disk.
     pub fn stop_vm(&self, id: &str) -> Result<VmInfo> {
-        vms::stop(self, id)
+        vms::stop(&self.ctx, id)
     }
 
     pub fn delete_vm(&self, id: &str) -> Result<VmDeleted> {
-        vms::delete(self, id)
+        vms::delete(&self.ctx, id)
     }
 
     pub fn status_vm(&self, id: &str) -> Result<VmInfo> {
-        vms::status(self, id)
+        vms::status(&self.ctx, id)
     }
 
     pub fn network_info_vm(&self, id: &str) -> Result<VmNetworkInfo> {
-        vms::network_info(self, id)
+        vms::network_info(&self.ctx, id)
     }
 
     /// Deletes every VM past its TTL.
     pub fn reap_expired(&self) -> Reaped {
-        vms::reap_expired(self)
+        vms::reap_expired(&self.ctx)
     }
 
     pub fn doctor(&self) -> DoctorReport {
-        doctor::doctor(self)
+        doctor::doctor(&self.ctx.paths)
     }
 
     pub fn list_environments(&self) -> Vec<EnvironmentInfo> {
@@ -196,15 +192,17 @@ impl Pyro {
     /// Debian packages if it is not installed yet.
     pub fn pull_environment(&self, name: &str, progress: &dyn Progress) -> Result<EnvironmentInfo> {
         let entry = environments::lookup(name)?;
-        assets::ensure(&self.paths, progress)?;
-        environments::ensure(&self.paths, entry, true, progress)?;
+        assets::ensure(&self.ctx.paths, progress)?;
+        environments::ensure(&self.ctx.paths, entry, true, progress)?;
         Ok(self.info(entry))
     }
 
     /// Removes partial builds, incomplete installs and directories that
     /// belong to no catalog entry from the environment cache.
     pub fn prune_environments(&self) -> Result<PruneReport> {
-        environments::prune(&self.paths)
+        let mut report = environments::prune(&self.ctx.paths)?;
+        vmm::templates::prune(&self.ctx.paths, &mut report)?;
+        Ok(report)
     }
 
     /// Writes an installed environment and the guest kernel to one archive.
@@ -214,7 +212,7 @@ impl Pyro {
         output: &Path,
         force: bool,
     ) -> Result<ExportReport> {
-        environments::export(&self.paths, environments::lookup(name)?, output, force)
+        environments::export(&self.ctx.paths, environments::lookup(name)?, output, force)
     }
 
     /// Installs an environment from an archive made by `export_environment`.
@@ -223,12 +221,12 @@ impl Pyro {
         archive: &Path,
         progress: &dyn Progress,
     ) -> Result<EnvironmentInfo> {
-        let entry = environments::import(&self.paths, archive, progress)?;
+        let entry = environments::import(&self.ctx.paths, archive, progress)?;
         Ok(self.info(entry))
     }
 
     fn info(&self, e: &CatalogEntry) -> EnvironmentInfo {
-        let installed = environments::installed(&self.paths, e);
+        let installed = environments::installed(&self.ctx.paths, e);
         EnvironmentInfo {
             name: e.name.into(),
             version: e.version.into(),
@@ -236,7 +234,7 @@ impl Pyro {
             distribution: e.distribution.into(),
             default_packages: e.packages.iter().map(|s| s.to_string()).collect(),
             installed: installed.is_some(),
-            install_dir: environments::install_dir(&self.paths, e)
+            install_dir: environments::install_dir(&self.ctx.paths, e)
                 .display()
                 .to_string(),
             manifest: installed.map(|i| i.manifest),
@@ -254,30 +252,30 @@ impl Pyro {
         params: &CreateWorkspace,
         progress: &dyn Progress,
     ) -> Result<WorkspaceInfo> {
-        workspace::create(self, params, progress)
+        workspace::lifecycle::create(&self.ctx, params, progress)
     }
     pub fn list_workspaces(&self) -> Result<WorkspaceList> {
-        workspace::list(self)
+        workspace::lifecycle::list(&self.ctx)
     }
     pub fn status_workspace(&self, id: &str) -> Result<WorkspaceInfo> {
-        workspace::status(self, id)
+        workspace::lifecycle::status(&self.ctx, id)
     }
     pub fn update_workspace(&self, id: &str, update: &UpdateWorkspace) -> Result<WorkspaceInfo> {
-        workspace::update(self, id, update)
+        workspace::lifecycle::update(&self.ctx, id, update)
     }
     pub fn logs_workspace(&self, id: &str) -> Result<WorkspaceLogs> {
-        workspace::logs(self, id)
+        workspace::exec::logs(&self.ctx, id)
     }
     /// Stops the VM; disk, baseline and checkpoints stay.
     pub fn stop_workspace(&self, id: &str) -> Result<WorkspaceInfo> {
-        workspace::stop(self, id)
+        workspace::lifecycle::stop(&self.ctx, id)
     }
     pub fn start_workspace(&self, id: &str, progress: &dyn Progress) -> Result<WorkspaceInfo> {
-        workspace::start(self, id, progress)
+        workspace::lifecycle::start(&self.ctx, id, progress)
     }
     /// Removes the workspace and everything it holds.
     pub fn delete_workspace(&self, id: &str) -> Result<Deleted> {
-        workspace::delete(self, id)
+        workspace::lifecycle::delete(&self.ctx, id)
     }
     /// Runs a command in `/workspace`, streaming its output (with secret
     /// values redacted) into `output`.
@@ -287,10 +285,10 @@ impl Pyro {
         params: &WorkspaceExec,
         output: &mut dyn OutputSink,
     ) -> Result<CommandEntry> {
-        workspace::exec(self, id, params, output)
+        workspace::exec::exec(&self.ctx, id, params, output)
     }
     pub fn push_workspace_sync(&self, id: &str, source: &Path, dest: &str) -> Result<SyncResult> {
-        workspace::sync_push(self, id, source, dest)
+        workspace::files::sync_push(&self.ctx, id, source, dest)
     }
     pub fn export_workspace(
         &self,
@@ -299,7 +297,7 @@ impl Pyro {
         output: &Path,
         force: bool,
     ) -> Result<ExportResult> {
-        workspace::export(self, id, path, output, force)
+        workspace::files::export(&self.ctx, id, path, output, force)
     }
     pub fn list_workspace_files(
         &self,
@@ -307,7 +305,7 @@ impl Pyro {
         path: &str,
         recursive: bool,
     ) -> Result<FileListResult> {
-        workspace::file_list(self, id, path, recursive)
+        workspace::files::file_list(&self.ctx, id, path, recursive)
     }
     pub fn read_workspace_file(
         &self,
@@ -315,7 +313,7 @@ impl Pyro {
         path: &str,
         max_bytes: u64,
     ) -> Result<FileReadResult> {
-        workspace::file_read(self, id, path, max_bytes)
+        workspace::files::file_read(&self.ctx, id, path, max_bytes)
     }
     pub fn write_workspace_file(
         &self,
@@ -323,16 +321,16 @@ impl Pyro {
         path: &str,
         text: &str,
     ) -> Result<FileWriteResult> {
-        workspace::file_write(self, id, path, text)
+        workspace::files::file_write(&self.ctx, id, path, text)
     }
     /// Compares live `/workspace` with the create-time baseline.
     pub fn diff_workspace(&self, id: &str) -> Result<DiffResult> {
-        changes::diff(self, id)
+        workspace::changes::diff(&self.ctx, id)
     }
     /// Applies a unified or git diff; every file is checked first, and
     /// nothing changes unless all of it applies.
     pub fn apply_workspace_patch(&self, id: &str, patch: &str) -> Result<PatchResult> {
-        changes::apply(self, id, patch)
+        workspace::changes::apply(&self.ctx, id, patch)
     }
     /// Writes a stopped workspace's disk as a raw ext4 image.
     pub fn export_workspace_disk(
@@ -341,23 +339,23 @@ impl Pyro {
         output: &Path,
         force: bool,
     ) -> Result<DiskExport> {
-        disk::export(self, id, output, force)
+        workspace::disk::export(&self.ctx, id, output, force)
     }
     /// Lists files on a stopped workspace's disk, without booting it.
     pub fn list_workspace_disk(&self, id: &str, path: &str, recursive: bool) -> Result<DiskList> {
-        disk::list(self, id, path, recursive)
+        workspace::disk::list(&self.ctx, id, path, recursive)
     }
     /// Reads a file from a stopped workspace's disk, without booting it.
     pub fn read_workspace_disk(&self, id: &str, path: &str, max_bytes: u64) -> Result<DiskRead> {
-        disk::read(self, id, path, max_bytes)
+        workspace::disk::read(&self.ctx, id, path, max_bytes)
     }
     /// Opens an interactive shell (a PTY in the guest) in a running workspace.
     pub fn open_shell(&self, id: &str, params: &OpenShell) -> Result<ShellInfo> {
-        shells::open(self, id, params)
+        workspace::shells::open(&self.ctx, id, params)
     }
     /// Reads a shell's output from a cursor.
     pub fn read_shell(&self, id: &str, shell_id: &str, params: &ReadShell) -> Result<ShellInfo> {
-        shells::read(self, id, shell_id, params)
+        workspace::shells::read(&self.ctx, id, shell_id, params)
     }
     /// Types into a shell; a newline is added unless `append_newline` is false.
     pub fn write_shell(
@@ -367,14 +365,14 @@ impl Pyro {
         input: &str,
         append_newline: bool,
     ) -> Result<ShellInfo> {
-        shells::write(self, id, shell_id, input, append_newline)
+        workspace::shells::write(&self.ctx, id, shell_id, input, append_newline)
     }
     /// Sends INT, TERM, HUP or KILL to what runs in the shell's foreground.
     pub fn signal_shell(&self, id: &str, shell_id: &str, signal: &str) -> Result<ShellInfo> {
-        shells::signal(self, id, shell_id, signal)
+        workspace::shells::signal(&self.ctx, id, shell_id, signal)
     }
     pub fn close_shell(&self, id: &str, shell_id: &str) -> Result<ShellInfo> {
-        shells::close(self, id, shell_id)
+        workspace::shells::close(&self.ctx, id, shell_id)
     }
     /// Starts a long-running service and waits until it is ready (or
     /// failed: exited early, or not ready in time).
@@ -384,13 +382,13 @@ impl Pyro {
         name: &str,
         params: &StartService,
     ) -> Result<ServiceInfo> {
-        services::start(self, id, name, params)
+        workspace::services::start(&self.ctx, id, name, params)
     }
     pub fn list_services(&self, id: &str) -> Result<ServiceList> {
-        services::list(self, id)
+        workspace::services::list(&self.ctx, id)
     }
     pub fn status_service(&self, id: &str, name: &str) -> Result<ServiceInfo> {
-        services::status(self, id, name)
+        workspace::services::status(&self.ctx, id, name)
     }
     /// The last `tail_lines` lines of stdout and stderr (`None`: all kept).
     pub fn logs_service(
@@ -399,20 +397,20 @@ impl Pyro {
         name: &str,
         tail_lines: Option<u64>,
     ) -> Result<ServiceLogs> {
-        services::logs(self, id, name, tail_lines)
+        workspace::services::logs(&self.ctx, id, name, tail_lines)
     }
     /// SIGTERM, then SIGKILL after 5 s, to every process of the service.
     pub fn stop_service(&self, id: &str, name: &str) -> Result<ServiceInfo> {
-        services::stop(self, id, name)
+        workspace::services::stop(&self.ctx, id, name)
     }
     pub fn create_snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo> {
-        workspace::snapshot_create(self, id, name)
+        workspace::snapshots::create(&self.ctx, id, name)
     }
     pub fn list_snapshots(&self, id: &str) -> Result<SnapshotList> {
-        workspace::snapshot_list(self, id)
+        workspace::snapshots::list(&self.ctx, id)
     }
     pub fn delete_snapshot(&self, id: &str, name: &str) -> Result<Deleted> {
-        workspace::snapshot_delete(self, id, name)
+        workspace::snapshots::delete(&self.ctx, id, name)
     }
     /// Rolls the whole disk back to `snapshot` (`baseline` by default).
     pub fn reset_workspace(
@@ -421,7 +419,7 @@ impl Pyro {
         snapshot: &str,
         progress: &dyn Progress,
     ) -> Result<ResetResult> {
-        workspace::reset(self, id, snapshot, progress)
+        workspace::snapshots::reset(&self.ctx, id, snapshot, progress)
     }
 }
 
@@ -439,5 +437,5 @@ pub fn random_token() -> String {
 /// The hidden supervisor mode of the `pyro` binary: `pyro __supervise DIR`.
 /// Never returns.
 pub fn supervise(dir: &Path) -> ! {
-    supervisor::main(dir)
+    vmm::supervisor::main(dir)
 }

@@ -52,7 +52,23 @@ impl Paths {
         }
     }
 
+    /// One-shot runs and lifecycle VMs, a directory each.
     pub fn vms(&self) -> PathBuf {
         self.home.join("vms")
     }
+
+    /// Workspaces, a directory each.
+    pub fn workspaces(&self) -> PathBuf {
+        self.home.join("workspaces")
+    }
+}
+
+/// What every operation needs to know of its surroundings: where things
+/// are kept, and which program to start as each VM's supervisor. The
+/// façade holds one; operations take it instead of the façade itself.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub paths: Paths,
+    /// The `pyro` binary, started in its hidden supervisor mode per VM.
+    pub program: PathBuf,
 }

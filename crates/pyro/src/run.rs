@@ -1,26 +1,27 @@
-//! One-shot runs: boot a VM, run one command, stream its output, delete the
-//! VM, return the exit code.
+//! One-shot runs: start a VM (restoring a template when there is one), run
+//! one command, stream its output, delete the VM, return the exit code.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use pyro_protocol::{Command, ExecRequest};
+use pyro_protocol::{ExecRequest, ExitStatus, WORKSPACE_ROOT};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Capture, OutputSink, VmClient};
+use crate::contract::{defaults, validate_resources, validate_timeout, Command, ExecutionMode};
 use crate::error::{Error, Result};
+use crate::paths::Context;
 use crate::progress::Progress;
-use crate::vm::{self, VmDir};
-use crate::{assets, environments, host, qemu, templates, Pyro};
+use crate::vmm::client::{Capture, OutputSink, VmClient};
+use crate::vmm::dir::{self, Shape, VmDir};
+use crate::vmm::{admission, launch, templates};
+use crate::{assets, environments, host};
 
-/// Parameters of [`Pyro::run_in_vm`]; defaults match the CLI's.
+/// Parameters of [`Pyro::run_in_vm`](crate::Pyro::run_in_vm).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunParams {
     pub environment: String,
-    /// One element: a shell command string for `/bin/sh -lc`. Several: an
-    /// argv, run as is.
-    pub command: Vec<String>,
+    pub command: Command,
     pub vcpu_count: u32,
     pub mem_mib: u32,
     pub timeout_seconds: u64,
@@ -30,36 +31,37 @@ pub struct RunParams {
 }
 
 impl RunParams {
-    pub fn new(environment: impl Into<String>, command: Vec<String>) -> RunParams {
+    pub fn new(environment: impl Into<String>, command: Command) -> RunParams {
         RunParams {
             environment: environment.into(),
             command,
-            vcpu_count: 1,
-            mem_mib: 1024,
-            timeout_seconds: 30,
-            ttl_seconds: 600,
+            vcpu_count: defaults::vcpu_count(),
+            mem_mib: defaults::mem_mib(),
+            timeout_seconds: defaults::timeout_seconds(),
+            ttl_seconds: defaults::ttl_seconds(),
             network: false,
             allow_host_compat: false,
         }
     }
 }
 
-/// How a command was executed.
+/// Why a run's VM was deleted.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ExecutionMode {
-    /// In the guest, through the agent on its virtio-serial port.
-    GuestVirtioSerial,
-    /// On the host, without isolation (`--allow-host-compat`).
-    HostCompat,
+pub enum CleanupReason {
+    /// The command ended and the VM was deleted.
+    PostExecCleanup,
+    /// The VM failed mid-run and was destroyed.
+    RunVmErrorCleanup,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cleanup {
     pub deleted: bool,
-    pub reason: String,
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub reason: CleanupReason,
 }
 
 /// The outcome of a one-shot run; also its `--json` form.
@@ -78,6 +80,33 @@ pub struct RunResult {
     pub stdout: String,
     pub stderr: String,
     pub cleanup: Cleanup,
+}
+
+impl RunResult {
+    /// The result of a command that ran in the guest of VM `vm_id`.
+    pub(crate) fn guest(
+        environment: &str,
+        vm_id: &str,
+        status: ExitStatus,
+        capture: Capture<'_>,
+        started: Instant,
+        timings: RunTimings,
+        cleanup: Cleanup,
+    ) -> RunResult {
+        RunResult {
+            environment: environment.into(),
+            vm_id: vm_id.into(),
+            execution_mode: ExecutionMode::GuestVirtioSerial,
+            exit_code: status.exit_code,
+            signal: status.signal,
+            timed_out: status.timed_out,
+            duration_ms: started.elapsed().as_millis() as u64,
+            timings,
+            stdout: String::from_utf8_lossy(&capture.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&capture.stderr).into_owned(),
+            cleanup,
+        }
+    }
 }
 
 /// Where a run's time went, in milliseconds.
@@ -100,90 +129,72 @@ pub struct RunTimings {
     pub cleanup_ms: u64,
 }
 
-/// Turns the words after `--` into a command, by the one rule: exactly one
-/// word is a shell command string, several are an argv.
-pub fn command_from_args(args: &[String]) -> Result<Command> {
-    match args {
-        [] => Err(Error::InvalidArgument(
-            "command is required after --".into(),
-        )),
-        [one] if one.trim().is_empty() => Err(Error::InvalidArgument(
-            "command is required after --".into(),
-        )),
-        [one] => Ok(Command::Shell(one.clone())),
-        many => Ok(Command::Argv(many.to_vec())),
-    }
-}
-
-/// The limits every VM's resources share (runs and workspaces).
-pub(crate) fn validate_resources(vcpu_count: u32, mem_mib: u32, ttl_seconds: u64) -> Result<()> {
-    let bad = |m: String| Err(Error::InvalidArgument(m));
-    if !(1..=8).contains(&vcpu_count) {
-        return bad(format!("vcpu_count must be 1 to 8, not {vcpu_count}"));
-    }
-    if !(256..=32768).contains(&mem_mib) {
-        return bad(format!("mem_mib must be 256 to 32768, not {mem_mib}"));
-    }
-    if !(1..=86_400).contains(&ttl_seconds) {
-        return bad(format!("ttl_seconds must be 1 to 86400, not {ttl_seconds}"));
-    }
-    Ok(())
-}
-
 pub(crate) fn validate(p: &RunParams) -> Result<()> {
     validate_resources(p.vcpu_count, p.mem_mib, p.ttl_seconds)?;
-    if p.timeout_seconds == 0 {
-        return Err(Error::InvalidArgument(
-            "timeout_seconds must be at least 1".into(),
-        ));
-    }
-    Ok(())
+    validate_timeout(p.timeout_seconds)?;
+    p.command.validate()
+}
+
+/// Runs `command` in `/workspace` of the VM `client` is attached to, with
+/// the output captured (and streamed to `capture`'s sink).
+pub(crate) fn exec_once(
+    client: &mut VmClient,
+    command: &Command,
+    timeout_seconds: u64,
+    capture: &mut Capture<'_>,
+) -> Result<ExitStatus> {
+    client.exec(
+        ExecRequest {
+            command: command.clone().into(),
+            env: BTreeMap::new(),
+            cwd: Some(WORKSPACE_ROOT.into()),
+            timeout_ms: Some(timeout_seconds * 1000),
+            // The disk is thrown away after the command.
+            sync_after: false,
+        },
+        capture,
+    )
 }
 
 pub(crate) fn run_in_vm(
-    pyro: &Pyro,
+    ctx: &Context,
     p: &RunParams,
     progress: &dyn Progress,
     sink: &mut dyn OutputSink,
 ) -> Result<RunResult> {
     validate(p)?;
-    let command = command_from_args(&p.command)?;
     let entry = environments::lookup(&p.environment)?;
     let started = Instant::now();
     progress.phase(
         "run",
         &format!("phase=create environment={}", p.environment),
     );
-    let assets = match assets::ensure(&pyro.paths, progress) {
+    let assets = match assets::ensure(&ctx.paths, progress) {
         Ok(a) => a,
         Err(Error::GuestUnavailable { .. }) if p.allow_host_compat => {
-            return run_on_host(p, command, sink);
+            return run_on_host(p, sink);
+        }
+        Err(Error::GuestUnavailable { reason, fix, .. }) => {
+            return Err(Error::GuestUnavailable {
+                reason,
+                fix,
+                host_compat: true,
+            })
         }
         Err(e) => return Err(e),
     };
-    let env = environments::ensure(&pyro.paths, entry, false, progress)?;
-    vm::collect_garbage(&pyro.paths);
+    let env = environments::ensure(&ctx.paths, entry, false, progress)?;
+    launch::collect_garbage(&ctx.paths);
 
     let id = host::random_id(6);
-    let dir = VmDir::new(&pyro.paths, &id);
-    let accel = host::choose_accel();
-    let mut spec = qemu::VmSpec {
-        accel: accel.accel,
+    let dir = VmDir::new(&ctx.paths, &id);
+    let shape = Shape {
         vcpu_count: p.vcpu_count,
         mem_mib: p.mem_mib,
-        kernel: assets.kernel.clone(),
-        initramfs: assets.initramfs.clone(),
-        disk: dir.disk(),
-        disk_cache_unsafe: true,
-        tsc_khz: host::tsc_khz(),
-        agent_socket: dir.agent_socket(),
-        qmp_socket: dir.qmp_socket(),
-        console_log: dir.console_log(),
-        network_socket: p.network.then(|| host::network_socket(&id)),
-        snapshot: None,
     };
+    let mut spec = dir.spec(&assets, shape, dir.disk(), false, p.network);
     // Restore a saved guest when there is (or can be) one; boot otherwise.
-    let template = templates::usable(&pyro.paths, &spec, &env, progress);
+    let template = templates::usable(&ctx.paths, &spec, &env, progress);
     let base = match &template {
         Some(t) => {
             spec.snapshot = Some(t.state.clone());
@@ -191,29 +202,28 @@ pub(crate) fn run_in_vm(
         }
         None => env.rootfs.clone(),
     };
-    let record = vm::new_record(&id, entry.name, true, p.ttl_seconds, spec);
+    let record = dir::new_record(&id, entry.name, true, p.ttl_seconds, spec);
     let mut timings = RunTimings::default();
-    let boot_started = std::cell::Cell::new(started);
-    let created = vm::create(&dir, &record, &base)
-        .and_then(|()| {
-            boot_started.set(Instant::now());
-            progress.phase("run", &format!("phase=start vm_id={id}"));
-            vm::start_supervisor(&pyro.program, &dir)
-        })
-        .and_then(|report| {
-            let mut client = VmClient::connect(&dir)?;
-            client.attach(true)?;
-            Ok((report, client))
-        });
+    let mut boot_started = started;
+    let created = (|| {
+        let _admission = admission::admit(&ctx.paths)?;
+        dir::create(&dir, &record, &base)?;
+        boot_started = Instant::now();
+        progress.phase("run", &format!("phase=start vm_id={id}"));
+        let report = launch::start_supervisor(&ctx.program, &dir)?;
+        let mut client = VmClient::connect(&dir)?;
+        client.attach(true)?;
+        Ok((report, client))
+    })();
     let (report, mut client) = match created {
         Ok(v) => v,
         Err(e) => {
-            vm::destroy(&dir);
+            launch::destroy(&dir);
             return Err(e);
         }
     };
 
-    timings.prepare_ms = (boot_started.get() - started).as_millis() as u64;
+    timings.prepare_ms = (boot_started - started).as_millis() as u64;
     timings.boot_ms = report.boot_ms;
     timings.restored = report.restored;
     timings.guest_boot_ms = if report.restored {
@@ -224,48 +234,33 @@ pub(crate) fn run_in_vm(
     progress.phase("run", &format!("phase=execute vm_id={id}"));
     let exec_started = Instant::now();
     let mut capture = Capture::new(sink);
-    let request = ExecRequest {
-        command,
-        env: BTreeMap::new(),
-        cwd: Some("/workspace".into()),
-        timeout_ms: Some(p.timeout_seconds * 1000),
-        // The disk is thrown away after the run.
-        sync_after: false,
-    };
-    let outcome = client.exec(request, &mut capture);
+    let outcome = exec_once(&mut client, &p.command, p.timeout_seconds, &mut capture);
     timings.exec_ms = exec_started.elapsed().as_millis() as u64;
     let cleanup_started = Instant::now();
-    let (cleanup_reason, deleted) = match &outcome {
-        Ok(_) => ("post_exec_cleanup", client.delete().is_ok()),
+    let cleanup = match &outcome {
+        Ok(_) => Cleanup {
+            deleted: client.stop().is_ok(),
+            reason: CleanupReason::PostExecCleanup,
+        },
         Err(_) => {
             drop(client);
-            vm::destroy(&dir);
-            ("run_vm_error_cleanup", true)
+            launch::destroy(&dir);
+            Cleanup {
+                deleted: true,
+                reason: CleanupReason::RunVmErrorCleanup,
+            }
         }
     };
     timings.cleanup_ms = cleanup_started.elapsed().as_millis() as u64;
     let status = outcome?;
-    Ok(RunResult {
-        environment: entry.name.to_string(),
-        vm_id: id,
-        execution_mode: ExecutionMode::GuestVirtioSerial,
-        exit_code: status.exit_code,
-        signal: status.signal,
-        timed_out: status.timed_out,
-        duration_ms: started.elapsed().as_millis() as u64,
-        timings,
-        stdout: String::from_utf8_lossy(&capture.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&capture.stderr).into_owned(),
-        cleanup: Cleanup {
-            deleted,
-            reason: cleanup_reason.into(),
-        },
-    })
+    Ok(RunResult::guest(
+        entry.name, &id, status, capture, started, timings, cleanup,
+    ))
 }
 
-/// `--allow-host-compat`: the command runs on the host, without isolation,
+/// Host compatibility: the command runs on the host, without isolation,
 /// with only PATH and HOME in its environment, in a scratch directory.
-fn run_on_host(p: &RunParams, command: Command, sink: &mut dyn OutputSink) -> Result<RunResult> {
+fn run_on_host(p: &RunParams, sink: &mut dyn OutputSink) -> Result<RunResult> {
     use std::process::Stdio;
     let started = Instant::now();
     let scratch = std::env::temp_dir().join(format!("pyro-compat-{}", host::random_id(6)));
@@ -273,7 +268,7 @@ fn run_on_host(p: &RunParams, command: Command, sink: &mut dyn OutputSink) -> Re
         context: format!("create {}", scratch.display()),
         source: e,
     })?;
-    let mut cmd = match &command {
+    let mut cmd = match &p.command {
         Command::Shell(s) => {
             let mut c = std::process::Command::new("/bin/sh");
             c.arg("-lc").arg(s);
@@ -320,7 +315,7 @@ fn run_on_host(p: &RunParams, command: Command, sink: &mut dyn OutputSink) -> Re
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
         cleanup: Cleanup {
             deleted: true,
-            reason: "post_exec_cleanup".into(),
+            reason: CleanupReason::PostExecCleanup,
         },
     })
 }
@@ -329,35 +324,19 @@ fn run_on_host(p: &RunParams, command: Command, sink: &mut dyn OutputSink) -> Re
 mod tests {
     use super::*;
 
-    fn words(w: &[&str]) -> Vec<String> {
-        w.iter().map(|s| s.to_string()).collect()
-    }
-
     #[test]
-    fn one_word_is_a_shell_string_and_several_are_an_argv() {
-        assert_eq!(
-            command_from_args(&words(&["python3 -c \"print(1)\""])).unwrap(),
-            Command::Shell("python3 -c \"print(1)\"".into())
-        );
-        assert_eq!(
-            command_from_args(&words(&["sh", "-c", "echo \"$0\"", "hi"])).unwrap(),
-            Command::Argv(words(&["sh", "-c", "echo \"$0\"", "hi"]))
-        );
-        assert!(command_from_args(&[]).is_err());
-        assert!(command_from_args(&words(&["  "])).is_err());
-    }
-
-    #[test]
-    fn limits_are_checked() {
-        let mut p = RunParams::new("debian:12", words(&["true"]));
+    fn parameters_are_checked_before_anything_runs() {
+        let mut p = RunParams::new("debian:12", Command::shell("true"));
         assert!(validate(&p).is_ok());
         p.vcpu_count = 0;
         assert!(validate(&p).unwrap_err().to_string().contains("vcpu_count"));
         p.vcpu_count = 1;
-        p.mem_mib = 64;
-        assert!(validate(&p).unwrap_err().to_string().contains("mem_mib"));
-        p.mem_mib = 1024;
         p.timeout_seconds = 0;
         assert!(validate(&p).is_err());
+        p.timeout_seconds = 1;
+        p.command = Command::shell(" ");
+        assert!(validate(&p).is_err());
+        let r = serde_json::to_value(CleanupReason::RunVmErrorCleanup).unwrap();
+        assert_eq!(r, "run_vm_error_cleanup");
     }
 }

@@ -7,20 +7,23 @@
 //! creation: the supervisor stops an expired VM, and the next access (or
 //! [`reap_expired`]) deletes it.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::time::Instant;
 
-use pyro_protocol::ExecRequest;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Capture, OutputSink, VmClient};
+use crate::contract::{
+    defaults, ms_to_s, validate_resources, validate_timeout, Command, ExecutionMode,
+};
 use crate::error::{Error, IoContext, Result};
+use crate::paths::Context;
 use crate::progress::Progress;
-use crate::qemu::{self, net};
-use crate::run::{command_from_args, validate_resources, Cleanup, ExecutionMode, RunResult};
-use crate::vm::{self, VmDir, VmRecord};
-use crate::{assets, environments, host, templates, Pyro};
+use crate::run::{exec_once, Cleanup, CleanupReason, RunResult};
+use crate::vmm::client::{Capture, OutputSink, VmClient};
+use crate::vmm::dir::{self, ExitReason, Shape, VmDir, VmRecord};
+use crate::vmm::qemu::net;
+use crate::vmm::{admission, launch, templates};
+use crate::{assets, environments, host};
 
 /// Parameters of [`Pyro::create_vm`](crate::Pyro::create_vm); defaults
 /// match the MCP tool's.
@@ -38,10 +41,31 @@ impl CreateVm {
     pub fn new(environment: impl Into<String>) -> CreateVm {
         CreateVm {
             environment: environment.into(),
-            vcpu_count: 1,
-            mem_mib: 1024,
-            ttl_seconds: 600,
+            vcpu_count: defaults::vcpu_count(),
+            mem_mib: defaults::mem_mib(),
+            ttl_seconds: defaults::ttl_seconds(),
             network: false,
+        }
+    }
+}
+
+/// Where a lifecycle VM is in its life.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Never started.
+    Created,
+    Started,
+    Stopped,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Started => "started",
+            VmState::Stopped => "stopped",
         }
     }
 }
@@ -53,7 +77,8 @@ pub struct VmInfo {
     pub vm_id: String,
     pub environment: String,
     /// `created` (never booted), `started`, or `stopped`.
-    pub state: String,
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub state: VmState,
     /// Why a stopped VM stopped: `stopped` (asked), `ttl_expired`, ...
     pub stop_reason: Option<String>,
     pub vcpu_count: u32,
@@ -102,202 +127,178 @@ pub struct Reaped {
     pub count: usize,
 }
 
-fn secs(ms: u64) -> f64 {
-    ms as f64 / 1000.0
-}
-
 fn expired(r: &VmRecord) -> bool {
     host::now_unix_ms() >= r.created_at_unix_ms + r.ttl_seconds * 1000
 }
 
-fn info(dir: &VmDir, r: &VmRecord) -> VmInfo {
-    let (state, stop_reason) = if dir.live_supervisor().is_some() {
-        ("started", None)
+/// The state shown, and why a stopped VM stopped (`stopped` when asked,
+/// `ttl_expired`, `vm_exited: ...`, or `crashed` when its supervisor died
+/// without a word).
+fn observe(dir: &VmDir) -> (VmState, Option<String>) {
+    if dir.live_supervisor().is_some() {
+        (VmState::Started, None)
     } else if let Some(exit) = dir.read_exit() {
-        let reason = match exit.reason.as_str() {
-            "stopped" | "ttl_expired" => exit.reason,
-            other => format!("vm_exited: {other}"),
+        let reason = match exit.reason {
+            ExitReason::Stopped | ExitReason::TtlExpired => exit.reason.as_str().to_string(),
+            _ => format!("vm_exited: {exit}"),
         };
-        ("stopped", Some(reason))
+        (VmState::Stopped, Some(reason))
     } else if dir.supervisor_pid().exists() {
-        ("stopped", Some("crashed".to_string()))
+        (VmState::Stopped, Some("crashed".to_string()))
     } else {
-        ("created", None)
-    };
+        (VmState::Created, None)
+    }
+}
+
+fn info(dir: &VmDir, r: &VmRecord) -> VmInfo {
+    let (state, stop_reason) = observe(dir);
     VmInfo {
         vm_id: r.vm_id.clone(),
         environment: r.environment.clone(),
-        state: state.into(),
+        state,
         stop_reason,
         vcpu_count: r.spec.vcpu_count,
         mem_mib: r.spec.mem_mib,
         ttl_seconds: r.ttl_seconds,
         network_enabled: r.spec.network_socket.is_some(),
-        created_at: secs(r.created_at_unix_ms),
-        expires_at: secs(r.created_at_unix_ms + r.ttl_seconds * 1000),
+        created_at: ms_to_s(r.created_at_unix_ms),
+        expires_at: ms_to_s(r.created_at_unix_ms + r.ttl_seconds * 1000),
         execution_mode: ExecutionMode::GuestVirtioSerial,
     }
 }
 
 /// The VM `id`, deleting it first if it expired.
-fn locate(pyro: &Pyro, id: &str) -> Result<(VmDir, VmRecord)> {
-    let unknown = || Error::InvalidArgument(format!("unknown vm {id:?}"));
+fn locate(ctx: &Context, id: &str) -> Result<(VmDir, VmRecord)> {
+    let unknown = || Error::not_found("vm", id);
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(unknown());
     }
-    let dir = VmDir::new(&pyro.paths, id);
+    let dir = VmDir::new(&ctx.paths, id);
     let record = dir.read_record().map_err(|_| unknown())?;
     // One-shot runs live here too; they belong to their `run`.
     if record.ephemeral {
         return Err(unknown());
     }
     if expired(&record) {
-        vm::destroy(&dir);
-        return Err(Error::InvalidArgument(format!(
+        launch::destroy(&dir);
+        return Err(Error::conflict(format!(
             "vm {id:?} expired and was automatically deleted"
         )));
     }
     Ok((dir, record))
 }
 
-pub fn create(pyro: &Pyro, p: &CreateVm, progress: &dyn Progress) -> Result<VmInfo> {
+pub fn create(ctx: &Context, p: &CreateVm, progress: &dyn Progress) -> Result<VmInfo> {
     validate_resources(p.vcpu_count, p.mem_mib, p.ttl_seconds)?;
     let entry = environments::lookup(&p.environment)?;
-    reap_expired(pyro);
-    let assets = assets::ensure(&pyro.paths, progress)?;
-    let env = environments::ensure(&pyro.paths, entry, false, progress)?;
+    reap_expired(ctx);
+    let assets = assets::ensure(&ctx.paths, progress)?;
+    let env = environments::ensure(&ctx.paths, entry, false, progress)?;
     let id = host::random_id(6);
-    let dir = VmDir::new(&pyro.paths, &id);
-    let spec = qemu::VmSpec {
-        accel: host::choose_accel().accel,
+    let dir = VmDir::new(&ctx.paths, &id);
+    let shape = Shape {
         vcpu_count: p.vcpu_count,
         mem_mib: p.mem_mib,
-        kernel: assets.kernel,
-        initramfs: assets.initramfs,
-        disk: dir.disk(),
-        // Kept across stop and start.
-        disk_cache_unsafe: false,
-        tsc_khz: host::tsc_khz(),
-        agent_socket: dir.agent_socket(),
-        qmp_socket: dir.qmp_socket(),
-        console_log: dir.console_log(),
-        network_socket: p.network.then(|| host::network_socket(&id)),
-        snapshot: None,
     };
-    let mut record = vm::new_record(&id, entry.name, false, p.ttl_seconds, spec);
+    // The disk is kept across stop and start.
+    let spec = dir.spec(&assets, shape, dir.disk(), true, p.network);
+    let mut record = dir::new_record(&id, entry.name, false, p.ttl_seconds, spec);
     record.idle_timeout = false;
     let created = fs::create_dir_all(&dir.path)
         .ctx(|| format!("create {}", dir.path.display()))
-        .and_then(|()| templates::first_disk(&pyro.paths, &record.spec, &env, progress))
+        .and_then(|()| templates::first_disk(&ctx.paths, &record.spec, &env, progress))
         .and_then(|template| {
             // The first start restores the template; later ones boot.
             record.spec.snapshot = template.map(|t| t.state);
-            vm::write_record(&dir, &record)
+            dir.write_record(&record)
         });
     if let Err(e) = created {
-        vm::destroy(&dir);
+        launch::destroy(&dir);
         return Err(e);
     }
     Ok(info(&dir, &record))
 }
 
-pub fn start(pyro: &Pyro, id: &str, progress: &dyn Progress) -> Result<VmInfo> {
-    let (dir, record) = locate(pyro, id)?;
+pub fn start(ctx: &Context, id: &str, progress: &dyn Progress) -> Result<VmInfo> {
+    let (dir, record) = locate(ctx, id)?;
     if dir.live_supervisor().is_some() {
         return Ok(info(&dir, &record));
     }
     // The kernel cache may have been pruned since the VM was created.
-    assets::ensure(&pyro.paths, progress)?;
-    let _capacity = crate::workspace::admit(pyro)?;
+    assets::ensure(&ctx.paths, progress)?;
+    let _admission = admission::admit(&ctx.paths)?;
     progress.phase("vm", &format!("phase=start vm_id={id}"));
     let _ = fs::remove_file(dir.supervisor_pid());
-    vm::write_record(&dir, &record)?;
-    vm::start_supervisor(&pyro.program, &dir)?;
+    dir.write_record(&record)?;
+    launch::start_supervisor(&ctx.program, &dir)?;
     if record.spec.snapshot.is_some() {
         // From now on the disk has moved on from the saved state.
         let mut record = record.clone();
         record.spec.snapshot = None;
-        vm::write_record(&dir, &record)?;
+        dir.write_record(&record)?;
     }
     Ok(info(&dir, &record))
 }
 
-pub fn status(pyro: &Pyro, id: &str) -> Result<VmInfo> {
-    let (dir, record) = locate(pyro, id)?;
+pub fn status(ctx: &Context, id: &str) -> Result<VmInfo> {
+    let (dir, record) = locate(ctx, id)?;
     Ok(info(&dir, &record))
 }
 
 /// Runs one command (starting the VM if needed), then deletes the VM.
 pub fn exec(
-    pyro: &Pyro,
+    ctx: &Context,
     id: &str,
-    command: &[String],
+    command: &Command,
     timeout_seconds: u64,
     progress: &dyn Progress,
     sink: &mut dyn OutputSink,
 ) -> Result<RunResult> {
-    let command = command_from_args(command)?;
-    if timeout_seconds == 0 {
-        return Err(Error::InvalidArgument(
-            "timeout_seconds must be at least 1".into(),
-        ));
-    }
+    command.validate()?;
+    validate_timeout(timeout_seconds)?;
     let started = Instant::now();
-    start(pyro, id, progress)?;
-    let (dir, record) = locate(pyro, id)?;
+    start(ctx, id, progress)?;
+    let (dir, record) = locate(ctx, id)?;
     let mut client = VmClient::connect(&dir)?;
     client.attach(false)?;
     progress.phase("vm", &format!("phase=execute vm_id={id}"));
     let mut capture = Capture::new(sink);
-    let outcome = client.exec(
-        ExecRequest {
-            command,
-            env: BTreeMap::new(),
-            cwd: Some(pyro_protocol::WORKSPACE_ROOT.into()),
-            timeout_ms: Some(timeout_seconds * 1000),
-            sync_after: false,
-        },
-        &mut capture,
-    );
+    let outcome = exec_once(&mut client, command, timeout_seconds, &mut capture);
     drop(client);
-    vm::destroy(&dir);
-    let status = outcome?;
-    Ok(RunResult {
-        environment: record.environment,
-        vm_id: id.into(),
-        execution_mode: ExecutionMode::GuestVirtioSerial,
-        exit_code: status.exit_code,
-        signal: status.signal,
-        timed_out: status.timed_out,
-        duration_ms: started.elapsed().as_millis() as u64,
-        timings: Default::default(),
-        stdout: String::from_utf8_lossy(&capture.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&capture.stderr).into_owned(),
-        cleanup: Cleanup {
-            deleted: true,
-            reason: "post_exec_cleanup".into(),
-        },
-    })
+    launch::destroy(&dir);
+    let cleanup = Cleanup {
+        deleted: true,
+        reason: CleanupReason::PostExecCleanup,
+    };
+    Ok(RunResult::guest(
+        &record.environment,
+        id,
+        outcome?,
+        capture,
+        started,
+        Default::default(),
+        cleanup,
+    ))
 }
 
 /// Stops the VM gracefully; its disk is kept for the next start.
-pub fn stop(pyro: &Pyro, id: &str) -> Result<VmInfo> {
-    let (dir, record) = locate(pyro, id)?;
-    vm::halt(&dir)?;
+pub fn stop(ctx: &Context, id: &str) -> Result<VmInfo> {
+    let (dir, record) = locate(ctx, id)?;
+    launch::halt(&dir)?;
     Ok(info(&dir, &record))
 }
 
-pub fn delete(pyro: &Pyro, id: &str) -> Result<VmDeleted> {
-    let (dir, _) = locate(pyro, id)?;
-    vm::destroy(&dir);
+pub fn delete(ctx: &Context, id: &str) -> Result<VmDeleted> {
+    let (dir, _) = locate(ctx, id)?;
+    launch::destroy(&dir);
     Ok(VmDeleted {
         vm_id: id.into(),
         deleted: true,
     })
 }
 
-pub fn network_info(pyro: &Pyro, id: &str) -> Result<VmNetworkInfo> {
-    let (_, record) = locate(pyro, id)?;
+pub fn network_info(ctx: &Context, id: &str) -> Result<VmNetworkInfo> {
+    let (_, record) = locate(ctx, id)?;
     let on = record.spec.network_socket.is_some();
     let some = |s: &str| on.then(|| s.to_string());
     Ok(VmNetworkInfo {
@@ -316,14 +317,14 @@ pub fn network_info(pyro: &Pyro, id: &str) -> Result<VmNetworkInfo> {
 }
 
 /// Deletes every lifecycle VM past its TTL.
-pub fn reap_expired(pyro: &Pyro) -> Reaped {
+pub fn reap_expired(ctx: &Context) -> Reaped {
     let mut deleted_vm_ids = Vec::new();
-    if let Ok(entries) = fs::read_dir(pyro.paths.vms()) {
+    if let Ok(entries) = fs::read_dir(ctx.paths.vms()) {
         for entry in entries.flatten() {
             let dir = VmDir::from_path(&entry.path());
             match dir.read_record() {
                 Ok(r) if !r.ephemeral && expired(&r) => {
-                    vm::destroy(&dir);
+                    launch::destroy(&dir);
                     deleted_vm_ids.push(r.vm_id);
                 }
                 _ => {}

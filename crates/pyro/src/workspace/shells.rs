@@ -8,12 +8,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pyro_protocol::{Message, ShellOpen, ShellState, WORKSPACE_ROOT};
+use pyro_protocol::{Message, ShellOpen, ShellState, ShellStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::contract::defaults;
 use crate::error::{Error, Result};
-use crate::workspace::{workspace_path, Workspace};
-use crate::{host, secrets, Pyro};
+use crate::host;
+use crate::paths::Context;
+use crate::workspace::files::workspace_path;
+use crate::workspace::{secrets, Workspace};
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,9 +31,9 @@ pub struct OpenShell {
 impl Default for OpenShell {
     fn default() -> Self {
         OpenShell {
-            cwd: WORKSPACE_ROOT.into(),
-            cols: 120,
-            rows: 30,
+            cwd: defaults::workspace_path(),
+            cols: defaults::cols(),
+            rows: defaults::rows(),
             secret_env: BTreeMap::new(),
         }
     }
@@ -51,7 +54,7 @@ impl Default for ReadShell {
     fn default() -> Self {
         ReadShell {
             cursor: 0,
-            max_chars: 65536,
+            max_chars: defaults::max_chars(),
             plain: false,
             wait_for_idle_ms: None,
         }
@@ -65,7 +68,8 @@ pub struct ShellInfo {
     pub workspace_id: String,
     pub shell_id: String,
     /// `running`, `exited` or `closed`.
-    pub state: String,
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub state: ShellStatus,
     pub exit_code: Option<i32>,
     pub cwd: String,
     pub cols: u16,
@@ -85,7 +89,7 @@ pub struct ShellInfo {
 fn info(id: &str, s: ShellState, output: String) -> ShellInfo {
     ShellInfo {
         workspace_id: id.into(),
-        closed: s.state == "closed",
+        closed: s.state == ShellStatus::Closed,
         shell_id: s.shell_id,
         state: s.state,
         exit_code: s.exit_code,
@@ -104,20 +108,14 @@ fn shell_call(ws: &Workspace, message: Message) -> Result<ShellState> {
     let mut c = ws.connect()?;
     match c.request(&message, None, &mut |_| {})? {
         Message::Shell(s) => Ok(s),
-        other => Err(Error::Guest(format!("unexpected reply {other:?}"))),
+        other => Err(Error::unexpected(&other)),
     }
 }
 
-fn hidden(ws: &Workspace) -> Result<Vec<String>> {
-    Ok(secrets::redaction_list(&ws.secret_values(&ws.read()?)?))
-}
-
-pub fn open(pyro: &Pyro, id: &str, p: &OpenShell) -> Result<ShellInfo> {
-    let ws = Workspace::locate(pyro, id)?;
+pub fn open(ctx: &Context, id: &str, p: &OpenShell) -> Result<ShellInfo> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
     if p.cols == 0 || p.rows == 0 {
-        return Err(Error::InvalidArgument(
-            "cols and rows must be at least 1".into(),
-        ));
+        return Err(Error::invalid("cols and rows must be at least 1"));
     }
     let cwd = workspace_path(&p.cwd)?;
     let record = ws.read()?;
@@ -156,12 +154,10 @@ pub fn render_plain(raw: &str, cols: u16, rows: u16) -> String {
     out
 }
 
-pub fn read(pyro: &Pyro, id: &str, shell_id: &str, p: &ReadShell) -> Result<ShellInfo> {
-    let ws = Workspace::locate(pyro, id)?;
+pub fn read(ctx: &Context, id: &str, shell_id: &str, p: &ReadShell) -> Result<ShellInfo> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
     if p.max_chars == 0 {
-        return Err(Error::InvalidArgument(
-            "max_chars must be at least 1".into(),
-        ));
+        return Err(Error::invalid("max_chars must be at least 1"));
     }
     let read_once = |cursor: u64, max: u64| {
         shell_call(
@@ -176,16 +172,14 @@ pub fn read(pyro: &Pyro, id: &str, shell_id: &str, p: &ReadShell) -> Result<Shel
     let mut s = read_once(p.cursor, p.max_chars)?;
     if let Some(idle) = p.wait_for_idle_ms {
         if !(1..=10_000).contains(&idle) {
-            return Err(Error::InvalidArgument(
-                "wait_for_idle_ms must be 1 to 10000".into(),
-            ));
+            return Err(Error::invalid("wait_for_idle_ms must be 1 to 10000"));
         }
         // Collect until the shell has been quiet for `idle`, it exits, or
         // max_chars is reached; never longer than 30 s.
         let start = Instant::now();
         let mut quiet_since = Instant::now();
         let mut seen = s.next_cursor;
-        while s.state == "running"
+        while s.state == ShellStatus::Running
             && (s.next_cursor - s.cursor) < p.max_chars
             && quiet_since.elapsed() < Duration::from_millis(idle)
             && start.elapsed() < Duration::from_secs(30)
@@ -199,7 +193,7 @@ pub fn read(pyro: &Pyro, id: &str, shell_id: &str, p: &ReadShell) -> Result<Shel
             s = more;
         }
     }
-    let raw = secrets::redact(&s.output, &hidden(&ws)?);
+    let raw = secrets::redact(&s.output, &ws.redactions()?);
     let output = if p.plain {
         render_plain(&raw, s.cols, s.rows)
     } else {
@@ -209,13 +203,13 @@ pub fn read(pyro: &Pyro, id: &str, shell_id: &str, p: &ReadShell) -> Result<Shel
 }
 
 pub fn write(
-    pyro: &Pyro,
+    ctx: &Context,
     id: &str,
     shell_id: &str,
     input: &str,
     append_newline: bool,
 ) -> Result<ShellInfo> {
-    let ws = Workspace::locate(pyro, id)?;
+    let ws = Workspace::locate(&ctx.paths, id)?;
     let mut data = input.to_string();
     if append_newline {
         data.push('\n');
@@ -236,14 +230,14 @@ pub fn signal_number(name: &str) -> Result<i32> {
         "TERM" => Ok(libc::SIGTERM),
         "HUP" => Ok(libc::SIGHUP),
         "KILL" => Ok(libc::SIGKILL),
-        other => Err(Error::InvalidArgument(format!(
+        other => Err(Error::invalid(format!(
             "signal {other:?}: use INT, TERM, HUP or KILL"
         ))),
     }
 }
 
-pub fn signal(pyro: &Pyro, id: &str, shell_id: &str, signal_name: &str) -> Result<ShellInfo> {
-    let ws = Workspace::locate(pyro, id)?;
+pub fn signal(ctx: &Context, id: &str, shell_id: &str, signal_name: &str) -> Result<ShellInfo> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
     let s = shell_call(
         &ws,
         Message::ShellSignal {
@@ -254,8 +248,8 @@ pub fn signal(pyro: &Pyro, id: &str, shell_id: &str, signal_name: &str) -> Resul
     Ok(info(id, s, String::new()))
 }
 
-pub fn close(pyro: &Pyro, id: &str, shell_id: &str) -> Result<ShellInfo> {
-    let ws = Workspace::locate(pyro, id)?;
+pub fn close(ctx: &Context, id: &str, shell_id: &str) -> Result<ShellInfo> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
     let s = shell_call(
         &ws,
         Message::ShellClose {

@@ -11,12 +11,13 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
+use pyro_protocol::WORKSPACE_ROOT;
+
 use crate::error::{Error, IoContext, Result};
 use crate::host;
-use crate::workspace::{ArtifactType, FileEntry};
-use crate::workspace::{Workspace, MAX_FILE_BYTES};
-use crate::Pyro;
-use pyro_protocol::WORKSPACE_ROOT;
+use crate::paths::Context;
+use crate::workspace::files::{check_max_bytes, ArtifactType, FileEntry};
+use crate::workspace::Workspace;
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,13 +48,9 @@ pub struct DiskRead {
     pub truncated: bool,
 }
 
-fn stopped(pyro: &Pyro, id: &str, op: &str) -> Result<Workspace> {
-    let ws = Workspace::locate(pyro, id)?;
-    if ws.running() {
-        return Err(Error::InvalidArgument(format!(
-            "workspace {id} must be stopped before {op}; run `pyro workspace stop {id}`"
-        )));
-    }
+fn stopped(ctx: &Context, id: &str, op: &str) -> Result<Workspace> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
+    ws.require_stopped(op)?;
     Ok(ws)
 }
 
@@ -67,8 +64,8 @@ fn convert(disk: &Path, out: &Path) -> Result<()> {
     .map(|_| ())
 }
 
-pub fn export(pyro: &Pyro, id: &str, output: &Path, force: bool) -> Result<DiskExport> {
-    let ws = stopped(pyro, id, "disk export")?;
+pub fn export(ctx: &Context, id: &str, output: &Path, force: bool) -> Result<DiskExport> {
+    let ws = stopped(ctx, id, "disk export")?;
     host::produce_file(output, force, |tmp| convert(&ws.disk(), tmp))?;
     Ok(DiskExport {
         workspace_id: id.into(),
@@ -109,9 +106,7 @@ fn disk_path(path: &str) -> Result<String> {
         Path::new(WORKSPACE_ROOT).join(path)
     };
     if p.components().any(|c| c == std::path::Component::ParentDir) {
-        return Err(Error::InvalidArgument(format!(
-            "{path}: `..` is not allowed"
-        )));
+        return Err(Error::invalid(format!("{path}: `..` is not allowed")));
     }
     Ok(p.display().to_string())
 }
@@ -129,11 +124,11 @@ fn kind(ft: ext4_view::FileType) -> ArtifactType {
 }
 
 fn not_found(path: &str, e: ext4_view::Ext4Error) -> Error {
-    Error::InvalidArgument(format!("{path}: {e}"))
+    Error::invalid(format!("{path}: {e}"))
 }
 
-pub fn list(pyro: &Pyro, id: &str, path: &str, recursive: bool) -> Result<DiskList> {
-    let ws = stopped(pyro, id, "disk list")?;
+pub fn list(ctx: &Context, id: &str, path: &str, recursive: bool) -> Result<DiskList> {
+    let ws = stopped(ctx, id, "disk list")?;
     let path = disk_path(path)?;
     let fs = view(&ws)?;
     let meta = fs
@@ -192,22 +187,16 @@ fn walk(fs: &ext4_view::Ext4, dir: &str, recursive: bool, out: &mut Vec<FileEntr
     Ok(())
 }
 
-pub fn read(pyro: &Pyro, id: &str, path: &str, max_bytes: u64) -> Result<DiskRead> {
-    if max_bytes == 0 || max_bytes > MAX_FILE_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "max_bytes must be 1 to {MAX_FILE_BYTES}"
-        )));
-    }
-    let ws = stopped(pyro, id, "disk read")?;
+pub fn read(ctx: &Context, id: &str, path: &str, max_bytes: u64) -> Result<DiskRead> {
+    check_max_bytes(max_bytes)?;
+    let ws = stopped(ctx, id, "disk read")?;
     let path = disk_path(path)?;
     let fs = view(&ws)?;
     let meta = fs
         .metadata(path.as_str())
         .map_err(|e| not_found(&path, e))?;
     if !meta.file_type().is_regular_file() {
-        return Err(Error::InvalidArgument(format!(
-            "{path}: not a regular file"
-        )));
+        return Err(Error::invalid(format!("{path}: not a regular file")));
     }
     let mut file = fs.open(path.as_str()).map_err(|e| not_found(&path, e))?;
     let mut data = vec![0u8; max_bytes.min(meta.len()) as usize];

@@ -20,6 +20,16 @@ pub enum SourceMode {
     TarArchive,
 }
 
+impl SourceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceMode::Empty => "empty",
+            SourceMode::Directory => "directory",
+            SourceMode::TarArchive => "tar_archive",
+        }
+    }
+}
+
 /// What a validated source holds.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
@@ -28,7 +38,7 @@ pub struct Summary {
 }
 
 fn bad(source: &Path, why: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("refusing {}: {why}", source.display()))
+    Error::invalid(format!("refusing {}: {why}", source.display()))
 }
 
 /// Normalizes an archive member name: relative, no `..`, no empty result.
@@ -240,17 +250,17 @@ pub fn unpack_export(
     force: bool,
 ) -> Result<()> {
     if fs::symlink_metadata(output).is_ok() && !force {
-        return Err(Error::InvalidArgument(format!(
-            "{} already exists; pass --force to overwrite it",
-            output.display()
-        )));
+        return Err(Error::conflict_with(
+            format!("{} already exists", output.display()),
+            crate::error::Remedy::Overwrite,
+        ));
     }
     let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     if !parent.is_dir() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid(format!(
             "{}: no such directory",
             parent.display()
         )));

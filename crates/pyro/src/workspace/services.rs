@@ -9,16 +9,18 @@
 
 use std::collections::BTreeMap;
 
-use pyro_protocol::{Message, Readiness, ServiceSpec, ServiceState};
+use pyro_protocol::{
+    Message, Readiness, ServiceSpec, ServiceState, ServiceStatus, ServiceStopReason,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::client::VmClient;
+use crate::contract::{defaults, ms_to_s, valid_name, Command, ExecutionMode};
 use crate::error::{Error, Result};
-use crate::run::{command_from_args, ExecutionMode};
-pub use crate::supervisor::PortBinding;
-use crate::supervisor::ServicePort;
-use crate::workspace::{valid_name, workspace_path, Workspace};
-use crate::{secrets, Pyro};
+use crate::paths::Context;
+use crate::vmm::client::VmClient;
+use crate::vmm::control::{PortBinding, ServicePort};
+use crate::workspace::files::workspace_path;
+use crate::workspace::{secrets, Workspace};
 
 /// When a service counts as ready; probed in the guest.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -57,9 +59,6 @@ impl From<Readiness> for ReadinessCheck {
     }
 }
 
-/// The network policy under which services may publish ports.
-pub const PUBLISHING_POLICY: &str = "egress+published-ports";
-
 /// A port to publish: guest port, and a host port (auto when absent).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,8 +72,7 @@ pub struct PublishedPort {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StartService {
-    /// One element: a shell command string; several: an argv.
-    pub command: Vec<String>,
+    pub command: Command,
     pub cwd: String,
     pub readiness: Option<ReadinessCheck>,
     pub ready_timeout_seconds: u64,
@@ -84,21 +82,17 @@ pub struct StartService {
 }
 
 impl StartService {
-    pub fn new(command: Vec<String>) -> StartService {
+    pub fn new(command: Command) -> StartService {
         StartService {
             command,
-            cwd: pyro_protocol::WORKSPACE_ROOT.into(),
+            cwd: defaults::workspace_path(),
             readiness: None,
-            ready_timeout_seconds: 30,
-            ready_interval_ms: 500,
+            ready_timeout_seconds: defaults::ready_timeout_seconds(),
+            ready_interval_ms: defaults::ready_interval_ms(),
             secret_env: BTreeMap::new(),
             published_ports: Vec::new(),
         }
     }
-}
-
-fn ms_to_s(ms: u64) -> f64 {
-    ms as f64 / 1000.0
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -108,7 +102,8 @@ pub struct ServiceInfo {
     pub service_name: String,
     /// `running`, `exited` (with `exit_code`), `stopped` or `failed` (with
     /// `stop_reason`: `process_exited_before_ready` or `readiness_timeout`).
-    pub state: String,
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub state: ServiceStatus,
     pub command: String,
     pub cwd: String,
     pub pid: Option<u32>,
@@ -116,7 +111,8 @@ pub struct ServiceInfo {
     pub started_at: f64,
     pub ready_at: Option<f64>,
     pub ended_at: Option<f64>,
-    pub stop_reason: Option<String>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub stop_reason: Option<ServiceStopReason>,
     pub readiness: Option<ReadinessCheck>,
     /// Host ports (on 127.0.0.1) relaying to the service's guest ports,
     /// while it runs.
@@ -173,16 +169,12 @@ fn call(c: &mut VmClient, m: Message) -> Result<Message> {
     c.request(&m, None, &mut |_| {})
 }
 
-fn hidden(ws: &Workspace) -> Result<Vec<String>> {
-    Ok(secrets::redaction_list(&ws.secret_values(&ws.read()?)?))
-}
-
 /// The services' published ports, after closing those of services that no
 /// longer run.
 fn live_ports(c: &mut VmClient, services: &[&ServiceState]) -> Result<Vec<ServicePort>> {
     let mut ports = c.ports()?;
     for s in services {
-        if s.state != "running" && ports.iter().any(|p| p.service == s.name) {
+        if s.state != ServiceStatus::Running && ports.iter().any(|p| p.service == s.name) {
             c.unpublish(&s.name)?;
             ports.retain(|p| p.service != s.name);
         }
@@ -194,41 +186,38 @@ fn one(c: &mut VmClient, id: &str, ws: &Workspace, reply: Message) -> Result<Ser
     match reply {
         Message::Service(s) => {
             let ports = live_ports(c, &[&s])?;
-            Ok(info(id, s, &hidden(ws)?, &ports))
+            Ok(info(id, s, &ws.redactions()?, &ports))
         }
-        other => Err(Error::Guest(format!("unexpected reply {other:?}"))),
+        other => Err(Error::unexpected(&other)),
     }
 }
 
-pub fn start(pyro: &Pyro, id: &str, name: &str, p: &StartService) -> Result<ServiceInfo> {
+pub fn start(ctx: &Context, id: &str, name: &str, p: &StartService) -> Result<ServiceInfo> {
     valid_name("service name", name)?;
-    let command = command_from_args(&p.command)?;
+    p.command.validate()?;
     if p.ready_timeout_seconds == 0 || p.ready_interval_ms == 0 {
-        return Err(Error::InvalidArgument(
-            "ready_timeout_seconds and ready_interval_ms must be at least 1".into(),
+        return Err(Error::invalid(
+            "ready_timeout_seconds and ready_interval_ms must be at least 1",
         ));
     }
-    let ws = Workspace::locate(pyro, id)?;
+    let ws = Workspace::locate(&ctx.paths, id)?;
     let record = ws.read()?;
-    if !p.published_ports.is_empty() && record.network_policy != PUBLISHING_POLICY {
-        return Err(Error::InvalidArgument(format!(
-            "publishing ports needs a workspace created with --network-policy {PUBLISHING_POLICY} (this one has {})",
-            record.network_policy
-        )));
+    if !p.published_ports.is_empty() {
+        record.network_policy.check_publishing()?;
     }
     for (i, port) in p.published_ports.iter().enumerate() {
         if port.guest_port == 0 || port.host_port == Some(0) {
-            return Err(Error::InvalidArgument(
-                "published ports must be between 1 and 65535".into(),
+            return Err(Error::invalid(
+                "published ports must be between 1 and 65535",
             ));
         }
         if p.published_ports[..i]
             .iter()
             .any(|q| q.host_port.is_some() && q.host_port == port.host_port)
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid(format!(
                 "host port {} is published twice",
-                port.host_port.unwrap()
+                port.host_port.unwrap_or_default()
             )));
         }
     }
@@ -242,7 +231,7 @@ pub fn start(pyro: &Pyro, id: &str, name: &str, p: &StartService) -> Result<Serv
     let publish = !p.published_ports.is_empty()
         && !matches!(
             call(&mut c, Message::ServiceStatus { name: name.into() }),
-            Ok(Message::Service(s)) if s.state == "running"
+            Ok(Message::Service(s)) if s.state == ServiceStatus::Running
         );
     if publish {
         c.unpublish(name)?;
@@ -257,7 +246,7 @@ pub fn start(pyro: &Pyro, id: &str, name: &str, p: &StartService) -> Result<Serv
         &mut c,
         Message::ServiceStart(ServiceSpec {
             name: name.into(),
-            command,
+            command: p.command.clone().into(),
             cwd,
             env,
             readiness: p.readiness.clone().map(Into::into),
@@ -277,26 +266,26 @@ pub fn start(pyro: &Pyro, id: &str, name: &str, p: &StartService) -> Result<Serv
     }
 }
 
-pub fn status(pyro: &Pyro, id: &str, name: &str) -> Result<ServiceInfo> {
-    let ws = Workspace::locate(pyro, id)?;
+pub fn status(ctx: &Context, id: &str, name: &str) -> Result<ServiceInfo> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
     let mut c = ws.connect()?;
     let reply = call(&mut c, Message::ServiceStatus { name: name.into() })?;
     one(&mut c, id, &ws, reply)
 }
 
-pub fn stop(pyro: &Pyro, id: &str, name: &str) -> Result<ServiceInfo> {
-    let ws = Workspace::locate(pyro, id)?;
+pub fn stop(ctx: &Context, id: &str, name: &str) -> Result<ServiceInfo> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
     let mut c = ws.connect()?;
     let reply = call(&mut c, Message::ServiceStop { name: name.into() })?;
     one(&mut c, id, &ws, reply)
 }
 
-pub fn list(pyro: &Pyro, id: &str) -> Result<ServiceList> {
-    let ws = Workspace::locate(pyro, id)?;
+pub fn list(ctx: &Context, id: &str) -> Result<ServiceList> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
     let mut c = ws.connect()?;
     match call(&mut c, Message::ServiceList)? {
         Message::Services { services } => {
-            let hide = hidden(&ws)?;
+            let hide = ws.redactions()?;
             let ports = live_ports(&mut c, &services.iter().collect::<Vec<_>>())?;
             let services: Vec<ServiceInfo> = services
                 .into_iter()
@@ -305,21 +294,22 @@ pub fn list(pyro: &Pyro, id: &str) -> Result<ServiceList> {
             Ok(ServiceList {
                 workspace_id: id.into(),
                 count: services.len(),
-                running_count: services.iter().filter(|s| s.state == "running").count(),
+                running_count: services
+                    .iter()
+                    .filter(|s| s.state == ServiceStatus::Running)
+                    .count(),
                 services,
             })
         }
-        other => Err(Error::Guest(format!("unexpected reply {other:?}"))),
+        other => Err(Error::unexpected(&other)),
     }
 }
 
-pub fn logs(pyro: &Pyro, id: &str, name: &str, tail_lines: Option<u64>) -> Result<ServiceLogs> {
+pub fn logs(ctx: &Context, id: &str, name: &str, tail_lines: Option<u64>) -> Result<ServiceLogs> {
     if tail_lines == Some(0) {
-        return Err(Error::InvalidArgument(
-            "tail_lines must be at least 1".into(),
-        ));
+        return Err(Error::invalid("tail_lines must be at least 1"));
     }
-    let ws = Workspace::locate(pyro, id)?;
+    let ws = Workspace::locate(&ctx.paths, id)?;
     // Reading logs never touches published ports.
     match call(
         &mut ws.connect()?,
@@ -333,7 +323,7 @@ pub fn logs(pyro: &Pyro, id: &str, name: &str, tail_lines: Option<u64>) -> Resul
             stderr,
             truncated,
         } => {
-            let hide = hidden(&ws)?;
+            let hide = ws.redactions()?;
             Ok(ServiceLogs {
                 workspace_id: id.into(),
                 service_name: name.into(),
@@ -343,6 +333,6 @@ pub fn logs(pyro: &Pyro, id: &str, name: &str, tail_lines: Option<u64>) -> Resul
                 truncated,
             })
         }
-        other => Err(Error::Guest(format!("unexpected reply {other:?}"))),
+        other => Err(Error::unexpected(&other)),
     }
 }

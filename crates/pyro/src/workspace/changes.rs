@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use diffy::patch_set::{FileMode, FileOperation, ParseOptions, PatchKind, PatchSet};
 use serde::{Deserialize, Serialize};
 
-use crate::archive::Artifact;
+use crate::contract::ExecutionMode;
 use crate::error::{Error, Result};
-use crate::run::ExecutionMode;
-use crate::workspace::{self, ArtifactType, Workspace, MAX_FILE_BYTES};
-use crate::Pyro;
+use crate::paths::Context;
+use crate::workspace::archive::Artifact;
+use crate::workspace::files::{self, workspace_path, ArtifactType, MAX_FILE_BYTES};
+use crate::workspace::{secrets, Workspace};
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +22,17 @@ pub enum ChangeStatus {
     Modified,
     Deleted,
     TypeChanged,
+}
+
+impl ChangeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeStatus::Added => "added",
+            ChangeStatus::Modified => "modified",
+            ChangeStatus::Deleted => "deleted",
+            ChangeStatus::TypeChanged => "type_changed",
+        }
+    }
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -140,15 +152,15 @@ pub fn compare(
     (summary, entries)
 }
 
-pub fn diff(pyro: &Pyro, id: &str) -> Result<DiffResult> {
-    let ws = Workspace::locate(pyro, id)?;
+pub fn diff(ctx: &Context, id: &str) -> Result<DiffResult> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
     let mut client = ws.connect()?;
-    let (base, live) = workspace::trees(&ws, &mut client)?;
+    let (base, live) = files::trees(&ws, &mut client)?;
     let (summary, mut entries) = compare(&base, &live);
-    let hide = crate::secrets::redaction_list(&ws.secret_values(&ws.read()?)?);
+    let hide = ws.redactions()?;
     for e in &mut entries {
         if let Some(t) = &e.text_patch {
-            e.text_patch = Some(crate::secrets::redact(t, &hide));
+            e.text_patch = Some(secrets::redact(t, &hide));
         }
     }
     let patch = entries
@@ -212,7 +224,7 @@ fn mode_bits(m: Option<&FileMode>) -> Result<Option<u32>> {
     match m {
         None | Some(FileMode::Regular) => Ok(m.map(|_| 0o644)),
         Some(FileMode::Executable) => Ok(Some(0o755)),
-        Some(other) => Err(Error::InvalidArgument(format!(
+        Some(other) => Err(Error::invalid(format!(
             "patch: {other:?} entries are not supported"
         ))),
     }
@@ -221,7 +233,7 @@ fn mode_bits(m: Option<&FileMode>) -> Result<Option<u32>> {
 /// Parses a unified or git diff into per-file changes.
 pub fn parse(text: &str) -> Result<Vec<FileChange<'_>>> {
     if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid(format!(
             "patch is larger than {MAX_FILE_BYTES} bytes"
         )));
     }
@@ -232,37 +244,35 @@ pub fn parse(text: &str) -> Result<Vec<FileChange<'_>>> {
     };
     let mut out: Vec<FileChange> = Vec::new();
     for fp in PatchSet::parse(text, opts) {
-        let fp = fp.map_err(|e| Error::InvalidArgument(format!("malformed patch: {e}")))?;
+        let fp = fp.map_err(|e| Error::invalid(format!("malformed patch: {e}")))?;
         let (path, status) = match fp.operation() {
             FileOperation::Create(p) => (strip(p), ChangeStatus::Added),
             FileOperation::Delete(p) => (strip(p), ChangeStatus::Deleted),
             FileOperation::Modify { original, modified } => {
                 if strip(original) != strip(modified) {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::invalid(format!(
                         "patch: renames are not supported ({original} -> {modified})"
                     )));
                 }
                 (strip(modified), ChangeStatus::Modified)
             }
             _ => {
-                return Err(Error::InvalidArgument(
-                    "patch: renames and copies are not supported".into(),
+                return Err(Error::invalid(
+                    "patch: renames and copies are not supported",
                 ))
             }
         };
         let patch = match fp.patch() {
             PatchKind::Text(p) => Some(p.clone()),
             PatchKind::Binary(_) => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid(format!(
                     "patch: {path}: binary patches are not supported"
                 )))
             }
         };
         let mode = mode_bits(fp.new_mode())?;
         if out.iter().any(|c| c.path == path) {
-            return Err(Error::InvalidArgument(format!(
-                "patch: {path} appears twice"
-            )));
+            return Err(Error::invalid(format!("patch: {path} appears twice")));
         }
         out.push(FileChange {
             path,
@@ -272,16 +282,14 @@ pub fn parse(text: &str) -> Result<Vec<FileChange<'_>>> {
         });
     }
     if out.is_empty() {
-        return Err(Error::InvalidArgument(
-            "patch: no file changes found".into(),
-        ));
+        return Err(Error::invalid("patch: no file changes found"));
     }
     Ok(out)
 }
 
-pub fn apply(pyro: &Pyro, id: &str, text: &str) -> Result<PatchResult> {
+pub fn apply(ctx: &Context, id: &str, text: &str) -> Result<PatchResult> {
     let changes = parse(text)?;
-    let ws = Workspace::locate(pyro, id)?;
+    let ws = Workspace::locate(&ctx.paths, id)?;
     let mut client = ws.connect()?;
     let mut writes = Vec::new();
     let mut removes = Vec::new();
@@ -289,23 +297,23 @@ pub fn apply(pyro: &Pyro, id: &str, text: &str) -> Result<PatchResult> {
     let mut entries = Vec::new();
     // Check every file first; nothing is written unless all apply.
     for c in &changes {
-        let path = workspace::workspace_path(&c.path)?;
-        let current =
-            match workspace::read_bytes(&mut client, &path, MAX_FILE_BYTES + 1) {
-                Ok((data, size, _)) if size > MAX_FILE_BYTES => {
-                    let _ = data;
-                    return Err(Error::InvalidArgument(format!(
-                        "patch: {path} is larger than {MAX_FILE_BYTES} bytes"
-                    )));
-                }
-                Ok((data, _, _)) => Some(String::from_utf8(data).map_err(|_| {
-                    Error::InvalidArgument(format!("patch: {path} is not UTF-8 text"))
-                })?),
-                Err(Error::Guest(m)) if m.contains("no such file") => None,
-                Err(e) => return Err(e),
-            };
+        let path = workspace_path(&c.path)?;
+        let current = match files::read_bytes(&mut client, &path, MAX_FILE_BYTES + 1) {
+            Ok((data, size, _)) if size > MAX_FILE_BYTES => {
+                let _ = data;
+                return Err(Error::invalid(format!(
+                    "patch: {path} is larger than {MAX_FILE_BYTES} bytes"
+                )));
+            }
+            Ok((data, _, _)) => Some(
+                String::from_utf8(data)
+                    .map_err(|_| Error::invalid(format!("patch: {path} is not UTF-8 text")))?,
+            ),
+            Err(Error::Guest(m)) if m.contains("no such file") => None,
+            Err(e) => return Err(e),
+        };
         let fail = |why: &str| {
-            Error::InvalidArgument(format!(
+            Error::invalid(format!(
                 "patch does not apply to {path}: {why}; nothing was changed"
             ))
         };
@@ -345,7 +353,7 @@ pub fn apply(pyro: &Pyro, id: &str, text: &str) -> Result<PatchResult> {
             status: c.status,
         });
     }
-    workspace::write_files(&mut client, &writes, removes)?;
+    files::write_files(&mut client, &writes, removes)?;
     summary.total = entries.len();
     Ok(PatchResult {
         workspace_id: id.into(),

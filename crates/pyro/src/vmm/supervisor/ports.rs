@@ -12,30 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyro_protocol::{Frame, Kind, Message};
-use serde::{Deserialize, Serialize};
 
 use super::{serve_client, Supervisor};
+use crate::vmm::channel::stream;
+use crate::vmm::control::{PortBinding, ServicePort};
 
 /// Published ports bind here only.
 const PUBLISH_HOST: &str = "127.0.0.1";
-
-/// A host port relaying to a guest port, on behalf of a service.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PortBinding {
-    pub host: String,
-    pub host_port: u16,
-    pub guest_port: u16,
-    pub protocol: String,
-}
-
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServicePort {
-    pub service: String,
-    #[serde(flatten)]
-    pub binding: PortBinding,
-}
 
 pub(super) struct Publication {
     port: ServicePort,
@@ -118,7 +101,8 @@ pub(super) fn list(sup: &Supervisor) -> Vec<ServicePort> {
 /// One accepted connection: a private client of the supervisor opens a
 /// tunnel to the guest port and copies bytes both ways.
 fn relay(sup: Arc<Supervisor>, tcp: TcpStream, guest_port: u16) {
-    const STREAM: u32 = 1;
+    // This connection is a client of its own, with one stream.
+    const STREAM: u32 = stream::FIRST_CLIENT;
     let Ok((mine, theirs)) = UnixStream::pair() else {
         return;
     };
@@ -171,23 +155,19 @@ fn relay(sup: Arc<Supervisor>, tcp: TcpStream, guest_port: u16) {
     let mut from_sup = mine;
     let mut lagging = false;
     while let Ok(Some(frame)) = Frame::read_from(&mut from_sup) {
-        match frame.kind {
+        let done = match frame.kind {
             Kind::Stdout => {
-                if tx.try_send(frame.body).is_err() {
-                    lagging = true;
-                    break;
-                }
+                lagging = tx.try_send(frame.body).is_err();
+                lagging
             }
-            Kind::Message => {
-                if frame
-                    .decode_message()
-                    .map(|m| m.is_terminal())
-                    .unwrap_or(true)
-                {
-                    break;
-                }
-            }
-            _ => {}
+            Kind::Message => frame
+                .decode_message()
+                .map(|m| m.is_terminal())
+                .unwrap_or(true),
+            _ => false,
+        };
+        if done {
+            break;
         }
     }
     drop(tx);

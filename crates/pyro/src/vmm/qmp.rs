@@ -27,7 +27,50 @@ pub enum QmpError {
     Command { command: String, message: String },
 }
 
+/// QEMU's run state (`query-status`), as far as pyro cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    /// Waiting for incoming migration data (a restore in progress).
+    InMigrate,
+    Other,
+}
+
+/// Where a migration (a save or a restore) is (`query-migrate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationStatus {
+    Completed,
+    /// Failed or cancelled.
+    Failed,
+    /// Not started, set up, active, ...
+    InProgress,
+}
+
+fn status_of(v: &Value) -> &str {
+    v.get("status").and_then(Value::as_str).unwrap_or("")
+}
+
 impl Qmp {
+    pub fn run_state(&mut self) -> Result<RunState, QmpError> {
+        let v = self.execute("query-status", json!({}))?;
+        Ok(match status_of(&v) {
+            "running" => RunState::Running,
+            "inmigrate" => RunState::InMigrate,
+            _ => RunState::Other,
+        })
+    }
+
+    /// The migration's status, and QEMU's whole answer (for messages).
+    pub fn migration(&mut self) -> Result<(MigrationStatus, Value), QmpError> {
+        let v = self.execute("query-migrate", json!({}))?;
+        let status = match status_of(&v) {
+            "completed" => MigrationStatus::Completed,
+            "failed" | "cancelled" => MigrationStatus::Failed,
+            _ => MigrationStatus::InProgress,
+        };
+        Ok((status, v))
+    }
+
     /// Connects, reads the greeting and leaves capabilities negotiation.
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
         let stream = UnixStream::connect(socket)?;

@@ -1,13 +1,15 @@
-//! A connection to a VM's supervisor (see `supervisor`).
+//! A connection to a VM's supervisor (see `supervisor`): the supervisor's
+//! own requests on stream 0, guest requests on streams of their own.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
-use pyro_protocol::{ExecRequest, ExitStatus, Frame, Kind, Message, CONTROL_STREAM};
+use pyro_protocol::{ExecRequest, ExitStatus, Frame, Kind, Message};
 
 use crate::error::{Error, Result};
-use crate::supervisor::{ControlRequest, ControlResponse, ServicePort};
-use crate::vm::VmDir;
+use crate::vmm::channel::{self, stream, ChannelError};
+use crate::vmm::control::{ControlRequest, ControlResponse, ServicePort};
+use crate::vmm::dir::VmDir;
 
 pub struct VmClient {
     socket: UnixStream,
@@ -18,6 +20,14 @@ pub struct VmClient {
 pub trait OutputSink {
     fn stdout(&mut self, bytes: &[u8]);
     fn stderr(&mut self, bytes: &[u8]);
+}
+
+/// Output that is only wanted in the result, or not at all.
+pub struct Discard;
+
+impl OutputSink for Discard {
+    fn stdout(&mut self, _: &[u8]) {}
+    fn stderr(&mut self, _: &[u8]) {}
 }
 
 /// Tees a command's output to another sink and keeps a copy.
@@ -48,6 +58,16 @@ impl OutputSink for Capture<'_> {
     }
 }
 
+fn lost(e: ChannelError) -> Error {
+    match e {
+        ChannelError::Closed => Error::VmLost("the supervisor closed the connection".into()),
+        ChannelError::Frame(pyro_protocol::FrameError::BadMessage(e)) => {
+            Error::VmLost(format!("bad agent reply: {e}"))
+        }
+        e => Error::VmLost(format!("supervisor: {e}")),
+    }
+}
+
 impl VmClient {
     pub fn connect(dir: &VmDir) -> Result<VmClient> {
         let socket = UnixStream::connect(dir.control_socket()).map_err(|e| {
@@ -55,30 +75,28 @@ impl VmClient {
         })?;
         Ok(VmClient {
             socket,
-            next_stream: 1,
+            next_stream: stream::FIRST_CLIENT,
         })
     }
 
     fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse> {
         let frame = Frame {
-            stream: CONTROL_STREAM,
+            stream: stream::CONTROL,
             kind: Kind::Message,
-            body: serde_json::to_vec(req).unwrap(),
+            body: serde_json::to_vec(req).expect("control requests serialize"),
         };
         self.socket
             .write_all(&frame.encode())
             .map_err(|e| Error::VmLost(format!("supervisor: {e}")))?;
         loop {
             match Frame::read_from(&mut self.socket) {
-                Ok(Some(f)) if f.stream == CONTROL_STREAM => {
+                Ok(Some(f)) if f.stream == stream::CONTROL => {
                     return serde_json::from_slice(&f.body)
                         .map_err(|e| Error::VmLost(format!("bad supervisor reply: {e}")))
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Err(Error::VmLost("the supervisor closed the connection".into()))
-                }
-                Err(e) => return Err(Error::VmLost(format!("supervisor: {e}"))),
+                Ok(None) => return Err(lost(ChannelError::Closed)),
+                Err(e) => return Err(lost(e.into())),
             }
         }
     }
@@ -107,8 +125,8 @@ impl VmClient {
         }
     }
 
-    /// Deletes the VM and waits until it is gone.
-    pub fn delete(mut self) -> Result<()> {
+    /// Stops the VM (a one-shot VM is also removed) and waits until it is.
+    pub fn stop(mut self) -> Result<()> {
         match self.control(&ControlRequest::Delete) {
             Ok(ControlResponse::Deleted) => Ok(()),
             // The supervisor exits as it finishes; a closed socket means done.
@@ -118,46 +136,40 @@ impl VmClient {
         }
     }
 
-    /// Runs a command in the guest, streaming its output into `sink`.
-    pub fn exec(&mut self, req: ExecRequest, sink: &mut dyn OutputSink) -> Result<ExitStatus> {
+    fn call(
+        &mut self,
+        message: &Message,
+        input: Option<&mut dyn Read>,
+        on_data: channel::OnData<'_>,
+    ) -> Result<Message> {
         let stream = self.next_stream;
         self.next_stream += 1;
-        self.send(&Frame::message(stream, &Message::Exec(req)))?;
-        loop {
-            let frame = match Frame::read_from(&mut self.socket) {
-                Ok(Some(f)) => f,
-                Ok(None) => {
-                    return Err(Error::VmLost(
-                        "the supervisor closed the connection mid-command".into(),
-                    ))
-                }
-                Err(e) => return Err(Error::VmLost(format!("supervisor: {e}"))),
-            };
-            if frame.stream != stream {
-                continue;
-            }
-            match frame.kind {
-                Kind::Stdout => sink.stdout(&frame.body),
-                Kind::Stderr => sink.stderr(&frame.body),
-                Kind::Input => {}
-                Kind::Message => match frame.decode_message() {
-                    Ok(Message::Exited(status)) => return Ok(status),
-                    Ok(Message::Error { message }) => return Err(Error::VmLost(message)),
-                    Ok(_) => {}
-                    Err(e) => return Err(Error::VmLost(format!("bad agent reply: {e}"))),
-                },
-            }
+        channel::call(&mut self.socket, stream, message, input, on_data).map_err(|e| match e {
+            // Reading the input is ours, not the VM's.
+            ChannelError::Input(e) => Error::Io {
+                context: "read input".into(),
+                source: e,
+            },
+            e => lost(e),
+        })
+    }
+
+    /// Runs a command in the guest, streaming its output into `sink`.
+    pub fn exec(&mut self, req: ExecRequest, sink: &mut dyn OutputSink) -> Result<ExitStatus> {
+        let reply = self.call(&Message::Exec(req), None, &mut |kind, bytes| match kind {
+            Kind::Stderr => sink.stderr(bytes),
+            _ => sink.stdout(bytes),
+        })?;
+        match reply {
+            Message::Exited(status) => Ok(status),
+            // The supervisor's word that the VM went away mid-command.
+            Message::Error { message } => Err(Error::VmLost(message)),
+            other => Err(Error::unexpected(&other)),
         }
     }
 
-    fn send(&mut self, frame: &Frame) -> Result<()> {
-        self.socket
-            .write_all(&frame.encode())
-            .map_err(|e| Error::VmLost(format!("supervisor: {e}")))
-    }
-
     /// Sends one request, with `input` streamed after it if given, and
-    /// returns its terminal reply; output frames go to `output`. An agent
+    /// returns its terminal reply; output goes to `output`. An agent
     /// `error` reply becomes [`Error::Guest`].
     pub fn request(
         &mut self,
@@ -165,44 +177,9 @@ impl VmClient {
         input: Option<&mut dyn Read>,
         output: &mut dyn FnMut(&[u8]),
     ) -> Result<Message> {
-        let stream = self.next_stream;
-        self.next_stream += 1;
-        self.send(&Frame::message(stream, message))?;
-        if let Some(input) = input {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = input.read(&mut buf).map_err(|e| Error::Io {
-                    context: "read input".into(),
-                    source: e,
-                })?;
-                if n == 0 {
-                    break;
-                }
-                self.send(&Frame::data(stream, Kind::Input, buf[..n].to_vec()))?;
-            }
-            self.send(&Frame::message(stream, &Message::InputEnd))?;
-        }
-        loop {
-            let frame = match Frame::read_from(&mut self.socket) {
-                Ok(Some(f)) => f,
-                Ok(None) => {
-                    return Err(Error::VmLost("the supervisor closed the connection".into()))
-                }
-                Err(e) => return Err(Error::VmLost(format!("supervisor: {e}"))),
-            };
-            if frame.stream != stream {
-                continue;
-            }
-            match frame.kind {
-                Kind::Stdout | Kind::Stderr => output(&frame.body),
-                Kind::Input => {}
-                Kind::Message => match frame.decode_message() {
-                    Ok(Message::Error { message }) => return Err(Error::Guest(message)),
-                    Ok(m) if m.is_terminal() => return Ok(m),
-                    Ok(_) => {}
-                    Err(e) => return Err(Error::VmLost(format!("bad agent reply: {e}"))),
-                },
-            }
+        match self.call(message, input, &mut |_, bytes| output(bytes))? {
+            Message::Error { message } => Err(Error::Guest(message)),
+            m => Ok(m),
         }
     }
 
@@ -235,7 +212,7 @@ impl VmClient {
             host_port,
         })? {
             ControlResponse::Ports { mut ports } if ports.len() == 1 => Ok(ports.remove(0)),
-            ControlResponse::Error { message } => Err(Error::InvalidArgument(message)),
+            ControlResponse::Error { message } => Err(Error::conflict(message)),
             other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
         }
     }
@@ -257,10 +234,5 @@ impl VmClient {
             ControlResponse::Ports { ports } => Ok(ports),
             other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
         }
-    }
-
-    /// Stops the VM (a persistent one keeps its disk) and waits until it is.
-    pub fn stop(self) -> Result<()> {
-        self.delete()
     }
 }

@@ -7,11 +7,102 @@
 //! on, with spawning denied.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::Accel;
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// `qemu-system-x86_64 --version`, first line.
+pub fn version() -> Option<String> {
+    let out = Command::new(QEMU)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_owned)
+}
+
+/// Which accelerator QEMU uses.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The accelerator to use, and why.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize)]
+pub struct AccelChoice {
+    pub accel: Accel,
+    pub reason: String,
+    pub kvm_device: bool,
+    pub kvm_writable: bool,
+    pub cpu_virtualization_flag: bool,
+}
+
+/// KVM only when `/dev/kvm` opens read-write *and* the CPU advertises
+/// hardware virtualization (`vmx`/`svm`); nested paravirtual KVM without
+/// those flags boots stock kernels too slowly to use. `PYRO_ACCEL` overrides.
+pub fn choose_accel() -> AccelChoice {
+    let kvm_device = Path::new("/dev/kvm").exists();
+    let kvm_writable = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flag = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let mk = |accel, reason: &str| AccelChoice {
+        accel,
+        reason: reason.into(),
+        kvm_device,
+        kvm_writable,
+        cpu_virtualization_flag: flag,
+    };
+    match std::env::var("PYRO_ACCEL").ok().as_deref() {
+        Some("kvm") => return mk(Accel::Kvm, "PYRO_ACCEL=kvm"),
+        Some("tcg") => return mk(Accel::Tcg, "PYRO_ACCEL=tcg"),
+        _ => {}
+    }
+    if kvm_writable && flag {
+        mk(
+            Accel::Kvm,
+            "/dev/kvm is usable and the CPU has hardware virtualization",
+        )
+    } else if !kvm_device {
+        mk(Accel::Tcg, "/dev/kvm does not exist")
+    } else if !kvm_writable {
+        mk(
+            Accel::Tcg,
+            "/dev/kvm is not readable and writable by this user",
+        )
+    } else {
+        mk(
+            Accel::Tcg,
+            "/dev/kvm exists but the CPU has no vmx/svm flag (nested paravirtual KVM is too slow for stock kernels)",
+        )
+    }
+}
 
 /// The guest's side of its user-mode network: the same for every VM, since
 /// each has a passt of its own (`host::spawn_passt`).
@@ -24,6 +115,14 @@ pub mod net {
     /// passt answers DNS here by forwarding to the host's resolver.
     pub const DNS: &str = "10.0.2.3";
     pub const MAC: &str = "52:54:00:12:34:56";
+
+    /// Where a VM's passt socket lives: outside `$PYRO_HOME`, whose parents
+    /// (a home directory) the unprivileged passt may not traverse.
+    pub fn socket_path(vm_id: &str) -> std::path::PathBuf {
+        std::env::temp_dir()
+            .join(format!("pyro-net-{vm_id}"))
+            .join("passt.sock")
+    }
 }
 
 /// Everything QEMU needs to start one VM.
@@ -74,25 +173,14 @@ pub fn kernel_cmdline(spec: &VmSpec) -> String {
 
 /// Arguments after the program name.
 pub fn args(spec: &VmSpec) -> Vec<OsString> {
-    let mut a: Vec<OsString> = Vec::new();
-    let mut push = |s: &str| a.push(s.into());
-    push("-M");
-    push("microvm,acpi=on");
-    match spec.accel {
-        Accel::Kvm => {
-            push("-accel");
-            push("kvm");
-            push("-cpu");
-            push("host");
-        }
-        Accel::Tcg => {
-            push("-accel");
-            push("tcg,thread=multi");
-            push("-cpu");
-            push("max");
-        }
-    }
-    let mut a = a;
+    let (accel, cpu) = match spec.accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg,thread=multi", "max"),
+    };
+    let mut a: Vec<OsString> = ["-M", "microvm,acpi=on", "-accel", accel, "-cpu", cpu]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
     if let Some(sock) = &spec.network_socket {
         for s in [
             "-netdev".to_string(),

@@ -15,10 +15,10 @@
 //! same environment and shape is removed once the new one exists (a VM
 //! still using it keeps its open files). A template that fails to build is
 //! not tried again for ten minutes; a VM whose restore fails boots normally
-//! (see `supervisor`).
+//! (see `boot`).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,14 +27,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::environments::Installed;
+use crate::environments::{Installed, PruneReport};
 use crate::error::{Error, IoContext, Result};
 use crate::host::{self, FileLock};
 use crate::paths::Paths;
 use crate::progress::Progress;
-use crate::qemu::VmSpec;
-use crate::qmp::Qmp;
-use crate::vm::{self, VmDir};
+use crate::vmm::boot;
+use crate::vmm::channel::{self, stream};
+use crate::vmm::dir::{self, VmDir};
+use crate::vmm::qemu::{self, VmSpec};
+use crate::vmm::qmp::{MigrationStatus, Qmp, QmpError};
 
 const FORMAT_VERSION: u32 = 2;
 
@@ -78,7 +80,7 @@ fn stamp(path: &Path) -> String {
 }
 
 fn key(spec: &VmSpec, env: &Installed) -> String {
-    let qemu = host::which(host::QEMU).unwrap_or_else(|| PathBuf::from(host::QEMU));
+    let qemu = host::which(qemu::QEMU).unwrap_or_else(|| PathBuf::from(qemu::QEMU));
     let facts = json!({
         "format": FORMAT_VERSION,
         "accel": spec.accel,
@@ -165,7 +167,7 @@ pub fn ensure(
         };
         host::write_atomic(
             &partial.join("template.json"),
-            &serde_json::to_vec_pretty(&info).unwrap(),
+            &serde_json::to_vec_pretty(&info).expect("template info serializes"),
         )?;
         fs::rename(&partial, &dir).ctx(|| format!("install {}", dir.display()))
     });
@@ -222,7 +224,7 @@ pub fn first_disk(
             fs::set_permissions(&spec.disk, fs::Permissions::from_mode(0o644))
                 .ctx(|| format!("chmod {}", spec.disk.display()))?;
         }
-        None => vm::create_overlay(&env.rootfs, &spec.disk)?,
+        None => dir::create_overlay(&env.rootfs, &spec.disk)?,
     }
     Ok(template)
 }
@@ -239,25 +241,24 @@ pub fn count(paths: &Paths) -> usize {
         .unwrap_or(0)
 }
 
-/// What `pyro env prune` may remove here, with why: partial builds (when
-/// no build runs), failure markers, and templates over an image of this
-/// environment cache that is gone or was rebuilt since.
-pub fn prunable(paths: &Paths) -> Result<Vec<(PathBuf, &'static str)>> {
+/// Removes what `env prune` may remove here, into `report`: partial
+/// builds (when no build runs), failure markers, and templates over an
+/// image of this environment cache that is gone or was rebuilt since.
+pub fn prune(paths: &Paths, report: &mut PruneReport) -> Result<()> {
     let root = &paths.template_cache;
     let Ok(entries) = fs::read_dir(root) else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let Some(_idle) = FileLock::try_acquire(&root.join(".lock"))? else {
-        return Ok(Vec::new());
+        return Ok(());
     };
-    let mut out = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
         if name.starts_with(".partial-") {
-            out.push((path, "partial template build"));
+            report.remove(path, "partial template build")?;
         } else if name.ends_with(".failed") {
-            out.push((path, "failed template build"));
+            report.remove(path, "failed template build")?;
         } else if let Some(info) = fs::read(path.join("template.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<TemplateInfo>(&b).ok())
@@ -266,11 +267,11 @@ pub fn prunable(paths: &Paths) -> Result<Vec<(PathBuf, &'static str)>> {
                 && crate::environments::installed_sha256(paths, &info.environment).as_ref()
                     != Some(&info.image_sha256)
             {
-                out.push((path, "outdated template"));
+                report.remove(path, "outdated template")?;
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Removes the template whose saved state `state` is, after a VM that was
@@ -311,14 +312,14 @@ fn build(dir: &Path, like: &VmSpec, env: &Installed) -> Result<u64> {
     fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
     let vm_dir = VmDir::from_path(dir);
     let disk = dir.join("base.qcow2");
-    vm::create_overlay(&env.rootfs, &disk)?;
+    dir::create_overlay(&env.rootfs, &disk)?;
     // With a network device, the template VM gets a passt of its own while
     // it boots; its interface stays down (the agent configures it only on
     // activation), so it sends nothing.
     let network_socket = like
         .network_socket
         .as_ref()
-        .map(|_| host::network_socket(&format!("template-{}", host::random_id(4))));
+        .map(|_| qemu::net::socket_path(&format!("template-{}", host::random_id(4))));
     let spec = VmSpec {
         disk: disk.clone(),
         disk_cache_unsafe: false,
@@ -329,8 +330,8 @@ fn build(dir: &Path, like: &VmSpec, env: &Installed) -> Result<u64> {
         snapshot: None,
         ..like.clone()
     };
-    let record = vm::new_record("template", &env.manifest.name, true, 600, spec);
-    let (mut child, mut agent, _welcome) = crate::supervisor::boot_once(&vm_dir, &record)
+    let record = dir::new_record("template", &env.manifest.name, true, 600, spec);
+    let (mut child, mut agent, _welcome) = boot::boot_once(&vm_dir, &record)
         .map_err(|e| Error::Boot(format!("the template VM did not boot: {}", e.message)))?;
     let saved = warm_up(&mut agent).and_then(|()| save(dir, &vm_dir));
     // After a save QEMU is quitting; give it time to close the disk.
@@ -362,8 +363,7 @@ fn build(dir: &Path, like: &VmSpec, env: &Installed) -> Result<u64> {
 /// first command reads (the shell, libc, the profile) are in the saved page
 /// cache instead of on the disk.
 fn warm_up(agent: &mut std::os::unix::net::UnixStream) -> Result<()> {
-    use pyro_protocol::{Command, ExecRequest, Frame, Kind, Message};
-    const STREAM: u32 = 7;
+    use pyro_protocol::{Command, ExecRequest, Message};
     let failed = |why: String| Error::Boot(format!("warming up the template: {why}"));
     let exec = Message::Exec(ExecRequest {
         command: Command::Shell("true".into()),
@@ -373,24 +373,13 @@ fn warm_up(agent: &mut std::os::unix::net::UnixStream) -> Result<()> {
         sync_after: false,
     });
     agent
-        .write_all(&Frame::message(STREAM, &exec).encode())
-        .map_err(|e| failed(e.to_string()))?;
-    agent
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| failed(e.to_string()))?;
-    loop {
-        match Frame::read_from(agent) {
-            Ok(Some(f)) if f.stream == STREAM && f.kind == Kind::Message => {
-                match f.decode_message() {
-                    Ok(Message::Exited(_)) => return Ok(()),
-                    Ok(Message::Error { message }) => return Err(failed(message)),
-                    _ => {}
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(failed("the agent went away".into())),
-            Err(e) => return Err(failed(e.to_string())),
-        }
+    match channel::call(agent, stream::BOOTSTRAP, &exec, None, &mut |_, _| {}) {
+        Ok(Message::Exited(_)) => Ok(()),
+        Ok(Message::Error { message }) => Err(failed(message)),
+        Ok(other) => Err(failed(format!("unexpected answer {other:?}"))),
+        Err(e) => Err(failed(e.to_string())),
     }
 }
 
@@ -398,7 +387,7 @@ fn warm_up(agent: &mut std::os::unix::net::UnixStream) -> Result<()> {
 /// socket (QEMU's sandbox forbids spawning a helper), then quits QEMU
 /// cleanly so the disk's metadata is on the file.
 fn save(dir: &Path, vm_dir: &VmDir) -> Result<u64> {
-    let qmp_err = |e: crate::qmp::QmpError| Error::Boot(format!("saving the template: {e}"));
+    let qmp_err = |e: QmpError| Error::Boot(format!("saving the template: {e}"));
     let mut qmp = Qmp::connect(&vm_dir.qmp_socket(), Duration::from_secs(30)).map_err(qmp_err)?;
     // The default bandwidth cap (32 MiB/s) is for live migration.
     qmp.execute(
@@ -435,11 +424,10 @@ fn save(dir: &Path, vm_dir: &VmDir) -> Result<u64> {
     file.sync_all().ctx(|| "sync the VM state".into())?;
     let _ = fs::remove_file(&sock);
     loop {
-        let status = qmp.execute("query-migrate", json!({})).map_err(qmp_err)?;
-        match status.get("status").and_then(|s| s.as_str()) {
-            Some("completed") => break,
-            Some("failed") | Some("cancelled") => {
-                return Err(Error::Boot(format!("saving the template failed: {status}")))
+        match qmp.migration().map_err(qmp_err)? {
+            (MigrationStatus::Completed, _) => break,
+            (MigrationStatus::Failed, answer) => {
+                return Err(Error::Boot(format!("saving the template failed: {answer}")))
             }
             _ if Instant::now() > deadline => {
                 return Err(Error::Boot("saving the template timed out".into()))

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::OutputSink;
 use crate::error::{Error, IoContext, Result};
+use crate::vmm::client::OutputSink;
 
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 const REDACTED: &[u8] = b"[REDACTED]";
@@ -29,13 +29,32 @@ pub struct SecretInput {
     pub file_path: Option<PathBuf>,
 }
 
+/// Where a secret's value came from.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretSource {
+    Literal,
+    File,
+}
+
+impl SecretSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretSource::Literal => "literal",
+            SecretSource::File => "file",
+        }
+    }
+}
+
 /// What status shows of a secret: never its value.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecretInfo {
     pub name: String,
     /// `literal` or `file`.
-    pub source_kind: String,
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub source_kind: SecretSource,
 }
 
 pub fn valid_env_name(kind: &str, name: &str) -> Result<()> {
@@ -48,7 +67,7 @@ pub fn valid_env_name(kind: &str, name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!(
+        Err(Error::invalid(format!(
             "{kind} {name:?} must be letters, digits and '_', not starting with a digit, at most 64"
         )))
     }
@@ -60,39 +79,32 @@ pub fn resolve(inputs: &[SecretInput]) -> Result<Vec<(SecretInfo, String)>> {
     for s in inputs {
         valid_env_name("secret name", &s.name)?;
         if out.iter().any(|(i, _)| i.name == s.name) {
-            return Err(Error::InvalidArgument(format!(
-                "secret {} is given twice",
-                s.name
-            )));
+            return Err(Error::invalid(format!("secret {} is given twice", s.name)));
         }
         let (value, kind) = match (&s.value, &s.file_path) {
-            (Some(v), None) => (v.clone(), "literal"),
+            (Some(v), None) => (v.clone(), SecretSource::Literal),
             (None, Some(p)) => {
                 let bytes = fs::read(p).map_err(|e| {
-                    Error::InvalidArgument(format!(
+                    Error::invalid(format!(
                         "secret {}: cannot read {}: {e}",
                         s.name,
                         p.display()
                     ))
                 })?;
                 let text = String::from_utf8(bytes).map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "secret {}: {} is not UTF-8",
-                        s.name,
-                        p.display()
-                    ))
+                    Error::invalid(format!("secret {}: {} is not UTF-8", s.name, p.display()))
                 })?;
-                (text, "file")
+                (text, SecretSource::File)
             }
             _ => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid(format!(
                     "secret {} needs exactly one of a value or a file",
                     s.name
                 )))
             }
         };
         if value.is_empty() || value.len() > MAX_SECRET_BYTES {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid(format!(
                 "secret {} must be 1 to {MAX_SECRET_BYTES} bytes",
                 s.name
             )));
@@ -100,7 +112,7 @@ pub fn resolve(inputs: &[SecretInput]) -> Result<Vec<(SecretInfo, String)>> {
         out.push((
             SecretInfo {
                 name: s.name.clone(),
-                source_kind: kind.into(),
+                source_kind: kind,
             },
             value,
         ));
@@ -150,7 +162,7 @@ pub fn environment(
     let mut env = BTreeMap::new();
     for (secret, var) in secret_env {
         let value = values.get(secret).ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::invalid(format!(
                 "secret_env references unknown workspace secret {secret:?}"
             ))
         })?;

@@ -1,0 +1,120 @@
+//! `workspace create/list/update/status/logs/stop/start/delete`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use pyro::{defaults, CreateWorkspace, Pyro, SecretInput, UpdateWorkspace};
+
+use super::Id;
+use crate::cmd::key_value;
+use crate::render::{self, show};
+
+#[derive(Args)]
+pub struct CreateArgs {
+    environment: String,
+    #[arg(long, default_value_t = defaults::vcpu_count())]
+    vcpu_count: u32,
+    #[arg(long, default_value_t = defaults::mem_mib())]
+    mem_mib: u32,
+    /// Stop (never delete) the workspace after this long without activity.
+    #[arg(long, default_value_t = defaults::ttl_seconds())]
+    ttl_seconds: u64,
+    /// off, egress or egress+published-ports.
+    #[arg(long, default_value_t = pyro::NetworkPolicy::default())]
+    network_policy: pyro::NetworkPolicy,
+    /// A directory, .tar, .tar.gz or .tgz to copy into /workspace.
+    #[arg(long)]
+    seed_path: Option<PathBuf>,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long = "label", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    /// A secret, NAME=VALUE (repeatable).
+    #[arg(long = "secret", value_parser = key_value)]
+    secrets: Vec<(String, String)>,
+    /// A secret read from a host file, NAME=PATH (repeatable).
+    #[arg(long = "secret-file", value_parser = key_value)]
+    secret_files: Vec<(String, String)>,
+    /// Print only the workspace id.
+    #[arg(long, conflicts_with = "json")]
+    id_only: bool,
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    workspace_id: String,
+    #[arg(long, conflicts_with = "clear_name")]
+    name: Option<String>,
+    #[arg(long)]
+    clear_name: bool,
+    #[arg(long = "label", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    #[arg(long = "clear-label")]
+    clear_labels: Vec<String>,
+}
+
+pub fn create(pyro: &Pyro, a: CreateArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let literal = a.secrets.into_iter().map(|(name, value)| SecretInput {
+        name,
+        value: Some(value),
+        file_path: None,
+    });
+    let files = a.secret_files.into_iter().map(|(name, path)| SecretInput {
+        name,
+        value: None,
+        file_path: Some(path.into()),
+    });
+    let params = CreateWorkspace {
+        environment: a.environment,
+        vcpu_count: a.vcpu_count,
+        mem_mib: a.mem_mib,
+        ttl_seconds: a.ttl_seconds,
+        network_policy: a.network_policy,
+        seed_path: a.seed_path,
+        name: a.name,
+        labels: a.labels.into_iter().collect(),
+        secrets: literal.chain(files).collect(),
+    };
+    let w = pyro.create_workspace(&params, &render::Phases::new())?;
+    if a.id_only {
+        println!("{}", w.workspace_id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    show(json, &w)
+}
+
+pub fn list(pyro: &Pyro, json: bool) -> anyhow::Result<ExitCode> {
+    show(json, &pyro.list_workspaces()?)
+}
+
+pub fn update(pyro: &Pyro, a: UpdateArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let u = UpdateWorkspace {
+        name: a.name,
+        clear_name: a.clear_name,
+        labels: a.labels.into_iter().collect(),
+        clear_labels: a.clear_labels,
+    };
+    show(json, &pyro.update_workspace(&a.workspace_id, &u)?)
+}
+
+pub fn status(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
+    show(json, &pyro.status_workspace(&a.workspace_id)?)
+}
+
+pub fn logs(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
+    show(json, &pyro.logs_workspace(&a.workspace_id)?)
+}
+
+pub fn stop(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
+    show(json, &pyro.stop_workspace(&a.workspace_id)?)
+}
+
+pub fn start(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
+    let progress = render::Phases::new();
+    show(json, &pyro.start_workspace(&a.workspace_id, &progress)?)
+}
+
+pub fn delete(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
+    show(json, &pyro.delete_workspace(&a.workspace_id)?)
+}

@@ -1,0 +1,367 @@
+//! Bringing a guest up: start passt (when the VM has a network) and QEMU,
+//! restore a saved state or let the kernel boot, and wait for the agent's
+//! `welcome` under a watchdog. Used by the supervisor for every VM and by
+//! template builds; nothing here routes requests.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pyro_protocol::{Decoder, Frame, Message, SUPPORTED_GENERATIONS};
+
+use crate::error::{Error, IoContext, Result};
+use crate::host;
+use crate::vmm::channel::stream;
+use crate::vmm::dir::{VmDir, VmRecord};
+use crate::vmm::qemu::{self, net, Accel, VmSpec};
+use crate::vmm::qmp::{MigrationStatus, Qmp, RunState};
+
+/// How long a boot may take before the VM is killed and booted again.
+fn boot_watchdog(accel: Accel) -> Duration {
+    match accel {
+        Accel::Kvm => Duration::from_secs(20),
+        Accel::Tcg => Duration::from_secs(45),
+    }
+}
+const BOOT_ATTEMPTS: u32 = 2;
+/// How long loading a template's state may take.
+const RESTORE_WATCHDOG: Duration = Duration::from_secs(15);
+
+/// What the agent said in its `welcome`.
+#[derive(Debug, Clone, Default)]
+pub struct Welcome {
+    pub generation: u32,
+    pub kernel_release: String,
+    pub agent_version: String,
+    /// The guest's clock at the welcome: kernel start to agent ready.
+    pub boot_ms: u64,
+}
+
+/// A guest that answered: QEMU, the agent's connection, its welcome.
+pub struct Booted {
+    pub qemu: Child,
+    pub agent: UnixStream,
+    pub welcome: Welcome,
+    pub attempts: u32,
+    /// The saved state was restored (rather than the kernel booted).
+    pub restored: bool,
+}
+
+pub struct BootError {
+    pub message: String,
+    retry: bool,
+}
+
+/// Brings the VM of `record` up: restores its snapshot if it has one
+/// (booting the same disk instead if that fails: ext4 recovers it like
+/// after a crash), and boots once more if the first boot hangs.
+pub fn boot(dir: &VmDir, record: &VmRecord) -> Result<Booted, String> {
+    let mut record = record.clone();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match boot_once(dir, &record) {
+            Ok((qemu, agent, welcome)) => {
+                return Ok(Booted {
+                    qemu,
+                    agent,
+                    welcome,
+                    attempts: attempt,
+                    restored: record.spec.snapshot.is_some(),
+                })
+            }
+            Err(e) if record.spec.snapshot.is_some() => {
+                eprintln!(
+                    "supervisor: restoring the template failed: {}; booting instead",
+                    e.message
+                );
+                record.spec.snapshot = None;
+            }
+            Err(e) if attempt < BOOT_ATTEMPTS && e.retry => {
+                eprintln!(
+                    "supervisor: boot attempt {attempt} failed: {}; retrying",
+                    e.message
+                );
+            }
+            Err(e) => return Err(e.message),
+        }
+    }
+}
+
+/// Starts QEMU and waits for the agent's welcome, within the watchdog.
+pub fn boot_once(
+    dir: &VmDir,
+    record: &VmRecord,
+) -> Result<(Child, UnixStream, Welcome), BootError> {
+    let fatal = |e: Error| BootError {
+        message: e.to_string(),
+        retry: false,
+    };
+    let _ = fs::remove_file(dir.agent_socket());
+    let _ = fs::remove_file(dir.qmp_socket());
+    // The network (if any) listens before QEMU connects to it; it exits
+    // with QEMU, so each boot attempt gets its own.
+    if let Some(sock) = &record.spec.network_socket {
+        spawn_passt(sock, &dir.passt_log()).map_err(fatal)?;
+    }
+    let mut child = spawn_qemu(&record.spec, &dir.qemu_log()).map_err(fatal)?;
+    let deadline = Instant::now() + boot_watchdog(record.spec.accel);
+    let give_up = |child: &mut Child, why: String, retry: bool| {
+        let _ = child.kill();
+        let _ = child.wait();
+        let console = fs::read_to_string(dir.console_log()).unwrap_or_default();
+        let qemu = fs::read_to_string(dir.qemu_log()).unwrap_or_default();
+        let mut message = why;
+        if !qemu.trim().is_empty() {
+            message.push_str(&format!("\nqemu said:\n{}", host::tail(&qemu, 10)));
+        }
+        if !console.trim().is_empty() {
+            message.push_str(&format!(
+                "\nguest console (last lines):\n{}",
+                host::tail(&console, 15)
+            ));
+        }
+        BootError { message, retry }
+    };
+
+    // A restored guest stays paused (it was saved paused) until resumed.
+    if record.spec.snapshot.is_some() {
+        let until = Instant::now() + RESTORE_WATCHDOG;
+        if let Err(why) = resume_restored(dir, &mut child, until) {
+            return Err(give_up(&mut child, why, true));
+        }
+    }
+
+    // QEMU creates the agent socket as it starts.
+    let mut agent = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(give_up(
+                &mut child,
+                format!("QEMU exited at start ({status})"),
+                false,
+            ));
+        }
+        if let Ok(s) = UnixStream::connect(dir.agent_socket()) {
+            break s;
+        }
+        if Instant::now() > deadline {
+            return Err(give_up(
+                &mut child,
+                "QEMU never opened the agent socket".into(),
+                true,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+
+    let hello = Frame::message(
+        stream::CONTROL,
+        &Message::Hello {
+            generations: SUPPORTED_GENERATIONS.to_vec(),
+            host_version: env!("CARGO_PKG_VERSION").into(),
+        },
+    );
+    let mut decoder = Decoder::default();
+    let mut buf = [0u8; 4096];
+    let mut next_hello = Instant::now();
+    if let Err(e) = agent.set_read_timeout(Some(Duration::from_millis(50))) {
+        return Err(give_up(&mut child, format!("agent socket: {e}"), false));
+    }
+    loop {
+        let now = Instant::now();
+        if now >= next_hello {
+            // Repeated until answered: bytes sent before the guest opened its
+            // port may be lost.
+            let _ = agent.write_all(&hello.encode());
+            next_hello = now + Duration::from_millis(500);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(give_up(
+                &mut child,
+                format!("QEMU exited during boot ({status})"),
+                true,
+            ));
+        }
+        if now > deadline {
+            return Err(give_up(
+                &mut child,
+                format!(
+                    "the guest agent did not answer within {}s",
+                    boot_watchdog(record.spec.accel).as_secs()
+                ),
+                true,
+            ));
+        }
+        match agent.read(&mut buf) {
+            Ok(0) => {
+                return Err(give_up(
+                    &mut child,
+                    "QEMU closed the agent socket".into(),
+                    true,
+                ));
+            }
+            Ok(n) => decoder.push(&buf[..n]),
+            Err(_) => continue,
+        }
+        while let Ok(Some(frame)) = decoder.next_frame() {
+            match frame.decode_message() {
+                Ok(Message::Welcome {
+                    generation,
+                    agent_version,
+                    kernel_release,
+                    boot_ms,
+                }) => {
+                    if let Err(e) = agent.set_read_timeout(None) {
+                        return Err(give_up(&mut child, format!("agent socket: {e}"), false));
+                    }
+                    let welcome = Welcome {
+                        generation,
+                        kernel_release,
+                        agent_version,
+                        boot_ms,
+                    };
+                    return Ok((child, agent, welcome));
+                }
+                Ok(Message::Error { message }) => {
+                    return Err(give_up(
+                        &mut child,
+                        format!("the agent refused: {message}"),
+                        false,
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Waits for QEMU to load the saved state it reads on `-incoming`, then
+/// resumes the guest.
+fn resume_restored(dir: &VmDir, child: &mut Child, until: Instant) -> Result<(), String> {
+    let exited = |child: &mut Child| match child.try_wait() {
+        Ok(Some(status)) => Some(format!("QEMU exited while restoring ({status})")),
+        _ => None,
+    };
+    let mut qmp = loop {
+        if let Some(why) = exited(child) {
+            return Err(why);
+        }
+        match Qmp::connect(&dir.qmp_socket(), Duration::from_secs(5)) {
+            Ok(q) => break q,
+            Err(e) if Instant::now() > until => return Err(format!("QMP: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    };
+    let why = |e: crate::vmm::qmp::QmpError, child: &mut Child| {
+        exited(child).unwrap_or_else(|| e.to_string())
+    };
+    loop {
+        match qmp.run_state().map_err(|e| why(e, child))? {
+            RunState::Running => return Ok(()),
+            RunState::InMigrate => {}
+            RunState::Other => match qmp.migration().map_err(|e| why(e, child))? {
+                (MigrationStatus::Completed, _) => {
+                    return qmp
+                        .execute("cont", serde_json::json!({}))
+                        .map(|_| ())
+                        .map_err(|e| why(e, child))
+                }
+                (MigrationStatus::Failed, answer) => {
+                    return Err(format!("restoring the saved state failed: {answer}"))
+                }
+                (MigrationStatus::InProgress, _) => {}
+            },
+        }
+        if Instant::now() > until {
+            return Err(format!(
+                "restoring the saved state took over {}s",
+                RESTORE_WATCHDOG.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn append_log(log: &Path) -> Result<fs::File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ctx(|| format!("open {}", log.display()))
+}
+
+fn not_installed(tool: &str, e: io::Error, package: &str) -> Error {
+    Error::Tool {
+        tool: tool.into(),
+        detail: if e.kind() == io::ErrorKind::NotFound {
+            format!("{tool} is not installed (run scripts/setup.sh, or apt-get install {package})")
+        } else {
+            e.to_string()
+        },
+    }
+}
+
+/// Starts QEMU for `spec`, as a child that dies with its parent (the
+/// supervisor), with its stderr in `log`.
+pub fn spawn_qemu(spec: &VmSpec, log: &Path) -> Result<Child> {
+    let log = append_log(log)?;
+    // A snapshot to restore is QEMU's standard input (`-incoming fd:0`).
+    let stdin = match &spec.snapshot {
+        Some(state) => {
+            Stdio::from(fs::File::open(state).ctx(|| format!("open {}", state.display()))?)
+        }
+        None => Stdio::null(),
+    };
+    let mut cmd = Command::new(qemu::QEMU);
+    cmd.args(qemu::args(spec))
+        .stdin(stdin)
+        .stdout(log.try_clone().ctx(|| "dup log".into())?)
+        .stderr(log);
+    host::die_with_parent(&mut cmd, libc::SIGKILL);
+    cmd.spawn()
+        .map_err(|e| not_installed(qemu::QEMU, e, "qemu-system-x86"))
+}
+
+/// Starts passt, the user-mode network for one VM: the guest gets
+/// `qemu::net`'s address behind its gateway, DNS queries to its DNS address
+/// go to the host's resolver, and `--no-map-gw` keeps the host's own
+/// loopback out of the guest's reach. It serves one QEMU and exits when
+/// that one goes.
+pub fn spawn_passt(socket: &Path, log: &Path) -> Result<Child> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).ctx(|| "chmod net dir".into())?;
+    if host::is_root() {
+        // passt drops root for `nobody`, who must be able to create the
+        // socket; the directory is this VM's alone.
+        host::chown(dir, 65534, 65534)?;
+    }
+    let _ = fs::remove_file(socket);
+    let log = append_log(log)?;
+    let mut cmd = Command::new(host::which("passt").unwrap_or_else(|| "passt".into()));
+    cmd.args(["-f", "-q", "-1", "--no-map-gw", "-a", net::ADDRESS, "-n"])
+        .arg(net::PREFIX.to_string())
+        .args(["-g", net::GATEWAY, "--dns-forward", net::DNS, "-s"])
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().ctx(|| "dup log".into())?)
+        .stderr(log);
+    host::die_with_parent(&mut cmd, libc::SIGKILL);
+    let child = cmd
+        .spawn()
+        .map_err(|e| not_installed("passt", e, "passt"))?;
+    for _ in 0..500 {
+        if socket.exists() {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    Err(Error::Tool {
+        tool: "passt".into(),
+        detail: "its socket never appeared".into(),
+    })
+}

@@ -1,0 +1,123 @@
+//! Starting and ending VMs from the outside: the supervisor is started
+//! detached and reports readiness on a pipe; halting asks it to shut the
+//! guest down; destroying kills it and removes the directory; garbage
+//! collection removes what killed supervisors of one-shot VMs left behind.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::{Error, IoContext, Result};
+use crate::host;
+use crate::paths::Paths;
+use crate::vmm::client::VmClient;
+use crate::vmm::dir::{BootReport, VmDir};
+use crate::vmm::templates;
+
+/// Starts the supervisor for `dir` (`program __supervise DIR`) and waits
+/// for its readiness report. A VM that was to restore a template but booted
+/// instead had a template that does not restore: it is discarded, so the
+/// next VM builds it anew.
+pub fn start_supervisor(program: &Path, dir: &VmDir) -> Result<BootReport> {
+    let (reader, writer) = std::io::pipe().ctx(|| "create pipe".into())?;
+    let log = fs::File::create(dir.supervisor_log()).ctx(|| "create supervisor log".into())?;
+    let mut child = Command::new(program)
+        .arg("__supervise")
+        .arg(&dir.path)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            Error::Boot(format!(
+                "cannot start the supervisor {}: {e}",
+                program.display()
+            ))
+        })?;
+    // The supervisor forks and its first process exits at once.
+    let _ = child.wait();
+    let mut line = String::new();
+    BufReader::new(reader)
+        .read_line(&mut line)
+        .ctx(|| "read supervisor report".into())?;
+    if line.trim().is_empty() {
+        let log = fs::read_to_string(dir.supervisor_log()).unwrap_or_default();
+        return Err(Error::Boot(format!(
+            "the supervisor exited without a report: {}",
+            host::tail(&log, 10)
+        )));
+    }
+    let report: BootReport = serde_json::from_str(&line)
+        .map_err(|e| Error::Boot(format!("garbled supervisor report {line:?}: {e}")))?;
+    if !report.ok {
+        return Err(Error::Boot(report.error.unwrap_or_default()));
+    }
+    if !report.restored {
+        if let Some(state) = dir.read_record().ok().and_then(|r| r.spec.snapshot) {
+            templates::discard(&state);
+        }
+    }
+    Ok(report)
+}
+
+/// Stops a persistent VM gracefully (the guest syncs and powers off; after
+/// 30 s it is killed), keeping its directory.
+pub fn halt(dir: &VmDir) -> Result<()> {
+    if let Some(pid) = dir.live_supervisor() {
+        match VmClient::connect(dir) {
+            Ok(c) => c.stop()?,
+            Err(_) => host::signal(pid, libc::SIGKILL),
+        }
+        wait_gone(pid, Duration::from_secs(30));
+    }
+    Ok(())
+}
+
+/// Kills whatever runs of a VM (QEMU dies with its supervisor, by its
+/// parent-death signal), without asking anyone.
+pub fn kill(dir: &VmDir) {
+    if let Some(pid) = dir.live_supervisor() {
+        host::signal(pid, libc::SIGKILL);
+        wait_gone(pid, Duration::from_secs(10));
+    }
+}
+
+/// Kills whatever is left of a VM and removes its directory.
+pub fn destroy(dir: &VmDir) {
+    kill(dir);
+    let _ = fs::remove_dir_all(&dir.path);
+}
+
+fn wait_gone(pid: i32, limit: Duration) {
+    let start = Instant::now();
+    while host::process_alive(pid) && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Removes the directories of one-shot VMs whose supervisor is gone (it was
+/// killed before it could clean up). A directory without a supervisor pid
+/// yet is left alone for a minute: its supervisor may still be starting.
+pub fn collect_garbage(paths: &Paths) {
+    let Ok(entries) = fs::read_dir(paths.vms()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = VmDir::from_path(&entry.path());
+        if dir.live_supervisor().is_some() {
+            continue;
+        }
+        let age = fs::metadata(&dir.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        let ephemeral = dir.read_record().map(|r| r.ephemeral).unwrap_or(true);
+        let supervisor_died = dir.supervisor_pid().exists();
+        if ephemeral && (supervisor_died || age > Duration::from_secs(60)) {
+            let _ = fs::remove_dir_all(&dir.path);
+        }
+    }
+}

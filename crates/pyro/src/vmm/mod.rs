@@ -1,0 +1,24 @@
+//! The VM machinery, in layers that import only downward:
+//!
+//! | layer | modules |
+//! |---|---|
+//! | wire | `qmp` (QEMU's machine protocol), `channel` (one request on a framed connection, the reserved stream ids), `control` (what clients and a supervisor say on stream 0) |
+//! | machine | `qemu` (the command line as a pure function of a [`VmSpec`](qemu::VmSpec), the accelerator rule, the guest's network), `dir` (a VM's directory and its records) |
+//! | bring-up | `boot` (passt, QEMU, restore, the agent's welcome under a watchdog) |
+//! | running | `supervisor` (routes many clients to one agent, owns teardown), `client` (a connection to a supervisor), `templates` (saved guests for fast start) |
+//! | outside | `launch` (start a supervisor, halt, destroy, garbage), `admission` (how many VMs may run) |
+//!
+//! One-shot runs, lifecycle VMs and workspaces are built on `launch`,
+//! `client` and `admission`; nothing here knows about them.
+
+pub mod admission;
+pub mod boot;
+pub mod channel;
+pub mod client;
+pub mod control;
+pub mod dir;
+pub mod launch;
+pub mod qemu;
+pub mod qmp;
+pub mod supervisor;
+pub mod templates;

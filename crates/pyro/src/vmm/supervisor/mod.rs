@@ -1,0 +1,485 @@
+//! The per-VM supervisor: a detached process that owns QEMU, the single
+//! connection to the guest agent and the VM's control socket.
+//!
+//! Clients (CLI calls, SDK calls, the MCP server) connect to the control
+//! socket and speak the guest protocol's framing. Stream 0 carries
+//! control requests (`vmm::control`) for the supervisor itself; every other stream is a
+//! guest request, forwarded to the agent under a stream id unique across
+//! clients, and its replies are routed back. So many clients can use one VM
+//! at once, and a client that dies only cancels its own requests (and, if it
+//! owned a one-shot VM, deletes the VM).
+//!
+//! Threads: one per client connection, one reading the agent, one waiting
+//! on QEMU, one for the TTL. Teardown happens once, whoever triggers it.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use pyro_protocol::{Activation, Frame, Kind, Message};
+
+use crate::host;
+use crate::vmm::boot;
+use crate::vmm::channel::{self, stream};
+use crate::vmm::control::{ControlRequest, ControlResponse, SupervisorStatus};
+use crate::vmm::dir::{BootReport, ExitReason, VmDir, VmExit, VmRecord};
+use crate::vmm::qemu::net;
+use crate::vmm::qmp::Qmp;
+
+mod ports;
+
+struct Client {
+    writer: Mutex<UnixStream>,
+}
+
+impl Client {
+    fn send(&self, frame: &Frame) {
+        let _ = self.writer.lock().unwrap().write_all(&frame.encode());
+    }
+}
+
+struct Route {
+    client: Arc<Client>,
+    client_stream: u32,
+}
+
+struct Supervisor {
+    dir: VmDir,
+    record: VmRecord,
+    generation: u32,
+    agent: Mutex<UnixStream>,
+    routes: Mutex<HashMap<u32, Route>>,
+    next_stream: AtomicU32,
+    clients: AtomicU64,
+    qemu_pid: i32,
+    qemu_exited: Mutex<bool>,
+    qemu_exited_cv: Condvar,
+    tearing_down: AtomicBool,
+    /// When a client last asked anything (ms since the Unix epoch).
+    last_activity: AtomicU64,
+    qmp: Mutex<Option<Qmp>>,
+    ports: Mutex<Vec<ports::Publication>>,
+}
+
+impl Supervisor {
+    fn qmp(
+        &self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let mut slot = self.qmp.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(
+                Qmp::connect(&self.dir.qmp_socket(), Duration::from_secs(30))
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let result = slot.as_mut().unwrap().execute(command, arguments);
+        if result.is_err() {
+            *slot = None;
+        }
+        result.map_err(|e| e.to_string())
+    }
+}
+
+/// Entry point of `pyro __supervise DIR`. Never returns.
+pub fn main(dir: &Path) -> ! {
+    host::daemonize();
+    let dir = VmDir::from_path(dir);
+    let report = |r: &BootReport| {
+        let mut line = serde_json::to_string(r).expect("reports serialize");
+        line.push('\n');
+        let _ = std::io::stdout().write_all(line.as_bytes());
+        let _ = std::io::stdout().flush();
+    };
+    let fail = |error: String, ephemeral: bool| -> ! {
+        eprintln!("supervisor: {error}");
+        report(&BootReport {
+            ok: false,
+            error: Some(error),
+            ..BootReport::default()
+        });
+        if ephemeral {
+            let _ = fs::remove_dir_all(&dir.path);
+        }
+        std::process::exit(1)
+    };
+    let record = match dir.read_record() {
+        Ok(r) => r,
+        Err(e) => fail(e.to_string(), true),
+    };
+    let _ = fs::write(dir.supervisor_pid(), std::process::id().to_string());
+
+    let start = Instant::now();
+    let booted = match boot::boot(&dir, &record) {
+        Ok(b) => b,
+        Err(message) => fail(message, record.ephemeral),
+    };
+    let welcome = booted.welcome;
+
+    let sup = Arc::new(Supervisor {
+        agent: Mutex::new(booted.agent.try_clone().expect("clone agent socket")),
+        dir: dir.clone(),
+        record: record.clone(),
+        generation: welcome.generation,
+        routes: Mutex::new(HashMap::new()),
+        next_stream: AtomicU32::new(stream::FIRST_ROUTED),
+        clients: AtomicU64::new(0),
+        qemu_pid: booted.qemu.id() as i32,
+        qemu_exited: Mutex::new(false),
+        qemu_exited_cv: Condvar::new(),
+        tearing_down: AtomicBool::new(false),
+        last_activity: AtomicU64::new(host::now_unix_ms()),
+        qmp: Mutex::new(None),
+        ports: Mutex::new(Vec::new()),
+    });
+
+    let mut agent = booted.agent;
+    if let Err(e) = activate(&mut agent, &record) {
+        host::signal(sup.qemu_pid, libc::SIGKILL);
+        fail(
+            format!("activating the guest failed: {e}"),
+            record.ephemeral,
+        );
+    }
+
+    let listener = match bind_control(&dir) {
+        Ok(l) => l,
+        Err(e) => {
+            host::signal(sup.qemu_pid, libc::SIGKILL);
+            fail(e, record.ephemeral)
+        }
+    };
+
+    {
+        let sup = sup.clone();
+        let qemu = booted.qemu;
+        std::thread::spawn(move || watch_qemu(sup, qemu));
+    }
+    {
+        let sup = sup.clone();
+        std::thread::spawn(move || read_agent(sup, agent));
+    }
+    {
+        let sup = sup.clone();
+        std::thread::spawn(move || expire(sup));
+    }
+
+    report(&BootReport {
+        ok: true,
+        error: None,
+        boot_ms: start.elapsed().as_millis() as u64,
+        guest_boot_ms: welcome.boot_ms,
+        kernel_release: welcome.kernel_release,
+        agent_version: welcome.agent_version,
+        attempts: booted.attempts,
+        restored: booted.restored,
+    });
+    host::stdout_to_null();
+
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let sup = sup.clone();
+                std::thread::spawn(move || serve_client(sup, stream));
+            }
+            Err(e) => eprintln!("supervisor: accept: {e}"),
+        }
+    }
+    teardown(&sup, VmExit::new(ExitReason::ControlClosed, None), None);
+    std::process::exit(0)
+}
+
+/// Ends the VM when its time is up: the TTL after creation, or with an
+/// idle timeout after the last request of any (non-passive) client.
+fn expire(sup: Arc<Supervisor>) {
+    let ttl_ms = sup.record.ttl_seconds * 1000;
+    loop {
+        let since = if sup.record.idle_timeout {
+            sup.last_activity.load(Ordering::SeqCst)
+        } else {
+            sup.record.created_at_unix_ms
+        };
+        let now = host::now_unix_ms();
+        if now >= since + ttl_ms {
+            return teardown(&sup, VmExit::new(ExitReason::TtlExpired, None), None);
+        }
+        // A VM whose directory was removed has nobody left to serve.
+        if !sup.dir.path.exists() {
+            return teardown(&sup, VmExit::new(ExitReason::DirectoryRemoved, None), None);
+        }
+        std::thread::sleep(Duration::from_millis((since + ttl_ms - now).min(5_000)));
+    }
+}
+
+/// Gives the booted guest its identity: hostname, clock, network, a fresh
+/// random seed. Sent before any client is routed.
+fn activate(agent: &mut UnixStream, record: &VmRecord) -> Result<(), String> {
+    let activation = Message::Activate(Activation {
+        hostname: record.hostname.clone(),
+        unix_time_ms: host::now_unix_ms(),
+        network: record
+            .spec
+            .network_socket
+            .as_ref()
+            .map(|_| pyro_protocol::NetworkConfig {
+                interface: net::INTERFACE.into(),
+                address: net::ADDRESS.into(),
+                prefix: net::PREFIX,
+                gateway: net::GATEWAY.into(),
+                dns: vec![net::DNS.into()],
+            }),
+        entropy: Some(host::random_id(32)),
+    });
+    agent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let reply = channel::call(agent, stream::BOOTSTRAP, &activation, None, &mut |_, _| {})
+        .map_err(|e| e.to_string())?;
+    agent.set_read_timeout(None).map_err(|e| e.to_string())?;
+    match reply {
+        Message::Done => Ok(()),
+        Message::Error { message } => Err(message),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+fn bind_control(dir: &VmDir) -> Result<UnixListener, String> {
+    let path = dir.control_socket();
+    let _ = fs::remove_file(&path);
+    UnixListener::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))
+}
+
+fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
+    sup.clients.fetch_add(1, Ordering::SeqCst);
+    let client = Arc::new(Client {
+        writer: Mutex::new(stream.try_clone().expect("clone client socket")),
+    });
+    let mut reader = stream;
+    let mut owner = false;
+    let mut passive = false;
+    // This client's streams: its id → the agent-side id.
+    let mut streams: HashMap<u32, u32> = HashMap::new();
+    while let Ok(Some(frame)) = Frame::read_from(&mut reader) {
+        let request = (frame.stream == stream::CONTROL)
+            .then(|| serde_json::from_slice::<ControlRequest>(&frame.body));
+        if let Some(Ok(ControlRequest::Attach { passive: p, .. })) = &request {
+            passive = *p;
+        }
+        if !passive {
+            sup.last_activity
+                .store(host::now_unix_ms(), Ordering::SeqCst);
+        }
+        if let Some(request) = request {
+            let reply = match request {
+                Ok(ControlRequest::Attach { owner: o, .. }) => {
+                    owner = o;
+                    ControlResponse::Attached {
+                        vm_id: sup.record.vm_id.clone(),
+                        generation: sup.generation,
+                    }
+                }
+                Ok(ControlRequest::Status) => ControlResponse::Status(SupervisorStatus {
+                    vm_id: sup.record.vm_id.clone(),
+                    qemu_pid: sup.qemu_pid,
+                    supervisor_pid: std::process::id() as i32,
+                    clients: sup.clients.load(Ordering::SeqCst),
+                    streams_in_flight: sup.routes.lock().unwrap().len(),
+                    run_state: sup
+                        .qmp("query-status", serde_json::json!({}))
+                        .ok()
+                        .and_then(|r| r.get("status").and_then(|s| s.as_str()).map(str::to_owned))
+                        .unwrap_or_else(|| "unknown".into()),
+                }),
+                Ok(ControlRequest::Delete) => {
+                    teardown(&sup, VmExit::new(ExitReason::Stopped, None), Some(&client));
+                    return;
+                }
+                Ok(ControlRequest::Qmp { command, arguments }) => {
+                    match sup.qmp(&command, arguments) {
+                        Ok(result) => ControlResponse::Qmp { result },
+                        Err(message) => ControlResponse::Error { message },
+                    }
+                }
+                Ok(ControlRequest::Publish {
+                    service,
+                    guest_port,
+                    host_port,
+                }) => match ports::publish(&sup, service, guest_port, host_port) {
+                    Ok(port) => ControlResponse::Ports { ports: vec![port] },
+                    Err(message) => ControlResponse::Error { message },
+                },
+                Ok(ControlRequest::Unpublish { service }) => ControlResponse::Ports {
+                    ports: ports::unpublish(&sup, &service),
+                },
+                Ok(ControlRequest::Ports) => ControlResponse::Ports {
+                    ports: ports::list(&sup),
+                },
+                Err(e) => ControlResponse::Error {
+                    message: format!("bad control request: {e}"),
+                },
+            };
+            client.send(&control_frame(&reply));
+            continue;
+        }
+        let agent_stream = *streams.entry(frame.stream).or_insert_with(|| {
+            let id = sup.next_stream.fetch_add(1, Ordering::SeqCst);
+            sup.routes.lock().unwrap().insert(
+                id,
+                Route {
+                    client: client.clone(),
+                    client_stream: frame.stream,
+                },
+            );
+            id
+        });
+        let forwarded = Frame {
+            stream: agent_stream,
+            ..frame
+        };
+        if sup
+            .agent
+            .lock()
+            .unwrap()
+            .write_all(&forwarded.encode())
+            .is_err()
+        {
+            break;
+        }
+    }
+    // The client is gone: abandon what it left running.
+    let mut routes = sup.routes.lock().unwrap();
+    for agent_stream in streams.values() {
+        if routes.remove(agent_stream).is_some() {
+            let cancel = Frame::message(*agent_stream, &Message::Cancel);
+            let _ = sup.agent.lock().unwrap().write_all(&cancel.encode());
+        }
+    }
+    drop(routes);
+    sup.clients.fetch_sub(1, Ordering::SeqCst);
+    if owner && sup.record.ephemeral {
+        teardown(&sup, VmExit::new(ExitReason::OwnerDisconnected, None), None);
+    }
+}
+
+fn control_frame(r: &ControlResponse) -> Frame {
+    Frame {
+        stream: stream::CONTROL,
+        kind: Kind::Message,
+        body: serde_json::to_vec(r).expect("control replies serialize"),
+    }
+}
+
+fn read_agent(sup: Arc<Supervisor>, mut agent: UnixStream) {
+    while let Ok(Some(frame)) = Frame::read_from(&mut agent) {
+        let terminal = frame.kind == Kind::Message
+            && frame
+                .decode_message()
+                .map(|m| m.is_terminal())
+                .unwrap_or(false);
+        let mut routes = sup.routes.lock().unwrap();
+        let route = if terminal {
+            routes.remove(&frame.stream)
+        } else {
+            routes.get(&frame.stream).map(|r| Route {
+                client: r.client.clone(),
+                client_stream: r.client_stream,
+            })
+        };
+        drop(routes);
+        if let Some(route) = route {
+            route.client.send(&Frame {
+                stream: route.client_stream,
+                ..frame
+            });
+        }
+    }
+    teardown(&sup, VmExit::new(ExitReason::AgentClosed, None), None);
+}
+
+fn watch_qemu(sup: Arc<Supervisor>, mut child: std::process::Child) {
+    let status = child.wait();
+    *sup.qemu_exited.lock().unwrap() = true;
+    sup.qemu_exited_cv.notify_all();
+    let detail = match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("vanished: {e}"),
+    };
+    teardown(
+        &sup,
+        VmExit::new(ExitReason::QemuExited, Some(detail)),
+        None,
+    );
+}
+
+/// Ends the VM once: tells clients with requests in flight, stops QEMU,
+/// removes a one-shot VM's directory, answers a `delete` and exits.
+fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Client>>) {
+    if sup.tearing_down.swap(true, Ordering::SeqCst) {
+        // Someone else is tearing down; a requester waits for the exit,
+        // which closes its socket.
+        if requester.is_some() {
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
+        return;
+    }
+    let why = exit.to_string();
+    eprintln!("supervisor: tearing down: {why}");
+    let orphaned: Vec<Route> = sup.routes.lock().unwrap().drain().map(|(_, r)| r).collect();
+    for route in orphaned {
+        route.client.send(&Frame::message(
+            route.client_stream,
+            &Message::Error {
+                message: format!("the VM stopped: {why}"),
+            },
+        ));
+    }
+    if !*sup.qemu_exited.lock().unwrap() {
+        if !sup.record.ephemeral {
+            // Give the guest a chance to flush its disk.
+            let _ = sup
+                .agent
+                .lock()
+                .unwrap()
+                .write_all(&Frame::message(stream::SHUTDOWN, &Message::Shutdown).encode());
+            let exited = sup.qemu_exited.lock().unwrap();
+            let (exited, _) = sup
+                .qemu_exited_cv
+                .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e)
+                .unwrap();
+            if !*exited {
+                drop(exited);
+                let _ = sup.qmp("quit", serde_json::json!({}));
+            }
+        }
+        // One-shot VMs' disks are thrown away: no need to be gentle.
+        host::signal(sup.qemu_pid, libc::SIGKILL);
+        let exited = sup.qemu_exited.lock().unwrap();
+        let _ = sup
+            .qemu_exited_cv
+            .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e);
+    }
+    if let Some(sock) = &sup.record.spec.network_socket {
+        if let Some(dir) = sock.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    if sup.record.ephemeral {
+        let _ = fs::remove_dir_all(&sup.dir.path);
+    } else {
+        let _ = sup.dir.write_exit(&exit);
+        let _ = fs::remove_file(sup.dir.control_socket());
+        let _ = fs::remove_file(sup.dir.supervisor_pid());
+    }
+    if let Some(client) = requester {
+        client.send(&control_frame(&ControlResponse::Deleted));
+    }
+    std::process::exit(0)
+}

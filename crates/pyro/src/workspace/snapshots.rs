@@ -1,0 +1,169 @@
+//! Whole-disk checkpoints (qcow2 internal snapshots) and `reset`.
+
+use std::fs;
+use std::process::Command;
+
+use pyro_protocol::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::contract::{valid_name, BASELINE};
+use crate::error::{Error, IoContext, Result};
+use crate::host;
+use crate::paths::Context;
+use crate::progress::Progress;
+use crate::vmm::client::VmClient;
+use crate::vmm::launch;
+use crate::workspace::lifecycle::{boot, Deleted};
+use crate::workspace::record::{SnapshotInfo, WorkspaceInfo};
+use crate::workspace::state::SnapshotKind;
+use crate::workspace::Workspace;
+
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotList {
+    pub workspace_id: String,
+    pub count: usize,
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetInfo {
+    pub snapshot_name: String,
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub kind: SnapshotKind,
+}
+
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetResult {
+    #[serde(flatten)]
+    pub workspace: WorkspaceInfo,
+    pub workspace_reset: ResetInfo,
+}
+
+/// A whole-disk checkpoint of a running workspace: the guest filesystem is
+/// frozen (flushed and quiesced) while QEMU takes a qcow2 internal
+/// snapshot, which is copy-on-write and costs no copy.
+pub(crate) fn checkpoint(client: &mut VmClient, name: &str) -> Result<()> {
+    client.request(&Message::Freeze, None, &mut |_| {})?;
+    let snap = client.qmp(
+        "blockdev-snapshot-internal-sync",
+        serde_json::json!({ "device": "root", "name": name }),
+    );
+    let thaw = client.request(&Message::Thaw, None, &mut |_| {});
+    snap?;
+    thaw?;
+    Ok(())
+}
+
+/// `qemu-img snapshot OP NAME` on the stopped disk.
+fn offline(ws: &Workspace, op: &str, name: &str) -> Result<()> {
+    host::tool(
+        Command::new("qemu-img")
+            .args(["snapshot", op, name])
+            .arg(ws.disk()),
+    )
+    .map(|_| ())
+}
+
+pub fn create(ctx: &Context, id: &str, name: &str) -> Result<SnapshotInfo> {
+    valid_name("snapshot name", name)?;
+    if name == BASELINE {
+        return Err(Error::invalid("`baseline` is reserved"));
+    }
+    let ws = Workspace::locate(&ctx.paths, id)?;
+    let _lock = ws.lock()?;
+    let mut r = ws.read()?;
+    if r.snapshot(name).is_some() {
+        return Err(Error::conflict(format!("snapshot {name:?} already exists")));
+    }
+    if ws.running() {
+        checkpoint(&mut VmClient::connect(&ws.vm())?, name)?;
+    } else {
+        offline(&ws, "-c", name)?;
+    }
+    let info = SnapshotInfo::new(name, SnapshotKind::Named);
+    r.snapshots.push(info.clone());
+    r.touch();
+    ws.write(&r)?;
+    Ok(info)
+}
+
+pub fn list(ctx: &Context, id: &str) -> Result<SnapshotList> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
+    let r = ws.read()?;
+    // The baseline first, then the newest first.
+    let mut snaps = r.snapshots.clone();
+    snaps.sort_by(|a, b| {
+        (a.kind != SnapshotKind::Baseline)
+            .cmp(&(b.kind != SnapshotKind::Baseline))
+            .then(b.created_at.total_cmp(&a.created_at))
+    });
+    Ok(SnapshotList {
+        workspace_id: id.into(),
+        count: snaps.len(),
+        snapshots: snaps,
+    })
+}
+
+pub fn delete(ctx: &Context, id: &str, name: &str) -> Result<Deleted> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
+    let _lock = ws.lock()?;
+    let mut r = ws.read()?;
+    match r.snapshot(name) {
+        None => return Err(Error::not_found("snapshot", name)),
+        Some(s) if !s.kind.deletable() => {
+            return Err(Error::conflict(format!("the {} cannot be deleted", s.kind)))
+        }
+        Some(_) => {}
+    }
+    if ws.running() {
+        VmClient::connect(&ws.vm())?.qmp(
+            "blockdev-snapshot-delete-internal-sync",
+            serde_json::json!({ "device": "root", "name": name }),
+        )?;
+    } else {
+        offline(&ws, "-d", name)?;
+    }
+    r.snapshots.retain(|s| s.snapshot_name != name);
+    r.touch();
+    ws.write(&r)?;
+    Ok(Deleted {
+        workspace_id: id.into(),
+        deleted: true,
+    })
+}
+
+/// Rolls the whole disk back to a checkpoint: the VM stops, the qcow2
+/// snapshot is applied, the VM boots again. Packages installed and files
+/// changed since the checkpoint are gone; command history is cleared.
+pub fn reset(
+    ctx: &Context,
+    id: &str,
+    snapshot: &str,
+    progress: &dyn Progress,
+) -> Result<ResetResult> {
+    let ws = Workspace::locate(&ctx.paths, id)?;
+    let r = ws.read()?;
+    let snap = r
+        .snapshot(snapshot)
+        .cloned()
+        .ok_or_else(|| Error::not_found("snapshot", snapshot))?;
+    launch::halt(&ws.vm())?;
+    offline(&ws, "-a", snapshot)?;
+    let _ = fs::remove_dir_all(ws.commands());
+    fs::create_dir_all(ws.commands()).ctx(|| "create history".into())?;
+    boot(ctx, &ws, &r, None, progress)?;
+    let r = ws.update(|r| {
+        r.mark_reset();
+        Ok(r.clone())
+    })?;
+    Ok(ResetResult {
+        workspace: ws.info(&r),
+        workspace_reset: ResetInfo {
+            snapshot_name: snap.snapshot_name,
+            kind: snap.kind,
+        },
+    })
+}
