@@ -160,7 +160,9 @@ pub(crate) fn doctor(paths: &Paths) -> DoctorReport {
     let mut reason = None;
     if let Err(e) = &assets {
         let (problem, remedy) = match e {
-            crate::Error::GuestUnavailable { reason, fix, .. } => (reason.clone(), fix.clone()),
+            crate::error::Error::GuestUnavailable { reason, fix, .. } => {
+                (reason.clone(), fix.clone())
+            }
             other => (other.to_string(), "run `pyro env pull debian:12`".into()),
         };
         reason = Some(problem.clone());

@@ -13,15 +13,14 @@ use crate::error::{Error, IoContext, Result};
 use crate::paths::Context;
 use crate::progress::Progress;
 use crate::vmm::client::VmClient;
-use crate::vmm::dir::{self, Shape};
-use crate::vmm::templates::{self, Template};
-use crate::vmm::{admission, launch};
+use crate::vmm::launch;
+use crate::vmm::templates::{self};
 use crate::workspace::archive::{self, SourceMode};
 use crate::workspace::files::push;
-use crate::workspace::record::{NewRecord, Record, WorkspaceInfo, WorkspaceSeed};
+use crate::workspace::record::{Deleted, NewRecord, Record, WorkspaceInfo, WorkspaceSeed};
 use crate::workspace::secrets::{self, SecretInput};
-use crate::workspace::snapshots::checkpoint;
 use crate::workspace::state::{NetworkPolicy, State};
+use crate::workspace::vm::{boot, checkpoint, spec};
 use crate::workspace::Workspace;
 use crate::{assets, environments, host};
 
@@ -86,64 +85,10 @@ pub struct WorkspaceList {
     pub workspaces: Vec<WorkspaceInfo>,
 }
 
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Deleted {
-    pub workspace_id: String,
-    pub deleted: bool,
-}
-
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in labels {
         valid_name("label key", k)?;
         valid_text("label value", v)?;
-    }
-    Ok(())
-}
-
-/// The VM of a workspace, with the record's shape and network.
-fn spec(ws: &Workspace, r: &Record, assets: &assets::RuntimeAssets) -> crate::vmm::qemu::VmSpec {
-    let shape = Shape {
-        vcpu_count: r.vcpu_count,
-        mem_mib: r.mem_mib,
-    };
-    ws.vm().spec(
-        assets,
-        shape,
-        ws.disk(),
-        true,
-        r.network_policy.has_network(),
-    )
-}
-
-/// Boots the workspace's VM on its disk, or restores `template` (whose
-/// disk the workspace's must be a copy of), then installs its secrets.
-pub(crate) fn boot(
-    ctx: &Context,
-    ws: &Workspace,
-    r: &Record,
-    template: Option<&Template>,
-    progress: &dyn Progress,
-) -> Result<()> {
-    let entry = environments::lookup(&r.environment)?;
-    let assets = assets::ensure(&ctx.paths, progress)?;
-    environments::ensure(&ctx.paths, entry, false, progress)?;
-    let _admission = admission::admit(&ctx.paths)?;
-    let vm = ws.vm();
-    let mut spec = spec(ws, r, &assets);
-    spec.snapshot = template.map(|t| t.state.clone());
-    vm.write_record(&dir::new_record(
-        &ws.id,
-        &r.environment,
-        false,
-        r.ttl_seconds,
-        spec,
-    ))?;
-    launch::start_supervisor(&ctx.program, &vm)?;
-    if !r.secrets.is_empty() {
-        let secrets = ws.secret_values(r)?;
-        let mut c = ws.connect()?;
-        c.request(&Message::InstallSecrets { secrets }, None, &mut |_| {})?;
     }
     Ok(())
 }

@@ -19,7 +19,7 @@
 //! One module per operation group: `lifecycle` (create, list, status,
 //! update, start, stop, delete), `exec` (commands and history), `files`
 //! (sync, export, file list/read/write), `snapshots` (checkpoints and
-//! reset), `changes` (diff and patch), `disk` (offline reads of a stopped
+//! reset), `vm` (the workspace's VM: boot, checkpoint), `changes` (diff and patch), `disk` (offline reads of a stopped
 //! disk), `services`, `shells`, `secrets`; `archive` validates what crosses
 //! between host and guest.
 
@@ -35,6 +35,7 @@ pub(crate) mod services;
 pub(crate) mod shells;
 pub(crate) mod snapshots;
 pub(crate) mod state;
+pub(crate) mod vm;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -56,8 +57,8 @@ pub use files::{
     ArtifactType, ExportResult, FileEntry, FileListResult, FileReadResult, FileWriteResult,
     SyncInfo, SyncResult, MAX_FILE_BYTES,
 };
-pub use lifecycle::{CreateWorkspace, Deleted, UpdateWorkspace, WorkspaceList};
-pub use record::{LastCommand, Record, SnapshotInfo, WorkspaceInfo, WorkspaceSeed};
+pub use lifecycle::{CreateWorkspace, UpdateWorkspace, WorkspaceList};
+pub use record::{Deleted, LastCommand, Record, SnapshotInfo, WorkspaceInfo, WorkspaceSeed};
 pub use secrets::{SecretInfo, SecretInput, SecretSource};
 pub use services::{
     PublishedPort, ReadinessCheck, ServiceInfo, ServiceList, ServiceLogs, StartService,

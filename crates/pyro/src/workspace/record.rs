@@ -185,6 +185,13 @@ impl Record {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deleted {
+    pub workspace_id: String,
+    pub deleted: bool,
+}
+
 /// A workspace as status, list and most commands show it.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]

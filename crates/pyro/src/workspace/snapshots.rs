@@ -3,7 +3,6 @@
 use std::fs;
 use std::process::Command;
 
-use pyro_protocol::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{valid_name, BASELINE};
@@ -13,9 +12,9 @@ use crate::paths::Context;
 use crate::progress::Progress;
 use crate::vmm::client::VmClient;
 use crate::vmm::launch;
-use crate::workspace::lifecycle::{boot, Deleted};
-use crate::workspace::record::{SnapshotInfo, WorkspaceInfo};
+use crate::workspace::record::{Deleted, SnapshotInfo, WorkspaceInfo};
 use crate::workspace::state::SnapshotKind;
+use crate::workspace::vm::{boot, checkpoint};
 use crate::workspace::Workspace;
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -40,21 +39,6 @@ pub struct ResetResult {
     #[serde(flatten)]
     pub workspace: WorkspaceInfo,
     pub workspace_reset: ResetInfo,
-}
-
-/// A whole-disk checkpoint of a running workspace: the guest filesystem is
-/// frozen (flushed and quiesced) while QEMU takes a qcow2 internal
-/// snapshot, which is copy-on-write and costs no copy.
-pub(crate) fn checkpoint(client: &mut VmClient, name: &str) -> Result<()> {
-    client.request(&Message::Freeze, None, &mut |_| {})?;
-    let snap = client.qmp(
-        "blockdev-snapshot-internal-sync",
-        serde_json::json!({ "device": "root", "name": name }),
-    );
-    let thaw = client.request(&Message::Thaw, None, &mut |_| {});
-    snap?;
-    thaw?;
-    Ok(())
 }
 
 /// `qemu-img snapshot OP NAME` on the stopped disk.

@@ -63,7 +63,7 @@ struct Supervisor {
     /// When a client last asked anything (ms since the Unix epoch).
     last_activity: AtomicU64,
     qmp: Mutex<Option<Qmp>>,
-    ports: Mutex<Vec<ports::Publication>>,
+    ports: ports::Ports,
 }
 
 impl Supervisor {
@@ -136,7 +136,7 @@ pub fn main(dir: &Path) -> ! {
         tearing_down: AtomicBool::new(false),
         last_activity: AtomicU64::new(host::now_unix_ms()),
         qmp: Mutex::new(None),
-        ports: Mutex::new(Vec::new()),
+        ports: ports::Ports::default(),
     });
 
     let mut agent = booted.agent;
@@ -310,15 +310,18 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
                     service,
                     guest_port,
                     host_port,
-                }) => match ports::publish(&sup, service, guest_port, host_port) {
+                }) => match sup
+                    .ports
+                    .publish(service, guest_port, host_port, attach(&sup))
+                {
                     Ok(port) => ControlResponse::Ports { ports: vec![port] },
                     Err(message) => ControlResponse::Error { message },
                 },
                 Ok(ControlRequest::Unpublish { service }) => ControlResponse::Ports {
-                    ports: ports::unpublish(&sup, &service),
+                    ports: sup.ports.unpublish(&service),
                 },
                 Ok(ControlRequest::Ports) => ControlResponse::Ports {
-                    ports: ports::list(&sup),
+                    ports: sup.ports.list(),
                 },
                 Err(e) => ControlResponse::Error {
                     message: format!("bad control request: {e}"),
@@ -365,6 +368,16 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
     if owner && sup.record.ephemeral {
         teardown(&sup, VmExit::new(ExitReason::OwnerDisconnected, None), None);
     }
+}
+
+/// Makes the end of a socket pair a client of `sup` (a published port's
+/// connection is one).
+fn attach(sup: &Arc<Supervisor>) -> ports::Attach {
+    let sup = sup.clone();
+    Arc::new(move |stream| {
+        let sup = sup.clone();
+        std::thread::spawn(move || serve_client(sup, stream));
+    })
 }
 
 fn control_frame(r: &ControlResponse) -> Frame {

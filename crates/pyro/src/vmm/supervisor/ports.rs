@@ -13,23 +13,61 @@ use std::time::Duration;
 
 use pyro_protocol::{Frame, Kind, Message};
 
-use super::{serve_client, Supervisor};
 use crate::vmm::channel::stream;
 use crate::vmm::control::{PortBinding, ServicePort};
 
 /// Published ports bind here only.
 const PUBLISH_HOST: &str = "127.0.0.1";
 
-pub(super) struct Publication {
+struct Publication {
     port: ServicePort,
     closed: Arc<AtomicBool>,
 }
 
-pub(super) fn publish(
-    sup: &Arc<Supervisor>,
+/// Makes a new client of the supervisor out of one end of a socket pair.
+pub type Attach = Arc<dyn Fn(UnixStream) + Send + Sync>;
+
+/// The ports published on one VM.
+#[derive(Default)]
+pub struct Ports {
+    list: std::sync::Mutex<Vec<Publication>>,
+}
+
+impl Ports {
+    /// Listens on the host's loopback (`host_port`, or any free port) and
+    /// relays each connection to `guest_port` as a client that `attach`
+    /// makes.
+    pub fn publish(
+        &self,
+        service: String,
+        guest_port: u16,
+        host_port: Option<u16>,
+        attach: Attach,
+    ) -> Result<ServicePort, String> {
+        publish(self, service, guest_port, host_port, attach)
+    }
+
+    /// Closes every port of `service`: new connections are refused at once.
+    pub fn unpublish(&self, service: &str) -> Vec<ServicePort> {
+        unpublish(self, service)
+    }
+
+    pub fn list(&self) -> Vec<ServicePort> {
+        self.list
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.port.clone())
+            .collect()
+    }
+}
+
+fn publish(
+    ports: &Ports,
     service: String,
     guest_port: u16,
     host_port: Option<u16>,
+    attach: Attach,
 ) -> Result<ServicePort, String> {
     if guest_port == 0 {
         return Err("guest port 0 cannot be published".into());
@@ -51,7 +89,6 @@ pub(super) fn publish(
     };
     let closed = Arc::new(AtomicBool::new(false));
     {
-        let sup = sup.clone();
         let closed = closed.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -59,22 +96,21 @@ pub(super) fn publish(
                     break;
                 }
                 if let Ok(tcp) = conn {
-                    let sup = sup.clone();
-                    std::thread::spawn(move || relay(sup, tcp, guest_port));
+                    let attach = attach.clone();
+                    std::thread::spawn(move || relay(&attach, tcp, guest_port));
                 }
             }
         });
     }
-    sup.ports.lock().unwrap().push(Publication {
+    ports.list.lock().unwrap().push(Publication {
         port: port.clone(),
         closed,
     });
     Ok(port)
 }
 
-/// Closes every port of `service`: new connections are refused at once.
-pub(super) fn unpublish(sup: &Supervisor, service: &str) -> Vec<ServicePort> {
-    let mut ports = sup.ports.lock().unwrap();
+fn unpublish(ports: &Ports, service: &str) -> Vec<ServicePort> {
+    let mut ports = ports.list.lock().unwrap();
     let (gone, kept): (Vec<_>, Vec<_>) = ports.drain(..).partition(|p| p.port.service == service);
     *ports = kept;
     drop(ports);
@@ -89,24 +125,15 @@ pub(super) fn unpublish(sup: &Supervisor, service: &str) -> Vec<ServicePort> {
         .collect()
 }
 
-pub(super) fn list(sup: &Supervisor) -> Vec<ServicePort> {
-    sup.ports
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|p| p.port.clone())
-        .collect()
-}
-
 /// One accepted connection: a private client of the supervisor opens a
 /// tunnel to the guest port and copies bytes both ways.
-fn relay(sup: Arc<Supervisor>, tcp: TcpStream, guest_port: u16) {
+fn relay(attach: &Attach, tcp: TcpStream, guest_port: u16) {
     // This connection is a client of its own, with one stream.
     const STREAM: u32 = stream::FIRST_CLIENT;
     let Ok((mine, theirs)) = UnixStream::pair() else {
         return;
     };
-    std::thread::spawn(move || serve_client(sup, theirs));
+    attach(theirs);
     let _ = tcp.set_nodelay(true);
     let (Ok(mut to_sup), Ok(mut from_tcp)) = (mine.try_clone(), tcp.try_clone()) else {
         return;
