@@ -7,19 +7,20 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub const ROOT: &str = "/sys/fs/cgroup";
-const PARENT: &str = "/sys/fs/cgroup/pyro";
 
 pub struct Cgroup {
     dir: PathBuf,
 }
 
 impl Cgroup {
-    /// A fresh cgroup, or `None` where cgroup v2 is not mounted.
-    pub fn create(name: &str) -> Option<Cgroup> {
-        if !Path::new(ROOT).join("cgroup.procs").exists() {
+    /// A fresh cgroup under `root`'s `pyro/`, or `None` without a root or
+    /// where cgroup v2 is not mounted there.
+    pub fn create(root: Option<&Path>, name: &str) -> Option<Cgroup> {
+        let root = root?;
+        if !root.join("cgroup.procs").exists() {
             return None;
         }
-        let dir = Path::new(PARENT).join(name);
+        let dir = root.join("pyro").join(name);
         fs::create_dir_all(&dir).ok()?;
         Some(Cgroup { dir })
     }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use pyro_protocol::{ExecRequest, ExitStatus, Frame, Kind, Message};
 
 use crate::cgroup::Cgroup;
-use crate::{sys, Agent};
+use crate::serve::Agent;
+use crate::sys;
 
 /// What an exec's control loop waits for.
 pub enum Event {
@@ -57,7 +58,10 @@ pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: 
         .process_group(0);
     let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
     cmd.current_dir(&cwd);
-    let cgroup = Cgroup::create(&format!("exec-{stream}-{}", sys::boottime_ms()));
+    let cgroup = Cgroup::create(
+        agent.config.cgroups.as_deref(),
+        &format!("exec-{stream}-{}", sys::boottime_ms()),
+    );
     if let Some(cg) = &cgroup {
         sys::join_cgroup_on_spawn(&mut cmd, cg.procs_path());
     }

@@ -1,6 +1,6 @@
 //! File operations on `/workspace`: archives in and out, listings, reads.
-//! Every path is confined to the workspace: a symlink that leads outside
-//! it is refused, never followed.
+//! Every path is confined to the workspace ([`Jail`]): a symlink that leads
+//! outside it is refused, never followed.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -10,7 +10,7 @@ use std::sync::mpsc::Receiver;
 
 use pyro_protocol::{ArtifactType, FileEntry, Frame, Kind, Message, PutArchive, WORKSPACE_ROOT};
 
-use crate::Link;
+use crate::serve::Link;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -18,71 +18,99 @@ fn err(context: &str, e: impl std::fmt::Display) -> String {
     format!("{context}: {e}")
 }
 
-/// A normalized absolute path under the workspace root, or an error.
-fn lexically_confined(path: &str) -> Result<PathBuf> {
-    let p = Path::new(path);
-    if !p.is_absolute() {
-        return Err(format!("{path}: not an absolute path"));
-    }
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::RootDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(format!("{path}: `..` is not allowed"))
-            }
-        }
-    }
-    if !out.starts_with(WORKSPACE_ROOT) {
-        return Err(format!("{path}: outside {WORKSPACE_ROOT}"));
-    }
-    Ok(out)
+/// The workspace as the protocol names it (`/workspace/...`), and the
+/// directory that stands for it. Every path a request names is confined to
+/// it: lexically (no `..`, nothing outside), and then on the filesystem (no
+/// symlink on the way leads outside). In a guest the two are the same path.
+pub struct Jail {
+    root: PathBuf,
 }
 
-/// Confines `path` and checks that no symlink on the way to it leaves the
-/// workspace. With `follow_last`, the last component is resolved too.
-pub fn confine(path: &str, follow_last: bool) -> Result<PathBuf> {
-    let p = lexically_confined(path)?;
-    let root = fs::canonicalize(WORKSPACE_ROOT).map_err(|e| err(WORKSPACE_ROOT, e))?;
-    let check = |q: &Path| -> Result<()> {
-        match fs::canonicalize(q) {
-            Ok(real) if real.starts_with(&root) => Ok(()),
-            Ok(real) => Err(format!(
-                "{path}: a symlink leads outside {WORKSPACE_ROOT} (to {})",
-                real.display()
-            )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(format!("{path}: no such file or directory"))
-            }
-            Err(e) => Err(err(path, e)),
-        }
-    };
-    if follow_last {
-        check(&p)?;
-    } else if let Some(parent) = p.parent() {
-        if p != root {
-            check(parent)?;
-            fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
-        }
+impl Jail {
+    pub fn new(root: PathBuf) -> Jail {
+        Jail { root }
     }
-    Ok(p)
-}
 
-/// Creates a directory (and its parents) under the workspace, checking the
-/// deepest existing ancestor first, so nothing is ever created through a
-/// symlink that leads outside.
-fn create_confined_dir(p: &Path) -> Result<()> {
-    let mut existing = p;
-    while fs::symlink_metadata(existing).is_err() {
-        existing = existing
-            .parent()
-            .ok_or_else(|| format!("{}: no parent", p.display()))?;
+    /// The directory a guest path names, without looking at the
+    /// filesystem: normalized, and inside the workspace or refused.
+    pub fn lexical(&self, path: &str) -> Result<PathBuf> {
+        let p = Path::new(path);
+        if !p.is_absolute() {
+            return Err(format!("{path}: not an absolute path"));
+        }
+        let mut out = PathBuf::from("/");
+        for c in p.components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(n) => out.push(n),
+                Component::ParentDir | Component::Prefix(_) => {
+                    return Err(format!("{path}: `..` is not allowed"))
+                }
+            }
+        }
+        match out.strip_prefix(WORKSPACE_ROOT) {
+            Ok(rel) => Ok(self.root.join(rel)),
+            Err(_) => Err(format!("{path}: outside {WORKSPACE_ROOT}")),
+        }
     }
-    confine(&existing.to_string_lossy(), true)?;
-    fs::create_dir_all(p).map_err(|e| err(&p.to_string_lossy(), e))?;
-    confine(&p.to_string_lossy(), true).map(|_| ())
+
+    /// How the guest names a path inside the workspace.
+    pub fn shown(&self, real: &Path) -> String {
+        match real.strip_prefix(&self.root) {
+            Ok(rel) if rel.as_os_str().is_empty() => WORKSPACE_ROOT.to_string(),
+            Ok(rel) => Path::new(WORKSPACE_ROOT).join(rel).display().to_string(),
+            Err(_) => real.display().to_string(),
+        }
+    }
+
+    fn canonical_root(&self) -> Result<PathBuf> {
+        fs::canonicalize(&self.root).map_err(|e| err(WORKSPACE_ROOT, e))
+    }
+
+    /// Confines `path` and checks that no symlink on the way to it leaves
+    /// the workspace. With `follow_last`, the last component is resolved
+    /// too (and must exist).
+    pub fn confine(&self, path: &str, follow_last: bool) -> Result<PathBuf> {
+        let p = self.lexical(path)?;
+        let root = self.canonical_root()?;
+        let check = |q: &Path| -> Result<()> {
+            match fs::canonicalize(q) {
+                Ok(real) if real.starts_with(&root) => Ok(()),
+                Ok(real) => Err(format!(
+                    "{path}: a symlink leads outside {WORKSPACE_ROOT} (to {})",
+                    real.display()
+                )),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(format!("{path}: no such file or directory"))
+                }
+                Err(e) => Err(err(path, e)),
+            }
+        };
+        if follow_last {
+            check(&p)?;
+        } else if let Some(parent) = p.parent() {
+            if p != self.root {
+                check(parent)?;
+                fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
+            }
+        }
+        Ok(p)
+    }
+
+    /// Creates a directory (and its parents) under the workspace, checking
+    /// the deepest existing ancestor first, so nothing is ever created
+    /// through a symlink that leads outside.
+    fn create_dir(&self, p: &Path) -> Result<()> {
+        let mut existing = p;
+        while fs::symlink_metadata(existing).is_err() {
+            existing = existing
+                .parent()
+                .ok_or_else(|| format!("{}: no parent", p.display()))?;
+        }
+        self.confine(&self.shown(existing), true)?;
+        fs::create_dir_all(p).map_err(|e| err(&self.shown(p), e))?;
+        self.confine(&self.shown(p), true).map(|_| ())
+    }
 }
 
 fn artifact_type(m: &fs::Metadata) -> ArtifactType {
@@ -149,11 +177,11 @@ impl Read for InputReader {
     }
 }
 
-pub fn put_archive(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
+pub fn put_archive(jail: &Jail, req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
     let result = if req.atomic {
-        put_atomic(req, input)
+        put_atomic(jail, req, input)
     } else {
-        put_direct(req, input)
+        put_direct(jail, req, input)
     };
     input.drain();
     // What was written is on the disk before the host hears it was.
@@ -161,9 +189,9 @@ pub fn put_archive(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u6
     result
 }
 
-fn put_direct(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
-    let dest = lexically_confined(&req.dest)?;
-    create_confined_dir(&dest)?;
+fn put_direct(jail: &Jail, req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
+    let dest = jail.lexical(&req.dest)?;
+    jail.create_dir(&dest)?;
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
@@ -190,15 +218,15 @@ fn put_direct(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
         }
         count += 1;
     }
-    remove_paths(&req.remove)?;
+    remove_paths(jail, &req.remove)?;
     Ok((count, bytes))
 }
 
 /// Every entry is written to a temporary file beside its target first;
 /// only when all were written (and every path to remove was checked) are
 /// they renamed into place.
-fn put_atomic(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
-    let dest = lexically_confined(&req.dest)?;
+fn put_atomic(jail: &Jail, req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
+    let dest = jail.lexical(&req.dest)?;
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let cleanup = |staged: &[(PathBuf, PathBuf)]| {
         for (tmp, _) in staged {
@@ -217,14 +245,14 @@ fn put_atomic(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
                     rel.display()
                 ));
             }
-            let target = lexically_confined(&dest.join(&rel).to_string_lossy())?;
+            let target = jail.lexical(&jail.shown(&dest.join(&rel)))?;
             let parent = target.parent().unwrap().to_path_buf();
-            create_confined_dir(&parent)?;
+            jail.create_dir(&parent)?;
             if let Ok(m) = fs::symlink_metadata(&target) {
                 if !m.is_file() {
                     return Err(format!(
                         "{}: exists and is not a regular file",
-                        target.display()
+                        jail.shown(&target)
                     ));
                 }
             }
@@ -241,7 +269,7 @@ fn put_atomic(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
             let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(mode & 0o7777));
         }
         for path in &req.remove {
-            let p = confine(path, false)?;
+            let p = jail.confine(path, false)?;
             let m = fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
             if m.is_dir() {
                 return Err(format!("{path}: is a directory"));
@@ -252,9 +280,9 @@ fn put_atomic(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
     match result {
         Ok(counts) => {
             for (tmp, target) in &staged {
-                fs::rename(tmp, target).map_err(|e| err(&target.to_string_lossy(), e))?;
+                fs::rename(tmp, target).map_err(|e| err(&jail.shown(target), e))?;
             }
-            remove_paths(&req.remove)?;
+            remove_paths(jail, &req.remove)?;
             Ok(counts)
         }
         Err(e) => {
@@ -264,9 +292,9 @@ fn put_atomic(req: &PutArchive, input: &mut InputReader) -> Result<(u64, u64)> {
     }
 }
 
-fn remove_paths(paths: &[String]) -> Result<()> {
+fn remove_paths(jail: &Jail, paths: &[String]) -> Result<()> {
     for path in paths {
-        let p = confine(path, false)?;
+        let p = jail.confine(path, false)?;
         let m = fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
         if m.is_dir() {
             return Err(format!("{path}: is a directory"));
@@ -311,8 +339,8 @@ impl Write for FrameWriter<'_> {
     }
 }
 
-pub fn get_archive(path: &str, out: &mut FrameWriter) -> Result<Message> {
-    let p = confine(path, false)?;
+pub fn get_archive(jail: &Jail, path: &str, out: &mut FrameWriter) -> Result<Message> {
+    let p = jail.confine(path, false)?;
     let meta = fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
     let kind = artifact_type(&meta);
     let mut builder = tar::Builder::new(&mut *out);
@@ -388,27 +416,27 @@ fn append_children<W: Write>(
     Ok(())
 }
 
-pub fn list_files(path: &str, recursive: bool) -> Result<Message> {
-    let p = confine(path, false)?;
+pub fn list_files(jail: &Jail, path: &str, recursive: bool) -> Result<Message> {
+    let p = jail.confine(path, false)?;
     let meta = fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
     let kind = artifact_type(&meta);
     let mut entries = Vec::new();
     if kind == ArtifactType::Directory {
-        list_into(&p, recursive, &mut entries)?;
+        list_into(jail, &p, recursive, &mut entries)?;
     } else {
-        entries.push(entry_for(&p, &meta));
+        entries.push(entry_for(jail, &p, &meta));
     }
     Ok(Message::FileList {
-        path: p.display().to_string(),
+        path: jail.shown(&p),
         artifact_type: kind,
         entries,
     })
 }
 
-fn entry_for(path: &Path, meta: &fs::Metadata) -> FileEntry {
+fn entry_for(jail: &Jail, path: &Path, meta: &fs::Metadata) -> FileEntry {
     let kind = artifact_type(meta);
     FileEntry {
-        path: path.display().to_string(),
+        path: jail.shown(path),
         artifact_type: kind,
         size_bytes: if kind == ArtifactType::File {
             meta.size()
@@ -421,22 +449,27 @@ fn entry_for(path: &Path, meta: &fs::Metadata) -> FileEntry {
     }
 }
 
-fn list_into(dir: &Path, recursive: bool, out: &mut Vec<FileEntry>) -> Result<()> {
+fn list_into(jail: &Jail, dir: &Path, recursive: bool, out: &mut Vec<FileEntry>) -> Result<()> {
     for child in sorted_children(dir)? {
         let path = child.path();
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
-        out.push(entry_for(&path, &meta));
+        out.push(entry_for(jail, &path, &meta));
         if recursive && meta.is_dir() {
-            list_into(&path, true, out)?;
+            list_into(jail, &path, true, out)?;
         }
     }
     Ok(())
 }
 
-pub fn read_file(path: &str, max_bytes: u64, out: &mut FrameWriter) -> Result<Message> {
-    let p = confine(path, true)?;
+pub fn read_file(
+    jail: &Jail,
+    path: &str,
+    max_bytes: u64,
+    out: &mut FrameWriter,
+) -> Result<Message> {
+    let p = jail.confine(path, true)?;
     let meta = fs::metadata(&p).map_err(|e| err(path, e))?;
     if !meta.is_file() {
         return Err(format!("{path}: not a regular file"));
@@ -450,20 +483,21 @@ pub fn read_file(path: &str, max_bytes: u64, out: &mut FrameWriter) -> Result<Me
     })
 }
 
-const SECRETS_DIR: &str = "/run/pyro-secrets";
-
-/// Replaces the guest's secrets: a 0700 directory on the `/run` tmpfs with
-/// one 0600 file per secret.
-pub fn install_secrets(secrets: &std::collections::BTreeMap<String, String>) -> Result<()> {
-    let dir = Path::new(SECRETS_DIR);
+/// Replaces the guest's secrets: a 0700 directory `dir` (on the `/run`
+/// tmpfs) with one 0600 file per secret.
+pub fn install_secrets(
+    dir: &Path,
+    secrets: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let shown = dir.display().to_string();
     if dir.exists() {
-        fs::remove_dir_all(dir).map_err(|e| err(SECRETS_DIR, e))?;
+        fs::remove_dir_all(dir).map_err(|e| err(&shown, e))?;
     }
     if secrets.is_empty() {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(|e| err(SECRETS_DIR, e))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(SECRETS_DIR, e))?;
+    fs::create_dir_all(dir).map_err(|e| err(&shown, e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(&shown, e))?;
     for (name, value) in secrets {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("bad secret name {name:?}"));

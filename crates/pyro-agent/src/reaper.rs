@@ -1,7 +1,8 @@
 //! As PID 1 the agent inherits every orphan and must reap it, while the
 //! commands it runs itself need their own exit statuses. One thread waits
 //! for any child with `WNOWAIT`, hands a watched child's status to its
-//! watcher and reaps everything else.
+//! watcher and reaps everything else. Outside a guest (tests), each child
+//! is waited for on its own, and nobody else's child is touched.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,8 +13,10 @@ use std::time::Duration;
 
 use crate::sys;
 
-#[derive(Default)]
 pub struct Reaper {
+    /// PID 1: one thread reaps every exited child (orphans included). Any
+    /// other process waits for each of its own children on a thread.
+    orphans: bool,
     state: Mutex<State>,
     children_appeared: Condvar,
 }
@@ -29,6 +32,14 @@ struct State {
 }
 
 impl Reaper {
+    pub fn new(orphans: bool) -> Reaper {
+        Reaper {
+            orphans,
+            state: Mutex::new(State::default()),
+            children_appeared: Condvar::new(),
+        }
+    }
+
     /// Spawns `cmd`; `tx` receives `wrap(raw wait status)` when it exits.
     pub fn spawn<T: Send + 'static>(
         &self,
@@ -36,6 +47,16 @@ impl Reaper {
         tx: Sender<T>,
         wrap: fn(i32) -> T,
     ) -> io::Result<Child> {
+        if !self.orphans {
+            let child = cmd.spawn()?;
+            let pid = child.id() as i32;
+            std::thread::spawn(move || {
+                if let Some(status) = sys::reap(pid) {
+                    let _ = tx.send(wrap(status));
+                }
+            });
+            return Ok(child);
+        }
         self.state.lock().unwrap().spawning += 1;
         let result = cmd.spawn();
         let mut state = self.state.lock().unwrap();

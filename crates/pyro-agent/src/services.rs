@@ -1,5 +1,5 @@
 //! Long-running services: started in their own process group and cgroup,
-//! output appended to files under `/run/pyro-services` (never in
+//! output appended to files under `/run/pyro-services` (`Config`; never in
 //! `/workspace`, so never in a diff or an export), readiness probed here in
 //! the guest, stopped with SIGTERM then SIGKILL.
 
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pyro_protocol::{Readiness, ServiceSpec, ServiceState, ServiceStatus, ServiceStopReason};
 
 use crate::cgroup::Cgroup;
-use crate::{sys, Agent};
+use crate::serve::Agent;
+use crate::sys;
 
-const LOG_DIR: &str = "/run/pyro-services";
 /// How much of a log `logs` looks at.
 const LOG_WINDOW: u64 = 1 << 20;
 
@@ -39,8 +39,8 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn log_path(name: &str, stream: &str) -> PathBuf {
-    Path::new(LOG_DIR).join(format!("{name}.{stream}"))
+fn log_path(agent: &Agent, name: &str, stream: &str) -> PathBuf {
+    agent.config.service_logs.join(format!("{name}.{stream}"))
 }
 
 fn probe(agent: &Agent, r: &Readiness, cwd: &str) -> bool {
@@ -146,13 +146,14 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
             }
         }
     }
-    fs::create_dir_all(LOG_DIR).map_err(|e| format!("{LOG_DIR}: {e}"))?;
+    let logs = &agent.config.service_logs;
+    fs::create_dir_all(logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     let open_log = |stream: &str| {
         OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
-            .open(log_path(&spec.name, stream))
+            .open(log_path(agent, &spec.name, stream))
             .map_err(|e| format!("log: {e}"))
     };
     let (stdout, stderr) = (open_log("stdout")?, open_log("stderr")?);
@@ -182,7 +183,10 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
         .process_group(0);
-    let cgroup = Cgroup::create(&format!("service-{}-{}", spec.name, sys::boottime_ms()));
+    let cgroup = Cgroup::create(
+        agent.config.cgroups.as_deref(),
+        &format!("service-{}-{}", spec.name, sys::boottime_ms()),
+    );
     if let Some(cg) = &cgroup {
         sys::join_cgroup_on_spawn(&mut cmd, cg.procs_path());
     }
@@ -314,8 +318,8 @@ pub fn logs(
     lines: Option<u64>,
 ) -> Result<(String, String, bool), String> {
     get(agent, name)?;
-    let (out, t1) = tail(&log_path(name, "stdout"), lines);
-    let (err, t2) = tail(&log_path(name, "stderr"), lines);
+    let (out, t1) = tail(&log_path(agent, name, "stdout"), lines);
+    let (err, t2) = tail(&log_path(agent, name, "stderr"), lines);
     Ok((out, err, t1 || t2))
 }
 

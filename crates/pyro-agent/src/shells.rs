@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use pyro_protocol::{ShellOpen, ShellState, ShellStatus};
 
-use crate::{sys, Agent};
+use crate::serve::Agent;
+use crate::sys;
 
 /// Output kept per shell; older output is dropped.
 const BUFFER_BYTES: usize = 1 << 20;

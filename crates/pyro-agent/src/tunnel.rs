@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pyro_protocol::{Frame, Kind, Message};
 
-use crate::Agent;
+use crate::serve::Agent;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -783,4 +783,71 @@ mod tests {
             })
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn kind() -> impl Strategy<Value = Kind> {
+            prop_oneof![Just(Kind::Stdout), Just(Kind::Stderr), Just(Kind::Input)]
+        }
+
+        fn frame() -> impl Strategy<Value = Frame> {
+            prop_oneof![
+                (
+                    any::<u32>(),
+                    kind(),
+                    prop::collection::vec(any::<u8>(), 0..300)
+                )
+                    .prop_map(|(stream, kind, body)| Frame::data(stream, kind, body)),
+                (any::<u32>(), "[ -~]{0,40}")
+                    .prop_map(|(stream, s)| Frame::message(stream, &Message::Error { message: s })),
+                any::<u32>().prop_map(|stream| Frame::message(stream, &Message::Cancel)),
+            ]
+        }
+
+        proptest! {
+            /// Frames survive the wire however the bytes are split.
+            #[test]
+            fn frames_decode_as_encoded_whatever_the_chunking(
+                frames in prop::collection::vec(frame(), 0..8),
+                cuts in prop::collection::vec(1usize..64, 1..16),
+            ) {
+                let wire: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+                let mut decoder = Decoder::default();
+                let mut decoded = Vec::new();
+                let (mut at, mut i) = (0, 0);
+                while at < wire.len() {
+                    let n = cuts[i % cuts.len()].min(wire.len() - at);
+                    decoder.push(&wire[at..at + n]);
+                    at += n;
+                    i += 1;
+                    while let Some(f) = decoder.next_frame().unwrap() {
+                        decoded.push(f);
+                    }
+                }
+                prop_assert_eq!(&decoded, &frames);
+                let mut cursor = io::Cursor::new(wire);
+                for f in &frames {
+                    let read = Frame::read_from(&mut cursor).unwrap();
+                    prop_assert_eq!(read.as_ref(), Some(f));
+                }
+            }
+
+            /// Arbitrary bytes never panic the decoder: they decode, wait for
+            /// more, or are refused.
+            #[test]
+            fn garbage_is_refused_not_fatal(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
+                let mut decoder = Decoder::default();
+                decoder.push(&bytes);
+                for _ in 0..bytes.len() + 1 {
+                    match decoder.next_frame() {
+                        Ok(Some(f)) => { let _ = f.decode_message(); }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let _ = Frame::read_from(&mut io::Cursor::new(bytes));
+            }
+        }
+    }
 }

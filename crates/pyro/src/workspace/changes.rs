@@ -446,4 +446,38 @@ index 1111111..2222222 100644
             Some("--- a/edit\n+++ b/edit\n@@ -1 +1 @@\n-a\n+b\n")
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop_oneof!["[a-c]{0,3}", Just(String::new())], 0..12)
+                .prop_map(|lines| lines.iter().map(|l| format!("{l}\n")).collect())
+        }
+
+        proptest! {
+            /// What `diff` shows is a patch that `patch apply` takes back: the
+            /// parsed patch turns the baseline into the live file.
+            #[test]
+            fn a_diff_applies_as_a_patch(old in text(), new in text(), no_newline in any::<bool>()) {
+                let mut new = new;
+                if no_newline && new.ends_with('\n') {
+                    new.pop();
+                }
+                prop_assume!(old != new);
+                let mut base = BTreeMap::new();
+                base.insert(PathBuf::from("f.txt"), Artifact::File(old.clone().into_bytes()));
+                let mut live = BTreeMap::new();
+                live.insert(PathBuf::from("f.txt"), Artifact::File(new.clone().into_bytes()));
+                let (_, entries) = compare(&base, &live);
+                let patch = entries[0].text_patch.clone().unwrap();
+                let changes = parse(&patch).unwrap();
+                prop_assert_eq!(changes.len(), 1);
+                prop_assert_eq!(&changes[0].path, "f.txt");
+                let applied = diffy::apply(&old, changes[0].patch.as_ref().unwrap()).unwrap();
+                prop_assert_eq!(applied, new);
+            }
+        }
+    }
 }
