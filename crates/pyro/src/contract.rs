@@ -64,7 +64,7 @@ impl From<Command> for pyro_protocol::Command {
 pub enum ExecutionMode {
     /// In the guest, through the agent on its virtio-serial port.
     GuestVirtioSerial,
-    /// On the host, without isolation (the caller allowed it).
+    /// On the host, without isolation (`--allow-host-compat`).
     HostCompat,
 }
 

@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Remedy, Result};
 use crate::vmm::dir::{ExitReason, VmExit};
 
-/// A workspace's state.
+// A workspace's state: `Started` while its VM runs; `Stopped` keeps the
+// disk, baseline and checkpoints. (Plain comments: doc comments would
+// change the published JSON schema.)
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
-    /// Its VM runs.
     Started,
-    /// Its VM does not run; the disk, baseline and checkpoints stay.
     Stopped,
 }
 
