@@ -1,5 +1,5 @@
 //! `tools/list` of every profile against the golden files the real-client
-//! test also checks (`crates/pyro-cli/tests/mcp/client.py`): names,
+//! test also checks (`crates/pyro-cli/tests/vm/mcp_client.py`): names,
 //! descriptions, input and output schemas, annotations. In-process, no VM.
 //! `PYRO_BLESS=1` rewrites the files.
 

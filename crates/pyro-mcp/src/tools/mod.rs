@@ -156,7 +156,10 @@ mod tests {
             };
             let text = message(&e);
             assert!(text.starts_with("something is in the way; "), "{text}");
-            assert!(!text.contains("--") && !text.contains("`pyro "), "{remedy:?}: {text}");
+            assert!(
+                !text.contains("--") && !text.contains("`pyro "),
+                "{remedy:?}: {text}"
+            );
         }
         let e = pyro::Error::Conflict {
             message: "workspace ab12 is stopped".into(),

@@ -87,6 +87,25 @@ async def malformed_calls(session, wid):
     check(r.isError, "a missing parameter is a tool error")
     r = ok(await session.call_tool("workspace_list", {}))
     check(r["count"] >= 1, "the server keeps serving")
+    r = await session.call_tool("workspace_export", {
+        "workspace_id": wid, "path": "check.sh", "output_path": __file__,
+    })
+    text = r.content[0].text
+    check(r.isError and "already exists" in text and "--force" not in text,
+          "an existing output is refused in the server's own words")
+    r = await session.call_tool("workspace_status", {"workspace_id": "ffffffffffff"})
+    check("workspace_list" in r.content[0].text and "pyro workspace" not in r.content[0].text,
+          "the remedy names a tool, not a CLI command")
+
+
+async def argv_lists(session, wid):
+    r = ok(await session.call_tool("workspace_exec", {"workspace_id": wid, "command": ["echo", "a  b"]}))
+    check(r["stdout"] == "a  b\n", "a list is an argv: its words reach the program as they are")
+    r = ok(await session.call_tool("workspace_exec", {"workspace_id": wid, "command": ["echo $0"]}))
+    check(r["exit_code"] == 127 and r["stdout"] == "",
+          "a one-element list is an argv too, never a shell string")
+    r = ok(await session.call_tool("workspace_exec", {"workspace_id": wid, "command": "echo $0"}))
+    check(r["exit_code"] == 0 and r["stdout"] != "", "a string is a shell command")
 
 
 async def concurrency(session, wid):
@@ -131,6 +150,7 @@ async def stdio_profile(profile, tmp):
                 check(r["stdout"] == "argv\n", "stdio vm_run with an argv")
                 wid = await recipe_r2(session, tmp)
                 await malformed_calls(session, wid)
+                await argv_lists(session, wid)
                 await concurrency(session, wid)
                 ok(await session.call_tool("workspace_delete", {"workspace_id": wid}))
             if profile == "workspace-full":

@@ -1,8 +1,6 @@
 //! `pyro doctor` and failing closed.
 
-mod common;
-
-use common::{stderr, Sandbox};
+use crate::common::{stderr, Sandbox};
 
 #[test]
 fn doctor_reports_the_host() {

@@ -1,9 +1,7 @@
 //! The MCP server driven by a client nobody here wrote: the official MCP
-//! Python SDK, over stdio and HTTP, on real guests (see `mcp/client.py`).
+//! Python SDK, over stdio and HTTP, on real guests (see `mcp_client.py`).
 //! `scripts/test.sh` installs the SDK into `target/mcp-venv`;
 //! `PYRO_TEST_PYTHON` points at another interpreter that has it.
-
-mod common;
 
 use std::path::PathBuf;
 
@@ -18,9 +16,9 @@ fn a_real_mcp_client_drives_every_profile_over_stdio_and_http() {
         "{} is missing: run scripts/test.sh, which installs the MCP Python SDK",
         python.display()
     );
-    let sb = common::Sandbox::new();
-    let out = std::process::Command::new(&python)
-        .arg(root.join("crates/pyro-cli/tests/mcp/client.py"))
+    let sb = crate::common::Sandbox::new();
+    let out = crate::common::hermetic(&mut std::process::Command::new(&python))
+        .arg(root.join("crates/pyro-cli/tests/vm/mcp_client.py"))
         .env("PYRO_BIN", env!("CARGO_BIN_EXE_pyro"))
         .env("PYRO_HOME", sb.home.path())
         .env("PYRO_MCP_GOLDEN", root.join("crates/pyro-mcp/tests/golden"))

@@ -4,25 +4,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use pyro::{
-    ChangeStatus, CreateWorkspace, OutputSink, Paths, Pyro, Silent, State, UpdateWorkspace,
-};
+use pyro::{ChangeStatus, CreateWorkspace, Discard, Pyro, Silent, State, UpdateWorkspace};
 
-struct Quiet;
-impl OutputSink for Quiet {
-    fn stdout(&mut self, _: &[u8]) {}
-    fn stderr(&mut self, _: &[u8]) {}
-}
+use crate::common::sdk_paths;
 
 fn sdk() -> (Pyro, tempfile::TempDir) {
     let home = tempfile::Builder::new()
         .prefix("pyro-sdk-")
         .tempdir()
         .unwrap();
-    let mut paths = Paths::from_env();
-    paths.home = home.path().to_path_buf();
     let pyro = Pyro::new()
-        .with_paths(paths)
+        .with_paths(sdk_paths(home.path()))
         .with_program(env!("CARGO_BIN_EXE_pyro"));
     (pyro, home)
 }
@@ -52,7 +44,7 @@ fn sh(pyro: &Pyro, id: &str, command: &str) -> pyro::CommandEntry {
     pyro.exec_workspace(
         id,
         &pyro::WorkspaceExec::new(pyro::Command::shell(command)),
-        &mut Quiet,
+        &mut Discard,
     )
     .unwrap()
 }

@@ -1,12 +1,72 @@
-//! Helpers for the real-VM tests: each test gets its own `PYRO_HOME` (so it
-//! can check that nothing is left behind) and shares the machine's cache of
-//! kernels and environments.
+//! Fixtures shared by the real-VM tests. Each test gets its own `PYRO_HOME`
+//! (so it can check that nothing is left behind); all of them share one
+//! cache of kernels, environments and templates that belongs to the test
+//! run (`target/test-cache`, or `PYRO_TEST_CACHE_DIR`), never the
+//! machine's own: every `pyro` a test starts gets [`hermetic`] settings.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// The test run's cache root (`PYRO_CACHE_DIR` of every `pyro` started).
+pub fn test_cache() -> PathBuf {
+    std::env::var_os("PYRO_TEST_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/test-cache")
+                .components()
+                .collect()
+        })
+}
+
+/// Makes `cmd` use the test run's cache and nothing of the machine's or
+/// the caller's pyro settings.
+pub fn hermetic(cmd: &mut Command) -> &mut Command {
+    for var in [
+        "PYRO_ENVIRONMENT_CACHE_DIR",
+        "PYRO_TEMPLATE_CACHE_DIR",
+        "PYRO_KERNEL_IMAGE",
+        "PYRO_FAST_START",
+        "PYRO_MAX_RUNNING_VMS",
+        "PYRO_ACCEL",
+        "XDG_CACHE_HOME",
+        "XDG_DATA_HOME",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("PYRO_CACHE_DIR", test_cache())
+}
+
+/// The paths the Rust SDK should use for a test with home `home`.
+pub fn sdk_paths(home: &Path) -> pyro::Paths {
+    let cache = test_cache();
+    pyro::Paths {
+        home: home.to_path_buf(),
+        runtime_cache: cache.join("runtime"),
+        environment_cache: cache.join("environments"),
+        template_cache: cache.join("runtime/templates"),
+    }
+}
+
+/// Tests that need root (network namespaces, other users) call this
+/// first and return when it says no.
+pub fn running_as_root(test: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        eprintln!("skipped {test}: it needs root");
+    }
+    root
+}
 
 pub struct Sandbox {
     pub home: tempfile::TempDir,
@@ -24,6 +84,7 @@ impl Sandbox {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pyro"));
+        hermetic(&mut c);
         c.env("PYRO_HOME", self.home.path()).stdin(Stdio::null());
         c
     }

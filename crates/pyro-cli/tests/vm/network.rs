@@ -6,13 +6,11 @@
 //! answers DNS (dnsmasq) for `web.pyro.test`, and the inner host's
 //! resolv.conf (`/etc/netns/<ns>/resolv.conf`) points there.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{stderr, stdout, Sandbox};
+use crate::common::{hermetic, running_as_root, stderr, stdout, Sandbox};
 
 struct Netns {
     host: String,
@@ -106,7 +104,7 @@ impl Netns {
     }
 
     fn pyro(&self, sb: &Sandbox, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
+        hermetic(&mut Command::new("ip"))
             .args(["netns", "exec", &self.host, env!("CARGO_BIN_EXE_pyro")])
             .args(args)
             .env("PYRO_HOME", sb.home.path())
@@ -164,6 +162,9 @@ const FETCH: &str = r#"fetch() { (timeout 5 bash -c "exec 3<>/dev/tcp/$1/$2 && p
 
 #[test]
 fn egress_reaches_a_test_host_but_never_the_host_loopback() {
+    if !running_as_root("egress_reaches_a_test_host_but_never_the_host_loopback") {
+        return;
+    }
     let net = Netns::new();
     let sb = Sandbox::new();
     let script = format!(
@@ -280,6 +281,9 @@ fn host_ports(service: &serde_json::Value) -> Vec<u64> {
 
 #[test]
 fn published_ports_serve_on_host_loopback_while_the_service_runs() {
+    if !running_as_root("published_ports_serve_on_host_loopback_while_the_service_runs") {
+        return;
+    }
     let net = Netns::new();
     let sb = Sandbox::new();
     let ws = |args: &[&str]| net.pyro(&sb, &[&["workspace"], args].concat());
@@ -482,7 +486,7 @@ fn published_ports_serve_on_host_loopback_while_the_service_runs() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(8));
-    let alive = Command::new("ip")
+    let alive = hermetic(&mut Command::new("ip"))
         .args(["netns", "exec", &net.host, "timeout", "10"])
         .arg(env!("CARGO_BIN_EXE_pyro"))
         .args(["workspace", "exec", &id, "--", "echo", "alive"])

@@ -1,12 +1,10 @@
 //! `pyro run` on real guests.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout, Sandbox};
+use crate::common::{stderr, stdout, Sandbox};
 use sha2::{Digest, Sha256};
 
 #[test]
