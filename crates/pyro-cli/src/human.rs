@@ -214,8 +214,13 @@ impl Content<'_> {
     }
 }
 
-impl Human for FileReadResult {
-    fn human(&self) {
+/// A result that carries a file's content.
+pub trait HasContent: serde::Serialize {
+    fn content(&self, content_only: bool) -> Content<'_>;
+}
+
+impl HasContent for FileReadResult {
+    fn content(&self, content_only: bool) -> Content<'_> {
         Content {
             tag: "workspace-file-read",
             workspace_id: &self.workspace_id,
@@ -223,14 +228,13 @@ impl Human for FileReadResult {
             content: &self.content,
             size_bytes: self.size_bytes,
             truncated: self.truncated,
-            content_only: false,
+            content_only,
         }
-        .print();
     }
 }
 
-impl Human for DiskRead {
-    fn human(&self) {
+impl HasContent for DiskRead {
+    fn content(&self, content_only: bool) -> Content<'_> {
         Content {
             tag: "workspace-disk-read",
             workspace_id: &self.workspace_id,
@@ -238,10 +242,23 @@ impl Human for DiskRead {
             content: &self.content,
             size_bytes: self.size_bytes,
             truncated: self.truncated,
-            content_only: false,
+            content_only,
         }
-        .print();
     }
+}
+
+/// A read as JSON, or its content (alone, with `content_only`).
+pub fn show_content(
+    json: bool,
+    content_only: bool,
+    r: &impl HasContent,
+) -> anyhow::Result<std::process::ExitCode> {
+    if json {
+        crate::render::json(r)?;
+    } else {
+        r.content(content_only).print();
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 impl Human for FileWriteResult {

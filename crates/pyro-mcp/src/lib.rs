@@ -11,7 +11,8 @@
 //! Every tool body is one façade call, run on a blocking thread so a long
 //! `workspace_exec` never holds up another tool. Results are the same plain
 //! data as the CLI's `--json`, as structured content with an output schema;
-//! failures are tool errors carrying the CLI's messages.
+//! failures are tool errors with the library's messages and, where there is
+//! something to do, advice that names this server's tools and parameters.
 
 mod params;
 mod tools;

@@ -47,13 +47,38 @@ pub enum Remedy {
     NetworkPolicy { policy: String },
 }
 
+/// What a `NotFound` did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    Workspace,
+    Vm,
+    Snapshot,
+    Environment,
+}
+
+impl Entity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Workspace => "workspace",
+            Entity::Vm => "vm",
+            Entity::Snapshot => "snapshot",
+            Entity::Environment => "environment",
+        }
+    }
+}
+
+fn not_found_message(entity: &Entity, id: &str) -> String {
+    match entity {
+        // The words the reference uses for these.
+        Entity::Vm | Entity::Environment => format!("unknown {} {id:?}", entity.as_str()),
+        _ => format!("no {} {id:?}", entity.as_str()),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no {what} {id:?}")]
-    NotFound { what: &'static str, id: String },
-
-    #[error("unknown environment {0:?}")]
-    UnknownEnvironment(String),
+    #[error("{}", not_found_message(.entity, .id))]
+    NotFound { entity: Entity, id: String },
 
     #[error("{message}")]
     Conflict {
@@ -113,7 +138,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::NotFound { .. } | Error::UnknownEnvironment(_) => ErrorKind::NotFound,
+            Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Conflict { .. } => ErrorKind::Conflict,
             Error::InvalidArgument(_) | Error::Unsupported(_) => ErrorKind::InvalidArgument,
             Error::GuestUnavailable { .. }
@@ -129,10 +154,11 @@ impl Error {
 
     pub fn remedy(&self) -> Option<Remedy> {
         match self {
-            Error::NotFound {
-                what: "workspace", ..
-            } => Some(Remedy::ListWorkspaces),
-            Error::UnknownEnvironment(_) => Some(Remedy::ListEnvironments),
+            Error::NotFound { entity, .. } => match entity {
+                Entity::Workspace => Some(Remedy::ListWorkspaces),
+                Entity::Environment => Some(Remedy::ListEnvironments),
+                _ => None,
+            },
             Error::Conflict { remedy, .. } | Error::Environment { remedy, .. } => remedy.clone(),
             Error::GuestUnavailable {
                 host_compat: true, ..
@@ -141,9 +167,9 @@ impl Error {
         }
     }
 
-    pub(crate) fn not_found(what: &'static str, id: impl Into<String>) -> Error {
+    pub(crate) fn not_found(entity: Entity, id: impl Into<String>) -> Error {
         Error::NotFound {
-            what,
+            entity,
             id: id.into(),
         }
     }
@@ -192,10 +218,17 @@ mod tests {
 
     #[test]
     fn kinds_and_remedies() {
-        let e = Error::not_found("workspace", "ab12");
+        let e = Error::not_found(Entity::Workspace, "ab12");
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert_eq!(e.remedy(), Some(Remedy::ListWorkspaces));
         assert_eq!(e.to_string(), "no workspace \"ab12\"");
+        let e = Error::not_found(Entity::Environment, "debian:99");
+        assert_eq!(e.to_string(), "unknown environment \"debian:99\"");
+        assert_eq!(e.remedy(), Some(Remedy::ListEnvironments));
+        assert_eq!(
+            Error::not_found(Entity::Vm, "x").to_string(),
+            "unknown vm \"x\""
+        );
         let e = Error::conflict_with("x exists", Remedy::Overwrite);
         assert_eq!(
             (e.kind(), e.remedy()),

@@ -47,7 +47,7 @@ pub use doctor::DoctorReport;
 pub use environments::{
     CatalogEntry, EnvironmentManifest, ExportReport, PruneReport, Pruned, CATALOG, CATALOG_VERSION,
 };
-pub use error::{Error, ErrorKind, Remedy, Result};
+pub use error::{Entity, Error, ErrorKind, Remedy, Result};
 pub use paths::Paths;
 pub use progress::{Progress, Silent};
 pub use pyro_protocol::{ServiceStatus, ServiceStopReason, ShellStatus};

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::{
     defaults, ms_to_s, validate_resources, validate_timeout, Command, ExecutionMode,
 };
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Entity, Error, IoContext, Result};
 use crate::paths::Context;
 use crate::progress::Progress;
 use crate::run::{exec_once, Cleanup, CleanupReason, RunResult};
@@ -169,7 +169,7 @@ fn info(dir: &VmDir, r: &VmRecord) -> VmInfo {
 
 /// The VM `id`, deleting it first if it expired.
 fn locate(ctx: &Context, id: &str) -> Result<(VmDir, VmRecord)> {
-    let unknown = || Error::not_found("vm", id);
+    let unknown = || Error::not_found(Entity::Vm, id);
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(unknown());
     }

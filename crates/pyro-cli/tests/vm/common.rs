@@ -15,10 +15,10 @@ pub fn test_cache() -> PathBuf {
     std::env::var_os("PYRO_TEST_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/test-cache")
-                .components()
-                .collect()
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            root.canonicalize()
+                .unwrap_or(root)
+                .join("target/test-cache")
         })
 }
 

@@ -546,6 +546,24 @@ index 1111111..2222222 100644
     );
     assert_eq!(r["stdout"], "new\none\nzwei\ngone\n", "{r}");
 
+    // A file named like the workspace root keeps its name, written and
+    // patched alike.
+    let r = ws(
+        &sb,
+        &["file", "write", &id, "workspacefoo.txt", "--text", "hi"],
+    );
+    assert_eq!(r["path"], "/workspace/workspacefoo.txt", "{r}");
+    let patch = "--- a/workspacefoo.txt\n+++ b/workspacefoo.txt\n@@ -1 +1 @@\n-hi\n+ho\n";
+    ws(&sb, &["patch", "apply", &id, "--patch", patch]);
+    assert_eq!(
+        exec(
+            &sb,
+            &id,
+            "cat workspacefoo.txt; test -e foo.txt || echo no-foo"
+        )["stdout"],
+        "ho\nno-foo\n"
+    );
+
     // The second file's hunk does not match: nothing changes.
     let bad = "--- a/other.txt\n+++ b/other.txt\n@@ -1 +1 @@\n-alpha\n+beta\n--- a/keep.txt\n+++ b/keep.txt\n@@ -1 +1 @@\n-nope\n+never\n";
     let out = sb.run(&["workspace", "patch", "apply", &id, "--patch", bad]);

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Remedy, Result};
-use crate::host::{self};
+use crate::error::{Entity, Error, Remedy, Result};
+use crate::host;
 use crate::paths::Paths;
 
 pub const CATALOG_VERSION: &str = "1.0.0";
@@ -68,7 +68,7 @@ pub fn lookup(name: &str) -> Result<&'static CatalogEntry> {
     CATALOG
         .iter()
         .find(|e| e.name == name)
-        .ok_or_else(|| Error::UnknownEnvironment(name.to_string()))
+        .ok_or_else(|| Error::not_found(Entity::Environment, name))
 }
 
 /// What an install records about itself.

@@ -1,4 +1,4 @@
-//! Template snapshots: fast start (DESIGN §6).
+//! Template snapshots: fast start.
 //!
 //! Booting a guest costs seconds under TCG. Instead, one VM per
 //! environment and machine shape is booted once, up to the agent's
@@ -310,7 +310,17 @@ fn remove_replaced(root: &Path, key: &str, spec: &VmSpec, env: &Installed) {
 /// and stops it. Returns the state's size.
 fn build(dir: &Path, like: &VmSpec, env: &Installed) -> Result<u64> {
     fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-    let vm_dir = VmDir::from_path(dir);
+    // The build VM's sockets and logs live in a short private directory of
+    // their own: a UNIX socket's path may not exceed 107 bytes, and the
+    // cache may be deep.
+    let run = std::env::temp_dir().join(format!("pyro-template-{}", host::random_id(6)));
+    fs::create_dir(&run).ctx(|| format!("create {}", run.display()))?;
+    let built = build_in(dir, &VmDir::from_path(&run), like, env);
+    let _ = fs::remove_dir_all(&run);
+    built
+}
+
+fn build_in(dir: &Path, vm_dir: &VmDir, like: &VmSpec, env: &Installed) -> Result<u64> {
     let disk = dir.join("base.qcow2");
     dir::create_overlay(&env.rootfs, &disk)?;
     // With a network device, the template VM gets a passt of its own while
@@ -331,9 +341,9 @@ fn build(dir: &Path, like: &VmSpec, env: &Installed) -> Result<u64> {
         ..like.clone()
     };
     let record = dir::new_record("template", &env.manifest.name, true, 600, spec);
-    let (mut child, mut agent, _welcome) = boot::boot_once(&vm_dir, &record)
+    let (mut child, mut agent, _welcome) = boot::boot_once(vm_dir, &record)
         .map_err(|e| Error::Boot(format!("the template VM did not boot: {}", e.message)))?;
-    let saved = warm_up(&mut agent).and_then(|()| save(dir, &vm_dir));
+    let saved = warm_up(&mut agent).and_then(|()| save(dir, vm_dir));
     // After a save QEMU is quitting; give it time to close the disk.
     let deadline = Instant::now() + Duration::from_secs(10);
     while saved.is_ok() && Instant::now() < deadline {
@@ -396,7 +406,7 @@ fn save(dir: &Path, vm_dir: &VmDir) -> Result<u64> {
     )
     .map_err(qmp_err)?;
     qmp.execute("stop", json!({})).map_err(qmp_err)?;
-    let sock = dir.join("migrate.sock");
+    let sock = vm_dir.path.join("migrate.sock");
     let listener = UnixListener::bind(&sock).ctx(|| format!("bind {}", sock.display()))?;
     listener
         .set_nonblocking(true)

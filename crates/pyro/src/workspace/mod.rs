@@ -41,7 +41,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
-use crate::error::{Error, IoContext, Remedy, Result};
+use crate::error::{Entity, Error, IoContext, Remedy, Result};
 use crate::host::{self, FileLock};
 use crate::paths::Paths;
 use crate::vmm::client::VmClient;
@@ -81,7 +81,7 @@ impl Workspace {
             || !id.chars().all(|c| c.is_ascii_hexdigit())
             || !ws.record_path().is_file()
         {
-            return Err(Error::not_found("workspace", id));
+            return Err(Error::not_found(Entity::Workspace, id));
         }
         Ok(ws)
     }

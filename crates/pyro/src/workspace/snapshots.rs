@@ -6,7 +6,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{valid_name, BASELINE};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Entity, Error, IoContext, Result};
 use crate::host;
 use crate::paths::Context;
 use crate::progress::Progress;
@@ -96,7 +96,7 @@ pub fn delete(ctx: &Context, id: &str, name: &str) -> Result<Deleted> {
     let _lock = ws.lock()?;
     let mut r = ws.read()?;
     match r.snapshot(name) {
-        None => return Err(Error::not_found("snapshot", name)),
+        None => return Err(Error::not_found(Entity::Snapshot, name)),
         Some(s) if !s.kind.deletable() => {
             return Err(Error::conflict(format!("the {} cannot be deleted", s.kind)))
         }
@@ -133,7 +133,7 @@ pub fn reset(
     let snap = r
         .snapshot(snapshot)
         .cloned()
-        .ok_or_else(|| Error::not_found("snapshot", snapshot))?;
+        .ok_or_else(|| Error::not_found(Entity::Snapshot, snapshot))?;
     launch::halt(&ws.vm())?;
     offline(&ws, "-a", snapshot)?;
     let _ = fs::remove_dir_all(ws.commands());

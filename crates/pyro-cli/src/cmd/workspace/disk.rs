@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use pyro::{defaults, Pyro};
 
-use crate::human::Content;
+use crate::human::show_content;
 use crate::render::show;
 
 #[derive(Subcommand)]
@@ -61,20 +61,7 @@ pub fn dispatch(pyro: &Pyro, c: DiskCommand, json: bool) -> anyhow::Result<ExitC
             content_only,
         } => {
             let r = pyro.read_workspace_disk(&workspace_id, &path, max_bytes)?;
-            if !content_only {
-                return show(json, &r);
-            }
-            Content {
-                tag: "workspace-disk-read",
-                workspace_id: &r.workspace_id,
-                path: &r.path,
-                content: &r.content,
-                size_bytes: r.size_bytes,
-                truncated: r.truncated,
-                content_only,
-            }
-            .print();
-            Ok(ExitCode::SUCCESS)
+            show_content(json, content_only, &r)
         }
     }
 }

@@ -9,7 +9,7 @@ use pyro::{defaults, Pyro};
 
 use super::Id;
 use crate::cmd::read_utf8;
-use crate::human::Content;
+use crate::human::show_content;
 use crate::render::show;
 
 #[derive(Subcommand)]
@@ -128,20 +128,7 @@ pub fn file(pyro: &Pyro, c: FileCommand, json: bool) -> anyhow::Result<ExitCode>
             content_only,
         } => {
             let r = pyro.read_workspace_file(&workspace_id, &path, max_bytes)?;
-            if !content_only {
-                return show(json, &r);
-            }
-            Content {
-                tag: "workspace-file-read",
-                workspace_id: &r.workspace_id,
-                path: &r.path,
-                content: &r.content,
-                size_bytes: r.size_bytes,
-                truncated: r.truncated,
-                content_only,
-            }
-            .print();
-            Ok(ExitCode::SUCCESS)
+            show_content(json, content_only, &r)
         }
         FileCommand::Write {
             workspace_id,
