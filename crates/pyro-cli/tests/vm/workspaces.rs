@@ -550,7 +550,7 @@ index 1111111..2222222 100644
     // patched alike.
     let r = ws(
         &sb,
-        &["file", "write", &id, "workspacefoo.txt", "--text", "hi"],
+        &["file", "write", &id, "workspacefoo.txt", "--text", "hi\n"],
     );
     assert_eq!(r["path"], "/workspace/workspacefoo.txt", "{r}");
     let patch = "--- a/workspacefoo.txt\n+++ b/workspacefoo.txt\n@@ -1 +1 @@\n-hi\n+ho\n";
