@@ -416,20 +416,50 @@ fn append_children<W: Write>(
     Ok(())
 }
 
+/// How much of a listing one reply carries, encoded: well under the frame
+/// limit, whatever the names.
+pub const LIST_BUDGET: usize = 768 * 1024;
+
+/// Entries collected until the budget is spent.
+struct Listing {
+    entries: Vec<FileEntry>,
+    used: usize,
+    truncated: bool,
+}
+
+impl Listing {
+    /// Adds `e` if it fits; false once the budget is spent.
+    fn push(&mut self, e: FileEntry) -> bool {
+        let cost = serde_json::to_vec(&e).map_or(usize::MAX, |v| v.len() + 1);
+        if self.truncated || self.used.saturating_add(cost) > LIST_BUDGET {
+            self.truncated = true;
+            return false;
+        }
+        self.used += cost;
+        self.entries.push(e);
+        true
+    }
+}
+
 pub fn list_files(jail: &Jail, path: &str, recursive: bool) -> Result<Message> {
     let p = jail.confine(path, false)?;
     let meta = fs::symlink_metadata(&p).map_err(|e| err(path, e))?;
     let kind = artifact_type(&meta);
-    let mut entries = Vec::new();
+    let mut listing = Listing {
+        entries: Vec::new(),
+        used: 0,
+        truncated: false,
+    };
     if kind == ArtifactType::Directory {
-        list_into(jail, &p, recursive, &mut entries)?;
+        list_into(jail, &p, recursive, &mut listing)?;
     } else {
-        entries.push(entry_for(jail, &p, &meta));
+        listing.push(entry_for(jail, &p, &meta));
     }
     Ok(Message::FileList {
         path: jail.shown(&p),
         artifact_type: kind,
-        entries,
+        entries: listing.entries,
+        truncated: listing.truncated,
     })
 }
 
@@ -449,13 +479,15 @@ fn entry_for(jail: &Jail, path: &Path, meta: &fs::Metadata) -> FileEntry {
     }
 }
 
-fn list_into(jail: &Jail, dir: &Path, recursive: bool, out: &mut Vec<FileEntry>) -> Result<()> {
+fn list_into(jail: &Jail, dir: &Path, recursive: bool, out: &mut Listing) -> Result<()> {
     for child in sorted_children(dir)? {
         let path = child.path();
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
-        out.push(entry_for(jail, &path, &meta));
+        if !out.push(entry_for(jail, &path, &meta)) {
+            return Ok(());
+        }
         if recursive && meta.is_dir() {
             list_into(jail, &path, true, out)?;
         }

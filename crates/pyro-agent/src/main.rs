@@ -13,6 +13,7 @@
 //! All `unsafe` lives in [`sys`].
 
 mod boot;
+mod budget;
 mod cgroup;
 mod exec;
 mod files;

@@ -151,7 +151,7 @@ pub fn serve(agent: &Arc<Agent>, mut reader: impl Read, on_eof: OnEof) -> io::Re
                 decoder.push(&buf[..n]);
                 loop {
                     match decoder.next_frame() {
-                        Ok(Some(frame)) => dispatch(agent, frame),
+                        Ok(Some(frame)) => dispatch_isolated(agent, frame),
                         Ok(None) => break,
                         Err(e) => {
                             eprintln!("pyro-agent: dropping input: {e}");
@@ -179,6 +179,22 @@ fn cancel_all(agent: &Agent) {
             let _ = tx.send(exec::Event::Cancel);
         }
         // Dropping an input sender cancels that request's input.
+    }
+}
+
+/// One request's failure is that request's error, never the agent's end
+/// (the agent is PID 1: its end is the VM's).
+fn dispatch_isolated(agent: &Arc<Agent>, frame: Frame) {
+    let stream = frame.stream;
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(agent, frame)));
+    if handled.is_err() {
+        agent.send(&Frame::message(stream, &failed()));
+    }
+}
+
+fn failed() -> Message {
+    Message::Error {
+        message: "the agent failed this request (see the guest console)".into(),
     }
 }
 
@@ -414,7 +430,11 @@ fn reply_later(
 ) {
     let agent = agent.clone();
     std::thread::spawn(move || {
-        let reply = work(&agent).unwrap_or_else(|message| Message::Error { message });
+        let work = std::panic::AssertUnwindSafe(|| work(&agent));
+        let reply = match std::panic::catch_unwind(work) {
+            Ok(r) => r.unwrap_or_else(|message| Message::Error { message }),
+            Err(_) => failed(),
+        };
         agent.send(&Frame::message(stream, &reply));
     });
 }

@@ -292,6 +292,9 @@ pub fn list(agent: &Agent) -> Vec<ServiceState> {
     all
 }
 
+/// What one stream's logs may take of a reply, encoded.
+const LOG_BUDGET: usize = 384 * 1024;
+
 fn tail(path: &Path, lines: Option<u64>) -> (String, bool) {
     let Ok(mut f) = File::open(path) else {
         return (String::new(), false);
@@ -302,14 +305,17 @@ fn tail(path: &Path, lines: Option<u64>) -> (String, bool) {
     let mut data = Vec::new();
     let _ = f.read_to_end(&mut data);
     let text = String::from_utf8_lossy(&data).into_owned();
-    match lines {
+    let (text, cut) = match lines {
         None => (text, start > 0),
         Some(n) => {
             let all: Vec<&str> = text.split_inclusive('\n').collect();
-            let keep = all.len().saturating_sub(n as usize);
+            let keep = all.len().saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
             (all[keep..].concat(), keep > 0 || start > 0)
         }
-    }
+    };
+    // Whatever the lines hold, the reply fits one frame.
+    let (fitted, trimmed) = crate::budget::tail(&text, LOG_BUDGET);
+    (fitted.to_string(), cut || trimmed)
 }
 
 pub fn logs(

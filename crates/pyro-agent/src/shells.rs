@@ -43,11 +43,18 @@ fn get(agent: &Agent, id: &str) -> Result<Arc<Mutex<Shell>>, String> {
         .ok_or_else(|| format!("no shell {id:?}"))
 }
 
+/// What one read returns at most, in raw bytes and encoded.
+const READ_MAX_BYTES: u64 = 256 * 1024;
+const READ_BUDGET: usize = 512 * 1024;
+
 fn state(sh: &Shell, cursor: u64, max_bytes: u64) -> ShellState {
     let end = sh.base + sh.buffer.len() as u64;
     let start = cursor.clamp(sh.base, end);
-    let stop = (start + max_bytes).min(end);
-    let slice = &sh.buffer[(start - sh.base) as usize..(stop - sh.base) as usize];
+    let from = (start - sh.base) as usize;
+    let want = max_bytes.min(READ_MAX_BYTES).min(end - start) as usize;
+    let n = crate::budget::head_len(&sh.buffer[from..from + want], READ_BUDGET);
+    let stop = start + n as u64;
+    let slice = &sh.buffer[from..from + n];
     ShellState {
         shell_id: sh.open.shell_id.clone(),
         state: if sh.exit_code.is_some() {

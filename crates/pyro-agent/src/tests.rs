@@ -501,3 +501,94 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_huge_listing_is_cut_with_a_flag_not_fatal() {
+    let mut h = host();
+    let ws = h.workspace();
+    for d in 0..50 {
+        let dir = ws.join(format!("dir-with-a-long-name-{d:04}-{}", "x".repeat(60)));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..200 {
+            std::fs::write(dir.join(format!("file-{f:05}-{}", "y".repeat(80))), "").unwrap();
+        }
+    }
+    let r = h.call(&Message::ListFiles {
+        path: WORKSPACE_ROOT.into(),
+        recursive: true,
+    });
+    match r.last() {
+        Message::FileList {
+            entries, truncated, ..
+        } => {
+            assert!(*truncated);
+            assert!(entries.len() > 1000 && entries.len() < 10_050, "{}", entries.len());
+        }
+        other => panic!("{other:?}"),
+    }
+    // The agent still answers.
+    assert_eq!(h.call(&Message::Ping).last(), &Message::Pong);
+}
+
+#[test]
+fn service_logs_and_shell_reads_fit_one_frame_whatever_they_hold() {
+    let mut h = host();
+    let ws = h.workspace().display().to_string();
+    // Output of control bytes costs six times its size once encoded.
+    let s = h.open(&Message::ServiceStart(pyro_protocol::ServiceSpec {
+        name: "noise".into(),
+        command: Command::Shell("head -c 3000000 /dev/zero; touch done; sleep 30".into()),
+        cwd: ws.clone(),
+        env: Default::default(),
+        readiness: Some(pyro_protocol::Readiness::File { path: "done".into() }),
+        ready_timeout_ms: 20_000,
+        ready_interval_ms: 50,
+    }));
+    assert!(matches!(h.collect(s).last(), Message::Service(_)));
+    let r = h.call(&Message::ServiceLogs {
+        name: "noise".into(),
+        tail_lines: None,
+    });
+    match r.last() {
+        Message::ServiceLog {
+            stdout, truncated, ..
+        } => {
+            assert!(*truncated);
+            assert!(!stdout.is_empty() && stdout.chars().all(|c| c == '\0'));
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = h.call(&Message::ServiceStop {
+        name: "noise".into(),
+    });
+    assert!(matches!(r.last(), Message::Service(_)), "{:?}", r.last());
+
+    let s = h.open(&Message::ShellOpen(pyro_protocol::ShellOpen {
+        shell_id: "sh1".into(),
+        cwd: ws,
+        cols: 80,
+        rows: 24,
+        env: Default::default(),
+    }));
+    assert!(matches!(h.collect(s).last(), Message::Shell(_)));
+    h.call(&Message::ShellWrite {
+        shell_id: "sh1".into(),
+        data: "head -c 600000 /dev/zero | tr '\\\\0' '\\\\1'\n".into(),
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let r = h.call(&Message::ShellRead {
+        shell_id: "sh1".into(),
+        cursor: 0,
+        max_bytes: u64::MAX,
+    });
+    match r.last() {
+        Message::Shell(s) => {
+            assert!(s.truncated, "more is left to read");
+            assert!(s.next_cursor > 0 && s.next_cursor - s.cursor <= 256 * 1024);
+        }
+        other => panic!("{other:?}"),
+    }
+    h.call(&Message::ShellClose {
+        shell_id: "sh1".into(),
+    });
+}

@@ -144,8 +144,24 @@ impl From<io::Error> for FrameError {
 }
 
 impl Frame {
+    /// A message frame. A message too large for one frame is replaced by an
+    /// `error` saying so: encoding never fails and never panics, so a large
+    /// reply cannot end the peer that builds it.
     pub fn message(stream: u32, message: &Message) -> Frame {
-        let body = serde_json::to_vec(message).expect("messages always serialize");
+        let body = match serde_json::to_vec(message) {
+            Ok(body) if body.len() <= MAX_BODY_LEN => body,
+            Ok(body) => serde_json::to_vec(&Message::Error {
+                message: format!(
+                    "the reply ({} bytes) exceeds the {MAX_BODY_LEN}-byte frame limit",
+                    body.len()
+                ),
+            })
+            .unwrap_or_default(),
+            Err(e) => serde_json::to_vec(&Message::Error {
+                message: format!("unencodable message: {e}"),
+            })
+            .unwrap_or_default(),
+        };
         Frame {
             stream,
             kind: Kind::Message,
@@ -153,14 +169,18 @@ impl Frame {
         }
     }
 
-    pub fn data(stream: u32, kind: Kind, body: Vec<u8>) -> Frame {
+    /// A data frame; `body` is at most [`MAX_BODY_LEN`] bytes (longer bodies
+    /// are cut there: callers send data in pieces far smaller).
+    pub fn data(stream: u32, kind: Kind, mut body: Vec<u8>) -> Frame {
+        debug_assert!(body.len() <= MAX_BODY_LEN, "data frames are sent in pieces");
+        body.truncate(MAX_BODY_LEN);
         Frame { stream, kind, body }
     }
 
     /// Header and body in one buffer, so a single `write_all` under a lock
-    /// keeps frames from interleaving.
+    /// keeps frames from interleaving. Frames are built within the size
+    /// limit ([`Frame::message`], [`Frame::data`]).
     pub fn encode(&self) -> Vec<u8> {
-        assert!(self.body.len() <= MAX_BODY_LEN, "frame body too large");
         let mut out = Vec::with_capacity(HEADER_LEN + self.body.len());
         out.extend_from_slice(&(self.body.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.stream.to_le_bytes());
@@ -382,6 +402,9 @@ pub enum Message {
         path: String,
         artifact_type: ArtifactType,
         entries: Vec<FileEntry>,
+        /// More entries exist than one reply carries.
+        #[serde(default)]
+        truncated: bool,
     },
     /// Agent → host: a `read_file` finished (terminal).
     FileRead {
@@ -732,6 +755,21 @@ mod tests {
             }
         }
         assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn a_message_too_large_for_a_frame_becomes_an_error() {
+        let huge = Message::Error {
+            message: "x".repeat(MAX_BODY_LEN + 1),
+        };
+        let f = Frame::message(3, &huge);
+        assert!(f.body.len() <= MAX_BODY_LEN);
+        match f.decode_message().unwrap() {
+            Message::Error { message } => assert!(message.contains("exceeds"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        let mut wire = io::Cursor::new(f.encode());
+        assert_eq!(Frame::read_from(&mut wire).unwrap().unwrap().stream, 3);
     }
 
     #[test]

@@ -79,6 +79,12 @@ pub struct RunResult {
     pub timings: RunTimings,
     pub stdout: String,
     pub stderr: String,
+    /// Only the last part of a stream is kept (1 MiB); these say whether
+    /// earlier output was dropped.
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
     pub cleanup: Cleanup,
 }
 
@@ -93,6 +99,8 @@ impl RunResult {
         timings: RunTimings,
         cleanup: Cleanup,
     ) -> RunResult {
+        let (stdout, stdout_truncated) = capture.stdout.finish();
+        let (stderr, stderr_truncated) = capture.stderr.finish();
         RunResult {
             environment: environment.into(),
             vm_id: vm_id.into(),
@@ -102,8 +110,10 @@ impl RunResult {
             timed_out: status.timed_out,
             duration_ms: started.elapsed().as_millis() as u64,
             timings,
-            stdout: String::from_utf8_lossy(&capture.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&capture.stderr).into_owned(),
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
             cleanup,
         }
     }
@@ -313,6 +323,8 @@ fn run_on_host(p: &RunParams, sink: &mut dyn OutputSink) -> Result<RunResult> {
         timings: RunTimings::default(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        stdout_truncated: false,
+        stderr_truncated: false,
         cleanup: Cleanup {
             deleted: true,
             reason: CleanupReason::PostExecCleanup,

@@ -36,10 +36,14 @@ pub enum ChannelError {
     /// Reading the request's input failed (not the connection).
     #[error("read input: {0}")]
     Input(io::Error),
+    /// The output's receiver stopped the request (it had enough).
+    #[error("the reply was abandoned")]
+    Abandoned,
 }
 
-/// Output of the request's stream, as it arrives.
-pub type OnData<'a> = &'a mut dyn FnMut(Kind, &[u8]);
+/// Output of the request's stream, as it arrives; `false` abandons the
+/// request (the connection is then unusable: drop it).
+pub type OnData<'a> = &'a mut dyn FnMut(Kind, &[u8]) -> bool;
 
 /// Sends `message` on `stream`, then `input` (as input frames and an
 /// `input_end`) if given, and returns the stream's terminal message (an
@@ -79,7 +83,11 @@ pub fn read_reply(
             continue;
         }
         match frame.kind {
-            Kind::Stdout | Kind::Stderr => on_data(frame.kind, &frame.body),
+            Kind::Stdout | Kind::Stderr => {
+                if !on_data(frame.kind, &frame.body) {
+                    return Err(ChannelError::Abandoned);
+                }
+            }
             Kind::Input => {}
             Kind::Message => {
                 let m = frame.decode_message()?;
@@ -125,7 +133,10 @@ mod tests {
             5,
             &Message::Ping,
             Some(&mut &b"hello"[..]),
-            &mut |_, b| out.extend_from_slice(b),
+            &mut |_, b| {
+                out.extend_from_slice(b);
+                true
+            },
         )
         .unwrap();
         assert_eq!(reply, Message::Pong);
@@ -139,7 +150,7 @@ mod tests {
         let (mut host, guest) = UnixStream::pair().unwrap();
         drop(guest);
         assert!(matches!(
-            read_reply(&mut host, 1, &mut |_, _| {}),
+            read_reply(&mut host, 1, &mut |_, _| true),
             Err(ChannelError::Closed) | Err(ChannelError::Io(_))
         ));
     }

@@ -30,30 +30,80 @@ impl OutputSink for Discard {
     fn stderr(&mut self, _: &[u8]) {}
 }
 
-/// Tees a command's output to another sink and keeps a copy.
+/// How much of each of a command's streams results keep (the last bytes;
+/// the sink a caller passes still sees everything as it arrives).
+pub const CAPTURE_LIMIT: usize = 1 << 20;
+
+/// The last `limit` bytes of a stream, and whether anything was dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    bytes: Vec<u8>,
+    limit: usize,
+    pub truncated: bool,
+}
+
+impl Tail {
+    pub fn new(limit: usize) -> Tail {
+        Tail {
+            bytes: Vec::new(),
+            limit,
+            truncated: false,
+        }
+    }
+
+    pub fn push(&mut self, more: &[u8]) {
+        let more = if more.len() > self.limit {
+            self.truncated = true;
+            self.bytes.clear();
+            &more[more.len() - self.limit..]
+        } else {
+            more
+        };
+        self.bytes.extend_from_slice(more);
+        // Dropping the front in batches keeps this linear.
+        if self.bytes.len() > 2 * self.limit {
+            let cut = self.bytes.len() - self.limit;
+            self.bytes.drain(..cut);
+            self.truncated = true;
+        }
+    }
+
+    /// The kept text (lossy UTF-8), and whether anything was dropped.
+    pub fn finish(mut self) -> (String, bool) {
+        if self.bytes.len() > self.limit {
+            let cut = self.bytes.len() - self.limit;
+            self.bytes.drain(..cut);
+            self.truncated = true;
+        }
+        (String::from_utf8_lossy(&self.bytes).into_owned(), self.truncated)
+    }
+}
+
+/// Tees a command's output to another sink and keeps the last
+/// [`CAPTURE_LIMIT`] bytes of each stream.
 pub(crate) struct Capture<'a> {
     inner: &'a mut dyn OutputSink,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+    pub stdout: Tail,
+    pub stderr: Tail,
 }
 
 impl<'a> Capture<'a> {
     pub fn new(inner: &'a mut dyn OutputSink) -> Capture<'a> {
         Capture {
             inner,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
+            stdout: Tail::new(CAPTURE_LIMIT),
+            stderr: Tail::new(CAPTURE_LIMIT),
         }
     }
 }
 
 impl OutputSink for Capture<'_> {
     fn stdout(&mut self, bytes: &[u8]) {
-        self.stdout.extend_from_slice(bytes);
+        self.stdout.push(bytes);
         self.inner.stdout(bytes);
     }
     fn stderr(&mut self, bytes: &[u8]) {
-        self.stderr.extend_from_slice(bytes);
+        self.stderr.push(bytes);
         self.inner.stderr(bytes);
     }
 }
@@ -156,9 +206,12 @@ impl VmClient {
 
     /// Runs a command in the guest, streaming its output into `sink`.
     pub fn exec(&mut self, req: ExecRequest, sink: &mut dyn OutputSink) -> Result<ExitStatus> {
-        let reply = self.call(&Message::Exec(req), None, &mut |kind, bytes| match kind {
-            Kind::Stderr => sink.stderr(bytes),
-            _ => sink.stdout(bytes),
+        let reply = self.call(&Message::Exec(req), None, &mut |kind, bytes| {
+            match kind {
+                Kind::Stderr => sink.stderr(bytes),
+                _ => sink.stdout(bytes),
+            }
+            true
         })?;
         match reply {
             Message::Exited(status) => Ok(status),
@@ -177,9 +230,52 @@ impl VmClient {
         input: Option<&mut dyn Read>,
         output: &mut dyn FnMut(&[u8]),
     ) -> Result<Message> {
-        match self.call(message, input, &mut |_, bytes| output(bytes))? {
+        match self.call(message, input, &mut |_, bytes| {
+            output(bytes);
+            true
+        })? {
             Message::Error { message } => Err(Error::Guest(message)),
             m => Ok(m),
+        }
+    }
+
+    /// Sends one request and writes its output into `out`, up to `limit`
+    /// bytes: a reply longer than that is abandoned (and this connection
+    /// with it) with an error saying `what` is too large.
+    pub fn request_into(
+        &mut self,
+        message: &Message,
+        out: &mut dyn std::io::Write,
+        limit: u64,
+        what: &str,
+    ) -> Result<Message> {
+        let mut written = 0u64;
+        let mut failed: Option<std::io::Error> = None;
+        let reply = self.call(message, None, &mut |_, bytes| {
+            written += bytes.len() as u64;
+            if written > limit {
+                return false;
+            }
+            match out.write_all(bytes) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(Error::Io {
+                context: format!("write {what}"),
+                source: e,
+            });
+        }
+        match reply {
+            Err(Error::VmLost(m)) if written > limit => Err(Error::invalid(format!(
+                "{what} is larger than the limit of {limit} bytes ({m})"
+            ))),
+            Ok(Message::Error { message }) => Err(Error::Guest(message)),
+            other => other,
         }
     }
 
@@ -234,5 +330,32 @@ impl VmClient {
             ControlResponse::Ports { ports } => Ok(ports),
             other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_keeps_the_last_bytes_and_says_it_cut() {
+        let mut t = Tail::new(10);
+        t.push(b"0123456789");
+        assert_eq!(t.finish(), ("0123456789".to_string(), false));
+        let mut t = Tail::new(10);
+        let mut all = b"0123456789".to_vec();
+        t.push(b"0123456789");
+        assert!(!t.truncated);
+        for _ in 0..100 {
+            t.push(b"abc");
+            all.extend_from_slice(b"abc");
+        }
+        t.push(b"xyz");
+        all.extend_from_slice(b"xyz");
+        let last = String::from_utf8(all[all.len() - 10..].to_vec()).unwrap();
+        assert_eq!(t.finish(), (last, true));
+        let mut t = Tail::new(4);
+        t.push(&[b'q'; 100]);
+        assert_eq!(t.finish(), ("qqqq".to_string(), true));
     }
 }

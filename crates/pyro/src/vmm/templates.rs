@@ -385,7 +385,7 @@ fn warm_up(agent: &mut std::os::unix::net::UnixStream) -> Result<()> {
     agent
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| failed(e.to_string()))?;
-    match channel::call(agent, stream::BOOTSTRAP, &exec, None, &mut |_, _| {}) {
+    match channel::call(agent, stream::BOOTSTRAP, &exec, None, &mut |_, _| true) {
         Ok(Message::Exited(_)) => Ok(()),
         Ok(Message::Error { message }) => Err(failed(message)),
         Ok(other) => Err(failed(format!("unexpected answer {other:?}"))),

@@ -242,13 +242,16 @@ fn copy_archive<W: Write>(
 /// Unpacks an export archive at `output` (a file, directory or symlink,
 /// as the archive's single artifact says). The archive is unpacked into a
 /// fresh directory beside `output` and moved into place, so a failure
-/// leaves nothing behind.
+/// leaves nothing behind. Modes lose setuid, setgid, sticky and
+/// group/world write bits; symlinks that are absolute or lead out of the
+/// export, and anything but files, directories and symlinks, are not made:
+/// they are returned, described, instead.
 pub fn unpack_export(
     archive: impl Read,
     artifact: pyro_protocol::ArtifactType,
     output: &Path,
     force: bool,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     if fs::symlink_metadata(output).is_ok() && !force {
         return Err(Error::conflict_with(
             format!("{} already exists", output.display()),
@@ -267,12 +270,39 @@ pub fn unpack_export(
     }
     let stage = parent.join(format!(".pyro-export-{}", crate::host::random_id(4)));
     fs::create_dir(&stage).ctx(|| format!("create {}", stage.display()))?;
+    let mut skipped = Vec::new();
     let result = (|| -> Result<()> {
         let mut a = tar::Archive::new(archive);
+        // Modes as `umask 022` leaves them, and never setuid, setgid or
+        // sticky: the guest chose these bits.
         a.set_preserve_permissions(true);
+        a.set_mask(0o7022);
+        a.set_preserve_ownerships(false);
+        a.set_unpack_xattrs(false);
+        let export = Path::new("export");
         for entry in a.entries().ctx(|| "read export".into())? {
             let mut entry = entry.ctx(|| "read export".into())?;
-            let name = entry.path().ctx(|| "read export".into())?.into_owned();
+            let raw = entry.path().ctx(|| "read export".into())?.into_owned();
+            let name = member_path(export, &raw).map_err(|_| {
+                Error::Guest(format!("export entry {} escapes", raw.display()))
+            })?;
+            let kind = entry.header().entry_type();
+            if kind.is_symlink() {
+                let target = entry
+                    .link_name()
+                    .ctx(|| "read export".into())?
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                // A link that is absolute or leads out of the export is
+                // never made on the host; it is reported instead.
+                if check_symlink(export, &name, &target).is_err() {
+                    skipped.push(format!("{} -> {}", name.display(), target.display()));
+                    continue;
+                }
+            } else if !(kind.is_file() || kind.is_dir()) {
+                skipped.push(format!("{} (not a file, directory or symlink)", name.display()));
+                continue;
+            }
             if !entry
                 .unpack_in(&stage)
                 .ctx(|| format!("unpack {}", name.display()))?
@@ -305,19 +335,82 @@ pub fn unpack_export(
         fs::rename(&produced, output).ctx(|| format!("write {}", output.display()))
     })();
     let _ = fs::remove_dir_all(&stage);
-    result
+    result.map(|()| skipped)
 }
 
 /// The artifacts of a tar archive, by path: what diff compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Artifact {
-    File(Vec<u8>),
+    File(Content),
     Directory,
     Symlink(PathBuf),
 }
 
+/// A file's content as diff sees it: its size and digest, and its bytes
+/// when they are few enough to show as text.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub size: u64,
+    digest: [u8; 32],
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl PartialEq for Content {
+    fn eq(&self, other: &Content) -> bool {
+        self.size == other.size && self.digest == other.digest
+    }
+}
+
+impl Eq for Content {}
+
+/// Files up to this size keep their bytes for text patches.
+pub const TEXT_LIMIT: u64 = 1 << 20;
+/// And no more than this in all, per tree.
+const TREE_TEXT_BUDGET: u64 = 64 << 20;
+
+impl Content {
+    #[cfg(test)]
+    pub fn of(bytes: Vec<u8>) -> Content {
+        use sha2::{Digest, Sha256};
+        Content {
+            size: bytes.len() as u64,
+            digest: Sha256::digest(&bytes).into(),
+            bytes: Some(bytes),
+        }
+    }
+
+    /// Reads `r` through, keeping its bytes if `keep`.
+    fn read(mut r: impl Read, keep: bool) -> io::Result<Content> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut kept = Vec::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            if keep {
+                kept.extend_from_slice(&buf[..n]);
+            }
+            size += n as u64;
+        }
+        Ok(Content {
+            size,
+            digest: h.finalize().into(),
+            bytes: keep.then_some(kept),
+        })
+    }
+}
+
+/// The artifacts of an archive. Files keep their bytes only while they and
+/// the tree's total stay small (see [`Content`]); memory stays bounded
+/// whatever the archive holds.
 pub fn read_tree(archive: impl Read) -> io::Result<std::collections::BTreeMap<PathBuf, Artifact>> {
     let mut out = std::collections::BTreeMap::new();
+    let mut kept = 0u64;
     let mut a = tar::Archive::new(archive);
     for entry in a.entries()? {
         let mut entry = entry?;
@@ -336,9 +429,12 @@ pub fn read_tree(archive: impl Read) -> io::Result<std::collections::BTreeMap<Pa
                     .unwrap_or_default(),
             )
         } else if kind.is_file() {
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data)?;
-            Artifact::File(data)
+            let size = entry.header().size()?;
+            let keep = size <= TEXT_LIMIT && kept + size <= TREE_TEXT_BUDGET;
+            if keep {
+                kept += size;
+            }
+            Artifact::File(Content::read(&mut entry, keep)?)
         } else {
             continue;
         };
@@ -447,5 +543,53 @@ mod tests {
 
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("escape")).unwrap();
         assert!(build(dir.path(), Vec::new()).is_err());
+    }
+
+    #[test]
+    fn exports_plant_no_traps_on_the_host() {
+        use std::os::unix::fs::PermissionsExt;
+        let tar = tar_with(|b| {
+            let mut dir = header(tar::EntryType::Directory, 0);
+            dir.set_mode(0o777);
+            b.append_data(&mut dir, "out", &[][..]).unwrap();
+            let mut suid = header(tar::EntryType::Regular, 2);
+            suid.set_mode(0o4777);
+            b.append_data(&mut suid, "out/tool", &b"hi"[..]).unwrap();
+            for (name, target) in [
+                ("out/passwd", "/etc/passwd"),
+                ("out/up", "../../x"),
+                ("out/ok", "tool"),
+            ] {
+                let mut l = header(tar::EntryType::Symlink, 0);
+                l.set_link_name(target).unwrap();
+                b.append_data(&mut l, name, &[][..]).unwrap();
+            }
+            let mut fifo = header(tar::EntryType::Fifo, 0);
+            b.append_data(&mut fifo, "out/pipe", &[][..]).unwrap();
+        });
+        let dest = tempfile::tempdir().unwrap();
+        let output = dest.path().join("exported");
+        let skipped = unpack_export(
+            fs::File::open(tar.path()).unwrap(),
+            pyro_protocol::ArtifactType::Directory,
+            &output,
+            false,
+        )
+        .unwrap();
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped.iter().any(|s| s.contains("/etc/passwd")));
+        let mode = |p: &str| {
+            fs::symlink_metadata(output.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("out/tool"), 0o755);
+        assert_eq!(mode("out"), 0o755);
+        assert!(output.join("out/ok").is_symlink());
+        for gone in ["out/passwd", "out/up", "out/pipe"] {
+            assert!(fs::symlink_metadata(output.join(gone)).is_err(), "{gone}");
+        }
     }
 }

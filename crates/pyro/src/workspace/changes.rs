@@ -80,7 +80,10 @@ fn kind(a: &Artifact) -> ArtifactType {
 fn as_text(a: Option<&Artifact>) -> Option<&str> {
     match a {
         None => Some(""),
-        Some(Artifact::File(bytes)) if !bytes.contains(&0) => std::str::from_utf8(bytes).ok(),
+        Some(Artifact::File(c)) => match &c.bytes {
+            Some(bytes) if !bytes.contains(&0) => std::str::from_utf8(bytes).ok(),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -367,6 +370,7 @@ pub fn apply(ctx: &Context, id: &str, text: &str) -> Result<PatchResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workspace::archive::Content;
 
     #[test]
     fn git_diffs_with_new_deleted_and_mode_lines_parse() {
@@ -421,16 +425,16 @@ index 1111111..2222222 100644
     #[test]
     fn diff_statuses() {
         let mut base = BTreeMap::new();
-        base.insert(PathBuf::from("same"), Artifact::File(b"1\n".to_vec()));
-        base.insert(PathBuf::from("edit"), Artifact::File(b"a\n".to_vec()));
-        base.insert(PathBuf::from("gone"), Artifact::File(b"x\n".to_vec()));
-        base.insert(PathBuf::from("swap"), Artifact::File(b"x\n".to_vec()));
+        base.insert(PathBuf::from("same"), Artifact::File(Content::of(b"1\n".to_vec())));
+        base.insert(PathBuf::from("edit"), Artifact::File(Content::of(b"a\n".to_vec())));
+        base.insert(PathBuf::from("gone"), Artifact::File(Content::of(b"x\n".to_vec())));
+        base.insert(PathBuf::from("swap"), Artifact::File(Content::of(b"x\n".to_vec())));
         base.insert(PathBuf::from("dir"), Artifact::Directory);
         let mut live = base.clone();
-        live.insert(PathBuf::from("edit"), Artifact::File(b"b\n".to_vec()));
+        live.insert(PathBuf::from("edit"), Artifact::File(Content::of(b"b\n".to_vec())));
         live.remove(&PathBuf::from("gone"));
         live.insert(PathBuf::from("swap"), Artifact::Symlink("same".into()));
-        live.insert(PathBuf::from("bin"), Artifact::File(vec![0, 1, 2]));
+        live.insert(PathBuf::from("bin"), Artifact::File(Content::of(vec![0, 1, 2])));
         let (s, entries) = compare(&base, &live);
         assert_eq!(
             (s.total, s.added, s.modified, s.deleted, s.type_changed),
@@ -467,9 +471,9 @@ index 1111111..2222222 100644
                 }
                 prop_assume!(old != new);
                 let mut base = BTreeMap::new();
-                base.insert(PathBuf::from("f.txt"), Artifact::File(old.clone().into_bytes()));
+                base.insert(PathBuf::from("f.txt"), Artifact::File(Content::of(old.clone().into_bytes())));
                 let mut live = BTreeMap::new();
-                live.insert(PathBuf::from("f.txt"), Artifact::File(new.clone().into_bytes()));
+                live.insert(PathBuf::from("f.txt"), Artifact::File(Content::of(new.clone().into_bytes())));
                 let (_, entries) = compare(&base, &live);
                 let patch = entries[0].text_patch.clone().unwrap();
                 let changes = parse(&patch).unwrap();

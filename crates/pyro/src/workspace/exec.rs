@@ -55,6 +55,12 @@ pub struct CommandEntry {
     pub started_at: f64,
     pub stdout: String,
     pub stderr: String,
+    /// Only the last part of a stream is kept (1 MiB), in the result and
+    /// in the history; these say whether earlier output was dropped.
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
     pub execution_mode: ExecutionMode,
 }
 
@@ -95,7 +101,8 @@ pub fn exec(
         },
         &mut capture,
     );
-    let (stdout, stderr) = (capture.stdout, capture.stderr);
+    let ((stdout, stdout_truncated), (stderr, stderr_truncated)) =
+        (capture.stdout.finish(), capture.stderr.finish());
     redactor.finish();
     let status = status?;
     let shown = secrets::redact(&p.command.display(), &hide);
@@ -109,8 +116,10 @@ pub fn exec(
         timed_out: status.timed_out,
         duration_ms: started.elapsed().as_millis() as u64,
         started_at,
-        stdout: secrets::redact(&String::from_utf8_lossy(&stdout), &hide),
-        stderr: secrets::redact(&String::from_utf8_lossy(&stderr), &hide),
+        stdout: secrets::redact(&stdout, &hide),
+        stderr: secrets::redact(&stderr, &hide),
+        stdout_truncated,
+        stderr_truncated,
         execution_mode: ExecutionMode::GuestVirtioSerial,
     };
     host::write_atomic(

@@ -183,16 +183,65 @@ pub struct ExportResult {
     pub artifact_type: ArtifactType,
     pub entry_count: u64,
     pub bytes_written: u64,
+    /// Entries not made on the host: symlinks that are absolute or lead
+    /// out of the export, and special files.
+    pub skipped: Vec<String>,
     pub execution_mode: ExecutionMode,
 }
 
-/// Fetches `path` from the guest as a tar archive, in memory.
-fn fetch(client: &mut VmClient, path: &str) -> Result<(Vec<u8>, Message)> {
-    let mut data = Vec::new();
-    let reply = client.request(&Message::GetArchive { path: path.into() }, None, &mut |b| {
-        data.extend_from_slice(b)
-    })?;
-    Ok((data, reply))
+/// The most a tar archive fetched from a guest (an export, the live tree
+/// a diff reads) may hold: `PYRO_MAX_TRANSFER_BYTES`, else 4 GiB. A guest
+/// can make an archive of any size (a sparse file reads as zeros).
+pub fn transfer_limit() -> u64 {
+    std::env::var("PYRO_MAX_TRANSFER_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4 << 30)
+}
+
+/// A fetched archive, in a scratch file of the workspace's that goes with
+/// it.
+pub(crate) struct Fetched {
+    pub file: fs::File,
+    path: PathBuf,
+    pub reply: Message,
+}
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Fetches `path` from the guest as a tar archive, streamed to disk.
+pub(crate) fn fetch(ws: &Workspace, client: &mut VmClient, path: &str) -> Result<Fetched> {
+    use std::io::Seek;
+    let scratch = ws.dir.join(format!(".fetch-{}.tar", host::random_id(4)));
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&scratch)
+        .ctx(|| format!("create {}", scratch.display()))?;
+    let mut fetched = Fetched {
+        file: file.try_clone().ctx(|| "dup scratch".into())?,
+        path: scratch,
+        reply: Message::Done,
+    };
+    let mut out = std::io::BufWriter::new(&mut file);
+    fetched.reply = client.request_into(
+        &Message::GetArchive { path: path.into() },
+        &mut out,
+        transfer_limit(),
+        &format!("the archive of {path}"),
+    )?;
+    std::io::Write::flush(&mut out).ctx(|| "write archive".into())?;
+    drop(out);
+    fetched
+        .file
+        .seek(std::io::SeekFrom::Start(0))
+        .ctx(|| "rewind archive".into())?;
+    Ok(fetched)
 }
 
 pub fn export(
@@ -205,16 +254,21 @@ pub fn export(
     let ws = Workspace::locate(&ctx.paths, id)?;
     let path = workspace_path(path)?;
     let mut client = ws.connect()?;
-    let (data, reply) = fetch(&mut client, &path)?;
+    let fetched = fetch(&ws, &mut client, &path)?;
     let Message::ArchiveSent {
         artifact_type,
         entry_count,
         bytes_written,
-    } = reply
+    } = fetched.reply
     else {
-        return Err(Error::unexpected(&reply));
+        return Err(Error::unexpected(&fetched.reply));
     };
-    archive::unpack_export(&data[..], artifact_type, output, force)?;
+    let skipped = archive::unpack_export(
+        std::io::BufReader::new(&fetched.file),
+        artifact_type,
+        output,
+        force,
+    )?;
     Ok(ExportResult {
         workspace_id: id.into(),
         workspace_path: path,
@@ -222,6 +276,7 @@ pub fn export(
         artifact_type: artifact_type.into(),
         entry_count,
         bytes_written,
+        skipped,
         execution_mode: ExecutionMode::GuestVirtioSerial,
     })
 }
@@ -234,6 +289,8 @@ pub struct FileListResult {
     pub artifact_type: ArtifactType,
     pub recursive: bool,
     pub entries: Vec<FileEntry>,
+    /// More entries exist than one listing returns (list a subdirectory).
+    pub truncated: bool,
     pub execution_mode: ExecutionMode,
 }
 
@@ -246,12 +303,14 @@ pub fn file_list(ctx: &Context, id: &str, path: &str, recursive: bool) -> Result
             path,
             artifact_type,
             entries,
+            truncated,
         } => Ok(FileListResult {
             workspace_id: id.into(),
             path,
             artifact_type: artifact_type.into(),
             recursive,
             entries: entries.into_iter().map(FileEntry::from).collect(),
+            truncated,
             execution_mode: ExecutionMode::GuestVirtioSerial,
         }),
         other => Err(Error::unexpected(&other)),
@@ -292,7 +351,11 @@ pub(crate) fn read_bytes(
             max_bytes,
         },
         None,
-        &mut |b| data.extend_from_slice(b),
+        // Never more than asked for, whatever the guest sends.
+        &mut |b| {
+            let room = (max_bytes as usize).saturating_sub(data.len());
+            data.extend_from_slice(&b[..b.len().min(room)]);
+        },
     )? {
         Message::FileRead {
             size_bytes,
@@ -401,10 +464,11 @@ pub(crate) fn trees(
     BTreeMap<PathBuf, archive::Artifact>,
     BTreeMap<PathBuf, archive::Artifact>,
 )> {
-    let base = archive::read_tree(fs::File::open(ws.baseline()).ctx(|| "open baseline".into())?)
-        .ctx(|| "read baseline".into())?;
-    let (data, _) = fetch(client, WORKSPACE_ROOT)?;
-    let live = archive::read_tree(&data[..]).ctx(|| "read workspace".into())?;
+    let base = fs::File::open(ws.baseline()).ctx(|| "open baseline".into())?;
+    let base = archive::read_tree(std::io::BufReader::new(base)).ctx(|| "read baseline".into())?;
+    let fetched = fetch(ws, client, WORKSPACE_ROOT)?;
+    let live = archive::read_tree(std::io::BufReader::new(&fetched.file))
+        .ctx(|| "read workspace".into())?;
     Ok((base, live))
 }
 

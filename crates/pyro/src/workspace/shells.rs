@@ -112,10 +112,18 @@ fn shell_call(ws: &Workspace, message: Message) -> Result<ShellState> {
     }
 }
 
+/// The largest terminal a shell may have.
+pub const MAX_COLS: u16 = 1000;
+pub const MAX_ROWS: u16 = 1000;
+/// The most cells a `plain` render may take (rows × columns).
+const MAX_RENDER_CELLS: usize = 4_000_000;
+
 pub fn open(ctx: &Context, id: &str, p: &OpenShell) -> Result<ShellInfo> {
     let ws = Workspace::locate(&ctx.paths, id)?;
-    if p.cols == 0 || p.rows == 0 {
-        return Err(Error::invalid("cols and rows must be at least 1"));
+    if !(1..=MAX_COLS).contains(&p.cols) || !(1..=MAX_ROWS).contains(&p.rows) {
+        return Err(Error::invalid(format!(
+            "cols must be 1 to {MAX_COLS} and rows 1 to {MAX_ROWS}"
+        )));
     }
     let cwd = workspace_path(&p.cwd)?;
     let record = ws.read()?;
@@ -135,11 +143,19 @@ pub fn open(ctx: &Context, id: &str, p: &OpenShell) -> Result<ShellInfo> {
 
 /// Renders terminal output as the screen text a person would see.
 pub fn render_plain(raw: &str, cols: u16, rows: u16) -> String {
-    // Tall enough that nothing scrolls away; absolute cursor moves from
-    // full-screen programs still land where they would on the real screen.
-    let lines = raw.matches('\n').count() as u16;
+    // The size comes from the guest: the host's own limits bound it.
+    let cols = cols.clamp(1, MAX_COLS);
+    let rows = rows.clamp(1, MAX_ROWS);
+    // Tall enough that nothing scrolls away (within the cell budget);
+    // absolute cursor moves from full-screen programs still land where
+    // they would on the real screen.
+    let lines = raw.matches('\n').count();
+    let tall = (usize::from(rows) + lines)
+        .min(MAX_RENDER_CELLS / usize::from(cols))
+        .min(usize::from(u16::MAX));
+    let tall = u16::try_from(tall).unwrap_or(u16::MAX).max(rows);
     let nz = |n: u16| std::num::NonZeroU16::new(n.max(1)).expect("at least 1");
-    let mut parser = vt100::Parser::new(nz(rows.saturating_add(lines)), nz(cols), 0);
+    let mut parser = vt100::Parser::new(nz(tall), nz(cols), 0);
     parser.process(
         raw.replace('\n', "\r\n")
             .replace("\r\r\n", "\r\n")
@@ -262,6 +278,15 @@ pub fn close(ctx: &Context, id: &str, shell_id: &str) -> Result<ShellInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostile_size_renders_within_the_host_limits() {
+        let raw = "x\n".repeat(200_000);
+        let out = render_plain(&raw, u16::MAX, u16::MAX);
+        assert!(out.lines().count() <= MAX_RENDER_CELLS / usize::from(MAX_COLS));
+        assert!(out.ends_with('x'));
+        assert_eq!(render_plain("hi", 0, 0), "i", "a 1x1 screen shows the last character");
+    }
 
     #[test]
     fn plain_renders_the_final_screen() {

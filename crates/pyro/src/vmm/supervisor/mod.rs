@@ -239,7 +239,7 @@ fn activate(agent: &mut UnixStream, record: &VmRecord) -> Result<(), String> {
     agent
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    let reply = channel::call(agent, stream::BOOTSTRAP, &activation, None, &mut |_, _| {})
+    let reply = channel::call(agent, stream::BOOTSTRAP, &activation, None, &mut |_, _| true)
         .map_err(|e| e.to_string())?;
     agent.set_read_timeout(None).map_err(|e| e.to_string())?;
     match reply {
