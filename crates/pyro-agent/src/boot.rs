@@ -89,6 +89,15 @@ pub fn prepare_userland() {
     let mounts: &[(&str, &str, &str, libc::c_ulong, Option<&str>)] = &[
         ("proc", "/proc", "proc", 0, None),
         ("sysfs", "/sys", "sysfs", 0, None),
+        // One cgroup per command: a timeout or cancel ends everything the
+        // command started, escaped from its process group or not.
+        (
+            "cgroup2",
+            crate::cgroup::ROOT,
+            "cgroup2",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        ),
         ("devtmpfs", "/dev", "devtmpfs", 0, None),
         (
             "devpts",

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use pyro_protocol::{ShellOpen, ShellState, ShellStatus};
 
+use crate::cgroup::Cgroup;
 use crate::serve::Agent;
 use crate::sys;
 
@@ -21,6 +22,8 @@ struct Shell {
     open: ShellOpen,
     master: File,
     pid: i32,
+    /// Everything the shell started, to end on close.
+    cgroup: Option<Cgroup>,
     buffer: Vec<u8>,
     /// Absolute offset of `buffer[0]`.
     base: u64,
@@ -113,6 +116,13 @@ pub fn open(agent: &Arc<Agent>, req: ShellOpen) -> Result<ShellState, String> {
         ))
         .stderr(Stdio::from(slave_file));
     sys::controlling_terminal_on_spawn(&mut cmd);
+    let cgroup = Cgroup::create(
+        agent.config.cgroups.as_deref(),
+        &format!("shell-{}-{}", req.shell_id, sys::boottime_ms()),
+    );
+    if let Some(cg) = &cgroup {
+        sys::join_cgroup_on_spawn(&mut cmd, cg.procs_path());
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let child = agent
         .reaper
@@ -125,6 +135,7 @@ pub fn open(agent: &Arc<Agent>, req: ShellOpen) -> Result<ShellState, String> {
         open: req.clone(),
         master,
         pid: child.id() as i32,
+        cgroup,
         buffer: Vec::new(),
         base: 0,
         exit_code: None,
@@ -209,6 +220,10 @@ pub fn close(agent: &Agent, id: &str) -> Result<ShellState, String> {
     }
     if sh.lock().unwrap().exit_code.is_none() {
         sys::kill_group(pid, libc::SIGKILL);
+    }
+    // Whatever it started goes too, detached from its terminal or not.
+    if let Some(cg) = &sh.lock().unwrap().cgroup {
+        cg.kill();
     }
     let sh = sh.lock().unwrap();
     let end = sh.base + sh.buffer.len() as u64;

@@ -1426,3 +1426,78 @@ fn recipe_r1_cold_start_validation() {
     );
     ws(&sb, &["delete", &id]);
 }
+
+/// Lines in a file of the workspace, as the guest counts them.
+fn lines_of(sb: &Sandbox, id: &str, file: &str) -> u64 {
+    let r = exec(sb, id, &format!("wc -l < {file}"));
+    let text = r["stdout"].as_str().unwrap_or_default().trim().to_string();
+    text.parse().unwrap_or_else(|e| panic!("{e}: {r}"))
+}
+
+/// Whether a loop writing `file` still runs: its line count grows.
+fn still_growing(sb: &Sandbox, id: &str, file: &str) -> bool {
+    let before = lines_of(sb, id, file);
+    std::thread::sleep(Duration::from_secs(2));
+    lines_of(sb, id, file) > before
+}
+
+#[test]
+fn timeouts_service_stops_and_shell_closes_end_everything_they_started() {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &["create", "debian:12"]);
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    let looping = |file: &str| format!("setsid sh -c 'while :; do date >> {file}; sleep 0.2; done'");
+    assert_eq!(
+        exec(&sb, &id, "test -e /sys/fs/cgroup/cgroup.procs && echo cgroup2")["stdout"],
+        "cgroup2\n",
+        "the guest mounts cgroup v2"
+    );
+
+    // A command that timed out: its escapee (a new session, out of its
+    // process group) ends with it.
+    let out = sb.run(&[
+        "workspace",
+        "exec",
+        &id,
+        "--timeout-seconds",
+        "2",
+        "--json",
+        "--",
+        &format!("{} & sleep 60", looping("ticks")),
+    ]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(lines_of(&sb, &id, "ticks") > 0);
+    assert!(!still_growing(&sb, &id, "ticks"), "the escapee outlived the timeout");
+
+    // A stopped service's escapee ends with it.
+    let s = ws(
+        &sb,
+        &[
+            "service",
+            "start",
+            &id,
+            "svc",
+            "--ready-file",
+            "service-ticks",
+            "--",
+            &format!("{} & sleep 1000", looping("service-ticks")),
+        ],
+    );
+    assert_eq!(s["state"], "running", "{s}");
+    assert!(still_growing(&sb, &id, "service-ticks"));
+    ws(&sb, &["service", "stop", &id, "svc"]);
+    assert!(!still_growing(&sb, &id, "service-ticks"), "the escapee outlived the service");
+
+    // A closed shell's escapee ends with it.
+    let sid = stdout(&sb.run(&["workspace", "shell", "open", &id, "--id-only"]))
+        .trim()
+        .to_string();
+    let input = format!("{} &", looping("shell-ticks"));
+    ws(&sb, &["shell", "write", &id, &sid, "--input", &input]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(still_growing(&sb, &id, "shell-ticks"));
+    ws(&sb, &["shell", "close", &id, &sid]);
+    assert!(!still_growing(&sb, &id, "shell-ticks"), "the escapee outlived the shell");
+
+    ws(&sb, &["delete", &id]);
+}
