@@ -195,19 +195,14 @@ impl FileLock {
     }
 }
 
-/// Whether a process exists (and is not a zombie).
-pub fn process_alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the parenthesised command name.
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X") | None)
-        }
-        Err(_) => false,
-    }
+/// Whether a process is stopped (SIGSTOP, a tracer).
+pub fn process_stopped(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        matches!(
+            stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()),
+            Some("T") | Some("t")
+        )
+    })
 }
 
 pub fn now_unix_ms() -> u64 {

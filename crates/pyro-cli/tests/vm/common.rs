@@ -182,3 +182,38 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): stdout={} stderr={}",
+            stdout(out),
+            stderr(out)
+        )
+    })
+}
+
+/// `pyro workspace ARGS... --json`, which must succeed.
+pub fn ws(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
+    let mut full = vec!["workspace"];
+    full.extend_from_slice(args);
+    // Options go before `--`; what follows it is the command.
+    match full.iter().position(|a| *a == "--") {
+        Some(i) => full.insert(i, "--json"),
+        None => full.push("--json"),
+    }
+    let out = sb.run(&full);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    json(&out)
+}
+
+/// `pyro workspace exec ID --json -- COMMAND`.
+pub fn exec(sb: &Sandbox, id: &str, command: &str) -> serde_json::Value {
+    let out = sb.run(&["workspace", "exec", id, "--json", "--", command]);
+    json(&out)
+}

@@ -9,6 +9,7 @@ mod common;
 
 mod doctor;
 mod environments;
+mod hostile;
 mod mcp;
 mod network;
 mod run;

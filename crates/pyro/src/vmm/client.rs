@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use pyro_protocol::{ExecRequest, ExitStatus, Frame, Kind, Message};
 
@@ -14,6 +15,27 @@ use crate::vmm::dir::VmDir;
 pub struct VmClient {
     socket: UnixStream,
     next_stream: u32,
+    /// How long a reply may keep us waiting without a frame.
+    deadline: Duration,
+}
+
+/// How long the supervisor or the guest may keep a request waiting without
+/// a word, unless the request says otherwise.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
+/// What a command's own timeout is given on top, before its silence is the
+/// guest's failure.
+pub const EXEC_GRACE: Duration = Duration::from_secs(30);
+
+fn timed_out(e: &ChannelError) -> bool {
+    let io = match e {
+        ChannelError::Io(e) => e,
+        ChannelError::Frame(pyro_protocol::FrameError::Io(e)) => e,
+        _ => return false,
+    };
+    matches!(
+        io.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// Receives a command's output as it arrives.
@@ -126,10 +148,32 @@ impl VmClient {
         Ok(VmClient {
             socket,
             next_stream: stream::FIRST_CLIENT,
+            deadline: REQUEST_DEADLINE,
         })
     }
 
+    /// Waits at most `d` for any frame of a reply (instead of
+    /// [`REQUEST_DEADLINE`]).
+    pub fn with_deadline(mut self, d: Duration) -> VmClient {
+        self.deadline = d;
+        self
+    }
+
+    fn arm(&self, d: Duration) -> Result<()> {
+        self.socket
+            .set_read_timeout(Some(d.max(Duration::from_millis(1))))
+            .map_err(|e| Error::VmLost(format!("supervisor: {e}")))
+    }
+
+    fn silence(d: Duration) -> Error {
+        Error::VmLost(format!(
+            "no answer from the VM within {}s (its guest may be stuck)",
+            d.as_secs()
+        ))
+    }
+
     fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse> {
+        self.arm(self.deadline)?;
         let frame = Frame {
             stream: stream::CONTROL,
             kind: Kind::Message,
@@ -146,7 +190,14 @@ impl VmClient {
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Err(lost(ChannelError::Closed)),
-                Err(e) => return Err(lost(e.into())),
+                Err(e) => {
+                    let e = ChannelError::from(e);
+                    return Err(if timed_out(&e) {
+                        Self::silence(self.deadline)
+                    } else {
+                        lost(e)
+                    });
+                }
             }
         }
     }
@@ -192,9 +243,18 @@ impl VmClient {
         input: Option<&mut dyn Read>,
         on_data: channel::OnData<'_>,
     ) -> Result<Message> {
+        let deadline = match message {
+            // A command may be silent for its whole timeout.
+            Message::Exec(req) => {
+                req.timeout_ms.map_or(self.deadline, Duration::from_millis) + EXEC_GRACE
+            }
+            _ => self.deadline,
+        };
+        self.arm(deadline)?;
         let stream = self.next_stream;
         self.next_stream += 1;
         channel::call(&mut self.socket, stream, message, input, on_data).map_err(|e| match e {
+            e if timed_out(&e) => Self::silence(deadline),
             // Reading the input is ours, not the VM's.
             ChannelError::Input(e) => Error::Io {
                 context: "read input".into(),

@@ -193,6 +193,10 @@ impl VmDir {
     pub fn supervisor_pid(&self) -> PathBuf {
         self.path.join("supervisor.pid")
     }
+    /// Held by the VM's supervisor for as long as it lives.
+    pub fn supervisor_lock(&self) -> PathBuf {
+        self.path.join("supervisor.lock")
+    }
     /// Why a persistent VM's supervisor ended (written as it exits).
     pub fn exit_record(&self) -> PathBuf {
         self.path.join("exit.json")
@@ -259,14 +263,26 @@ impl VmDir {
         host::write_atomic(&self.record(), &to_json(record))
     }
 
-    /// The live supervisor's pid, if there is one.
+    /// The live supervisor's pid, if one runs (0 while it is starting and
+    /// has not written its pid yet). A supervisor holds
+    /// [`supervisor_lock`](Self::supervisor_lock) for its whole life, so
+    /// liveness is that lock being held, and a pid is only ever read while
+    /// its owner holds it: a stale `supervisor.pid` (a killed supervisor,
+    /// a reboot, a reused pid) names nobody, and nobody is signalled.
     pub fn live_supervisor(&self) -> Option<i32> {
-        let pid: i32 = fs::read_to_string(self.supervisor_pid())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        host::process_alive(pid).then_some(pid)
+        if !self.path.is_dir() {
+            return None;
+        }
+        match host::FileLock::try_acquire(&self.supervisor_lock()) {
+            Ok(None) => Some(
+                fs::read_to_string(self.supervisor_pid())
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok())
+                    .unwrap_or(0),
+            ),
+            // Free (nobody runs this VM), or unreadable.
+            Ok(Some(_)) | Err(_) => None,
+        }
     }
 }
 

@@ -62,25 +62,35 @@ pub fn start_supervisor(program: &Path, dir: &VmDir) -> Result<BootReport> {
     Ok(report)
 }
 
-/// Stops a persistent VM gracefully (the guest syncs and powers off; after
-/// 30 s it is killed), keeping its directory.
+/// How long a graceful stop may take before the VM is killed.
+const HALT_DEADLINE: Duration = Duration::from_secs(40);
+
+/// Stops a persistent VM gracefully (the guest syncs and powers off),
+/// keeping its directory. A VM that does not stop in time, or whose
+/// supervisor does not answer, is killed.
 pub fn halt(dir: &VmDir) -> Result<()> {
-    if let Some(pid) = dir.live_supervisor() {
-        match VmClient::connect(dir) {
-            Ok(c) => c.stop()?,
-            Err(_) => host::signal(pid, libc::SIGKILL),
-        }
-        wait_gone(pid, Duration::from_secs(30));
+    if dir.live_supervisor().is_none() {
+        return Ok(());
+    }
+    let asked = VmClient::connect(dir).and_then(|c| c.with_deadline(HALT_DEADLINE).stop());
+    if asked.is_err() || !wait_gone(dir, Duration::from_secs(10)) {
+        kill(dir);
     }
     Ok(())
 }
 
 /// Kills whatever runs of a VM (QEMU dies with its supervisor, by its
-/// parent-death signal), without asking anyone.
+/// parent-death signal), without asking anyone. Only a supervisor that
+/// provably owns the VM (see `VmDir::live_supervisor`) is signalled.
 pub fn kill(dir: &VmDir) {
-    if let Some(pid) = dir.live_supervisor() {
-        host::signal(pid, libc::SIGKILL);
-        wait_gone(pid, Duration::from_secs(10));
+    for _ in 0..3 {
+        match dir.live_supervisor() {
+            None => return,
+            Some(pid) => host::signal(pid, libc::SIGKILL),
+        }
+        if wait_gone(dir, Duration::from_secs(5)) {
+            return;
+        }
     }
 }
 
@@ -90,11 +100,17 @@ pub fn destroy(dir: &VmDir) {
     let _ = fs::remove_dir_all(&dir.path);
 }
 
-fn wait_gone(pid: i32, limit: Duration) {
+/// Waits until nobody runs the VM; false if someone still does after
+/// `limit`.
+fn wait_gone(dir: &VmDir, limit: Duration) -> bool {
     let start = Instant::now();
-    while host::process_alive(pid) && start.elapsed() < limit {
+    while dir.live_supervisor().is_some() {
+        if start.elapsed() > limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+    true
 }
 
 /// Removes the directories of one-shot VMs whose supervisor is gone (it was

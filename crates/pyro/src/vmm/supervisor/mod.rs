@@ -33,13 +33,39 @@ use crate::vmm::qmp::Qmp;
 
 mod ports;
 
+/// How long a write to a client may block before the client is dropped: a
+/// client that stops reading must not stall the agent's reader, which
+/// serves every client of the VM.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write to the agent may block (a guest that stops reading its
+/// port) before it fails.
+const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Client {
     writer: Mutex<UnixStream>,
+    /// A write failed or timed out: the client is gone for us.
+    dead: AtomicBool,
 }
 
 impl Client {
+    fn new(stream: &UnixStream) -> Client {
+        let writer = stream.try_clone().expect("clone client socket");
+        let _ = writer.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
+        Client {
+            writer: Mutex::new(writer),
+            dead: AtomicBool::new(false),
+        }
+    }
+
     fn send(&self, frame: &Frame) {
-        let _ = self.writer.lock().unwrap().write_all(&frame.encode());
+        if self.dead.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut writer = self.writer.lock().unwrap();
+        if writer.write_all(&frame.encode()).is_err() {
+            self.dead.store(true, Ordering::SeqCst);
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -113,7 +139,16 @@ pub fn main(dir: &Path) -> ! {
         Ok(r) => r,
         Err(e) => fail(e.to_string(), true),
     };
-    let _ = fs::write(dir.supervisor_pid(), std::process::id().to_string());
+    // Held until this process ends: it is what makes this VM alive (see
+    // `VmDir::live_supervisor`).
+    let _alive = match hold_lock(&dir) {
+        Ok(lock) => lock,
+        Err(e) => fail(e, false),
+    };
+    let _ = host::write_atomic(
+        &dir.supervisor_pid(),
+        std::process::id().to_string().as_bytes(),
+    );
 
     let start = Instant::now();
     let booted = match boot::boot(&dir, &record) {
@@ -122,8 +157,10 @@ pub fn main(dir: &Path) -> ! {
     };
     let welcome = booted.welcome;
 
+    let writer = booted.agent.try_clone().expect("clone agent socket");
+    let _ = writer.set_write_timeout(Some(AGENT_WRITE_TIMEOUT));
     let sup = Arc::new(Supervisor {
-        agent: Mutex::new(booted.agent.try_clone().expect("clone agent socket")),
+        agent: Mutex::new(writer),
         dir: dir.clone(),
         record: record.clone(),
         generation: welcome.generation,
@@ -195,6 +232,37 @@ pub fn main(dir: &Path) -> ! {
     std::process::exit(0)
 }
 
+/// The mutex's guard, unless another holds it for longer than `limit`.
+fn try_lock_for<T>(m: &Mutex<T>, limit: Duration) -> Option<std::sync::MutexGuard<'_, T>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
+/// Takes the VM's liveness lock. Someone checking liveness holds it for an
+/// instant; another supervisor of this VM holds it for good.
+fn hold_lock(dir: &VmDir) -> Result<host::FileLock, String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match host::FileLock::try_acquire(&dir.supervisor_lock()) {
+            Ok(Some(lock)) => return Ok(lock),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Ok(None) => return Err("another supervisor runs this VM".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// Ends the VM when its time is up: the TTL after creation, or with an
 /// idle timeout after the last request of any (non-passive) client.
 fn expire(sup: Arc<Supervisor>) {
@@ -257,9 +325,7 @@ fn bind_control(dir: &VmDir) -> Result<UnixListener, String> {
 
 fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
     sup.clients.fetch_add(1, Ordering::SeqCst);
-    let client = Arc::new(Client {
-        writer: Mutex::new(stream.try_clone().expect("clone client socket")),
-    });
+    let client = Arc::new(Client::new(&stream));
     let mut reader = stream;
     let mut owner = false;
     let mut passive = false;
@@ -455,13 +521,14 @@ fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Client>>) {
         ));
     }
     if !*sup.qemu_exited.lock().unwrap() {
-        if !sup.record.ephemeral {
-            // Give the guest a chance to flush its disk.
-            let _ = sup
-                .agent
-                .lock()
-                .unwrap()
-                .write_all(&Frame::message(stream::SHUTDOWN, &Message::Shutdown).encode());
+        // A stopped QEMU (SIGSTOP) cannot shut down gently.
+        if !sup.record.ephemeral && !host::process_stopped(sup.qemu_pid) {
+            // Give the guest a chance to flush its disk, without waiting on
+            // a writer a stuck guest holds up.
+            if let Some(mut agent) = try_lock_for(&sup.agent, Duration::from_secs(2)) {
+                let shutdown = Frame::message(stream::SHUTDOWN, &Message::Shutdown);
+                let _ = agent.write_all(&shutdown.encode());
+            }
             let exited = sup.qemu_exited.lock().unwrap();
             let (exited, _) = sup
                 .qemu_exited_cv
@@ -469,7 +536,10 @@ fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Client>>) {
                 .unwrap();
             if !*exited {
                 drop(exited);
-                let _ = sup.qmp("quit", serde_json::json!({}));
+                // A connection of its own: the shared one may be stuck.
+                if let Ok(mut q) = Qmp::connect(&sup.dir.qmp_socket(), Duration::from_secs(2)) {
+                    let _ = q.execute("quit", serde_json::json!({}));
+                }
             }
         }
         // One-shot VMs' disks are thrown away: no need to be gentle.

@@ -1,0 +1,132 @@
+//! A guest that misbehaves, and state that lies: pyro stays safe, bounded
+//! and responsive.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{exec, stderr, ws, Sandbox};
+
+/// The pid of the QEMU of workspace `id`.
+fn qemu_of(sb: &Sandbox, id: &str) -> i32 {
+    let needle = sb.home.path().join("workspaces").join(id).join("vm");
+    sb.processes()
+        .iter()
+        .find(|p| p.contains("qemu-system") && p.contains(&*needle.to_string_lossy()))
+        .and_then(|p| p.split(':').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no QEMU for {id}: {:?}", sb.processes()))
+}
+
+fn signal(pid: i32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn a_frozen_guest_cannot_hang_calls_or_its_own_end() {
+    let sb = Sandbox::new();
+    let id = ws(&sb, &["create", "debian:12"])["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    signal(qemu_of(&sb, &id), "-STOP");
+
+    // A command gets a clear error within its timeout and the grace.
+    let start = Instant::now();
+    let out = sb.run(&[
+        "workspace",
+        "exec",
+        &id,
+        "--timeout-seconds",
+        "3",
+        "--",
+        "true",
+    ]);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no answer from the VM within 33s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(took < Duration::from_secs(45), "took {took:?}");
+
+    // Stopping it takes seconds, not forever.
+    let start = Instant::now();
+    let st = ws(&sb, &["stop", &id]);
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+
+    // The idle timeout still ends a frozen guest.
+    ws(&sb, &["start", &id]);
+    let id2 = ws(&sb, &["create", "debian:12", "--ttl-seconds", "5"])["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    signal(qemu_of(&sb, &id2), "-STOP");
+    let start = Instant::now();
+    loop {
+        let st = ws(&sb, &["status", &id2]);
+        if st["state"] == "stopped" {
+            assert_eq!(st["stop_reason"], "ttl_expired", "{st}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never expired: {st}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // And delete always finishes quickly.
+    signal(qemu_of(&sb, &id), "-STOP");
+    let start = Instant::now();
+    ws(&sb, &["delete", &id]);
+    ws(&sb, &["delete", &id2]);
+    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    sb.assert_clean_within(Duration::from_secs(10));
+}
+
+#[test]
+fn a_stale_supervisor_pid_never_gets_a_process_killed() {
+    let sb = Sandbox::new();
+    let id = ws(&sb, &["create", "debian:12"])["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ws(&sb, &["stop", &id]);
+    // An unrelated process, whose pid a stale record names.
+    let mut bystander = Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = sb
+        .home
+        .path()
+        .join("workspaces")
+        .join(&id)
+        .join("vm/supervisor.pid");
+    let bystander_pid = bystander.id();
+    let plant = || std::fs::write(&pid_file, bystander_pid.to_string()).unwrap();
+    let alive = |b: &mut std::process::Child| b.try_wait().unwrap().is_none();
+
+    plant();
+    let st = ws(&sb, &["status", &id]);
+    assert_eq!(st["state"], "stopped", "a stale pid is no VM: {st}");
+    // `start` boots (it does not believe the bystander is the VM) ...
+    ws(&sb, &["start", &id]);
+    assert_eq!(exec(&sb, &id, "echo up")["stdout"], "up\n");
+    ws(&sb, &["stop", &id]);
+    assert!(alive(&mut bystander));
+    // ... and stop and delete leave the bystander be.
+    plant();
+    ws(&sb, &["stop", &id]);
+    assert!(alive(&mut bystander));
+    plant();
+    ws(&sb, &["delete", &id]);
+    assert!(alive(&mut bystander), "delete killed an unrelated process");
+    bystander.kill().unwrap();
+    let _ = bystander.wait();
+    sb.assert_clean_within(Duration::from_secs(10));
+}
