@@ -14,6 +14,7 @@
 //! failures are tool errors with the library's messages and, where there is
 //! something to do, advice that names this server's tools and parameters.
 
+mod access;
 mod params;
 mod tools;
 
@@ -21,16 +22,12 @@ use std::net::SocketAddr;
 
 use rmcp::ServiceExt;
 
+pub use access::HostAccess;
 pub use tools::{Profile, PyroServer};
 
 /// Serves MCP on stdin/stdout until the client goes away.
-pub async fn serve_stdio(
-    pyro: pyro::Pyro,
-    profile: Profile,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let server = PyroServer::new(pyro, profile)
-        .serve(rmcp::transport::stdio())
-        .await?;
+pub async fn serve_stdio(server: PyroServer) -> Result<(), Box<dyn std::error::Error>> {
+    let server = server.serve(rmcp::transport::stdio()).await?;
     server.waiting().await?;
     Ok(())
 }
@@ -38,8 +35,7 @@ pub async fn serve_stdio(
 /// Serves MCP over streamable HTTP at `http://ADDR/mcp`. Every request must
 /// carry `Authorization: Bearer TOKEN`. `ready` is told the bound address.
 pub async fn serve_http(
-    pyro: pyro::Pyro,
-    profile: Profile,
+    server: PyroServer,
     addr: SocketAddr,
     token: String,
     ready: impl FnOnce(SocketAddr),
@@ -49,7 +45,7 @@ pub async fn serve_http(
     };
     let service: StreamableHttpService<PyroServer, LocalSessionManager> =
         StreamableHttpService::new(
-            move || Ok(PyroServer::new(pyro.clone(), profile)),
+            move || Ok(server.clone()),
             Default::default(),
             StreamableHttpServerConfig::default(),
         );
@@ -93,19 +89,18 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// [`serve_stdio`] on a runtime of its own, for synchronous callers.
-pub fn run_stdio(pyro: pyro::Pyro, profile: Profile) -> Result<(), Box<dyn std::error::Error>> {
-    runtime()?.block_on(serve_stdio(pyro, profile))
+pub fn run_stdio(server: PyroServer) -> Result<(), Box<dyn std::error::Error>> {
+    runtime()?.block_on(serve_stdio(server))
 }
 
 /// [`serve_http`] on a runtime of its own, for synchronous callers.
 pub fn run_http(
-    pyro: pyro::Pyro,
-    profile: Profile,
+    server: PyroServer,
     addr: SocketAddr,
     token: String,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Box<dyn std::error::Error>> {
-    runtime()?.block_on(serve_http(pyro, profile, addr, token, ready))
+    runtime()?.block_on(serve_http(server, addr, token, ready))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

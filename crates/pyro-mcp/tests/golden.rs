@@ -21,7 +21,7 @@ fn tools_list_matches_the_golden_files() {
         ("workspace-full", 43),
     ] {
         let profile: Profile = name.parse().unwrap();
-        let tools = PyroServer::new(pyro::Pyro::new(), profile).tools();
+        let tools = PyroServer::new(pyro::Pyro::new(), profile, Default::default()).tools();
         assert_eq!(tools.len(), count, "{name}");
         let listed = serde_json::to_value(&tools).unwrap();
         let path = golden(name);
@@ -50,7 +50,7 @@ fn tools_list_matches_the_golden_files() {
 
 #[test]
 fn every_default_comes_from_the_library() {
-    let tools = PyroServer::new(pyro::Pyro::new(), Profile::WorkspaceFull).tools();
+    let tools = PyroServer::new(pyro::Pyro::new(), Profile::WorkspaceFull, Default::default()).tools();
     let schema = |tool: &str| {
         let t = tools.iter().find(|t| t.name == tool).unwrap();
         serde_json::Value::Object((*t.input_schema).clone())

@@ -18,6 +18,14 @@ pub enum McpCommand {
         /// The bearer token HTTP clients must send (default: generated and printed on stderr).
         #[arg(long, env = "PYRO_MCP_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Let tools read and write host paths inside DIR (seeds, sync
+        /// sources, secret files, exports); repeatable. None: no host paths.
+        #[arg(long = "allow-host-path", value_name = "DIR", env = "PYRO_MCP_HOST_PATHS", value_delimiter = ':')]
+        allow_host_paths: Vec<std::path::PathBuf>,
+        /// Let vm_run run a command on the host, without isolation, when no
+        /// guest can boot.
+        #[arg(long)]
+        allow_host_compat: bool,
     },
 }
 
@@ -26,15 +34,23 @@ pub fn dispatch(pyro: Pyro, c: McpCommand) -> anyhow::Result<ExitCode> {
         profile,
         http,
         token,
+        allow_host_paths,
+        allow_host_compat,
     } = c;
+    let access = pyro_mcp::HostAccess::new(allow_host_paths, allow_host_compat)
+        .map_err(anyhow::Error::msg)?;
+    for root in access.roots() {
+        eprintln!("[mcp] tools may use host paths in {}", root.display());
+    }
+    let server = pyro_mcp::PyroServer::new(pyro, profile, access);
     match http {
-        None => pyro_mcp::run_stdio(pyro, profile),
+        None => pyro_mcp::run_stdio(server),
         Some(addr) => {
             if !addr.ip().is_loopback() {
                 eprintln!("[mcp] warning: {addr} is not a loopback address; anyone who can reach it and has the token controls your sandboxes");
             }
             let token = token.unwrap_or_else(pyro::random_token);
-            pyro_mcp::run_http(pyro, profile, addr, token.clone(), |bound| {
+            pyro_mcp::run_http(server, addr, token.clone(), |bound| {
                 eprintln!("[mcp] serving http://{bound}/mcp");
                 eprintln!("[mcp] token: {token}");
             })

@@ -31,5 +31,6 @@ fn a_real_mcp_client_drives_every_profile_over_stdio_and_http() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("all MCP checks passed"), "{text}");
+    eprintln!("{text}");
     sb.assert_clean_within(std::time::Duration::from_secs(10));
 }

@@ -76,7 +76,7 @@ async def recipe_r2(session, tmp):
     return wid
 
 
-async def malformed_calls(session, wid):
+async def malformed_calls(session, wid, tmp):
     r = await session.call_tool("workspace_status", {"workspace_id": "ffffffffffff"})
     check(r.isError and "no workspace" in r.content[0].text, "unknown workspace is a tool error")
     r = await session.call_tool("workspace_file_read", {"workspace_id": wid, "path": "../../etc/passwd"})
@@ -88,11 +88,22 @@ async def malformed_calls(session, wid):
     r = ok(await session.call_tool("workspace_list", {}))
     check(r["count"] >= 1, "the server keeps serving")
     r = await session.call_tool("workspace_export", {
-        "workspace_id": wid, "path": "check.sh", "output_path": __file__,
+        "workspace_id": wid, "path": "check.sh", "output_path": os.path.join(tmp, "message.txt"),
     })
     text = r.content[0].text
     check(r.isError and "already exists" in text and "--force" not in text,
           "an existing output is refused in the server's own words")
+    # Host paths outside the roots the server was started with are refused,
+    # and nothing is read or written.
+    r = await session.call_tool("workspace_create", {"environment": "debian:12", "seed_path": "/etc"})
+    check(r.isError and "outside the host paths" in r.content[0].text, "a seed outside the roots is refused")
+    outside = os.path.join(os.path.dirname(tmp), "outside.txt")
+    r = await session.call_tool("workspace_export", {"workspace_id": wid, "path": "check.sh", "output_path": outside})
+    check(r.isError and not os.path.exists(outside), "an export outside the roots is refused")
+    r = await session.call_tool("workspace_sync_push", {"workspace_id": wid, "source_path": "/root"})
+    check(r.isError and "outside the host paths" in r.content[0].text, "a sync source outside the roots is refused")
+    r = await session.call_tool("vm_run", {"environment": "debian:12", "command": "true", "allow_host_compat": True})
+    check(r.isError and "--allow-host-compat" in r.content[0].text, "host execution needs the operator's consent")
     r = await session.call_tool("workspace_status", {"workspace_id": "ffffffffffff"})
     check("workspace_list" in r.content[0].text and "pyro workspace" not in r.content[0].text,
           "the remedy names a tool, not a CLI command")
@@ -133,7 +144,12 @@ def golden_check(profile, tools):
 
 
 async def stdio_profile(profile, tmp):
-    params = StdioServerParameters(command=PYRO, args=["mcp", "serve", "--profile", profile], env=dict(os.environ))
+    os.makedirs(tmp, exist_ok=True)
+    params = StdioServerParameters(
+        command=PYRO,
+        args=["mcp", "serve", "--profile", profile, "--allow-host-path", tmp],
+        env=dict(os.environ),
+    )
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
             await session.initialize()
@@ -149,7 +165,7 @@ async def stdio_profile(profile, tmp):
                 ))
                 check(r["stdout"] == "argv\n", "stdio vm_run with an argv")
                 wid = await recipe_r2(session, tmp)
-                await malformed_calls(session, wid)
+                await malformed_calls(session, wid, tmp)
                 await argv_lists(session, wid)
                 await concurrency(session, wid)
                 ok(await session.call_tool("workspace_delete", {"workspace_id": wid}))
@@ -198,6 +214,11 @@ async def stdio_profile(profile, tmp):
                 })
                 check(r.isError and "egress+published-ports" in r.content[0].text,
                       "full: publishing needs the egress+published-ports policy")
+                r = await session.call_tool("workspace_create", {
+                    "environment": "debian:12", "secrets": [{"name": "Z", "file_path": "/dev/zero"}],
+                })
+                check(r.isError and "outside the host paths" in r.content[0].text,
+                      "full: a secret file outside the roots is refused unread")
                 ok(await session.call_tool("workspace_delete", {"workspace_id": wid}))
                 await vm_lifecycle(session)
 
@@ -239,8 +260,9 @@ async def vm_lifecycle(session):
 
 async def http(tmp):
     token = "test-token-" + os.urandom(8).hex()
+    os.makedirs(tmp, exist_ok=True)
     proc = subprocess.Popen(
-        [PYRO, "mcp", "serve", "--http", "127.0.0.1:0", "--token", token],
+        [PYRO, "mcp", "serve", "--http", "127.0.0.1:0", "--token", token, "--allow-host-path", tmp],
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:

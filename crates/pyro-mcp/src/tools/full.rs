@@ -17,12 +17,20 @@ impl PyroServer {
     )]
     async fn workspace_create_full(
         &self,
-        Parameters(p): Parameters<CreateFullParams>,
+        Parameters(mut p): Parameters<CreateFullParams>,
     ) -> Result<Json<pyro::WorkspaceInfo>, String> {
+        p.core.seed_path = self.seed(p.core.seed_path.as_deref())?;
+        let mut secrets = p.secrets.unwrap_or_default();
+        for s in &mut secrets {
+            if let Some(f) = &s.file_path {
+                let f = f.to_string_lossy().into_owned();
+                s.file_path = Some(self.access.readable(&f, "secrets[].file_path")?);
+            }
+        }
         call(&self.pyro, move |pyro| {
             let mut params = CreateWorkspace::from(p.core);
             params.network_policy = p.network_policy.parse()?;
-            params.secrets = p.secrets.unwrap_or_default();
+            params.secrets = secrets;
             pyro.create_workspace(&params, &Silent)
         })
         .await
@@ -106,8 +114,9 @@ impl PyroServer {
         &self,
         Parameters(p): Parameters<DiskExportParams>,
     ) -> Result<Json<pyro::DiskExport>, String> {
+        let output = self.access.writable(&p.output_path, "output_path")?;
         call(&self.pyro, move |pyro| {
-            pyro.export_workspace_disk(&p.workspace_id, std::path::Path::new(&p.output_path), false)
+            pyro.export_workspace_disk(&p.workspace_id, &output, false)
         })
         .await
     }

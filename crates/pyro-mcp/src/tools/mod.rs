@@ -8,6 +8,8 @@ use rmcp::handler::server::wrapper::Json;
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{tool_handler, ServerHandler};
 
+use crate::access::HostAccess;
+
 mod full;
 mod run;
 mod workspace;
@@ -37,11 +39,14 @@ impl std::str::FromStr for Profile {
 #[derive(Clone)]
 pub struct PyroServer {
     pyro: Pyro,
+    access: HostAccess,
     tool_router: ToolRouter<Self>,
 }
 
 impl PyroServer {
-    pub fn new(pyro: Pyro, profile: Profile) -> PyroServer {
+    /// A server with the tools of `profile`, whose clients get `access` to
+    /// the host and nothing more.
+    pub fn new(pyro: Pyro, profile: Profile, access: HostAccess) -> PyroServer {
         let tool_router = match profile {
             Profile::VmRun => Self::run_router(),
             Profile::WorkspaceCore => Self::run_router() + Self::core_router(),
@@ -52,7 +57,11 @@ impl PyroServer {
                 Self::run_router() + core + Self::full_router() + Self::vm_router()
             }
         };
-        PyroServer { pyro, tool_router }
+        PyroServer {
+            pyro,
+            access,
+            tool_router,
+        }
     }
 
     /// What `tools/list` answers, sorted by name.

@@ -16,6 +16,9 @@ impl PyroServer {
         &self,
         Parameters(p): Parameters<VmRunParams>,
     ) -> Result<Json<pyro::RunResult>, String> {
+        if p.allow_host_compat && !self.access.allow_host_compat {
+            return Err("allow_host_compat: this server does not run commands on the host; it must be started with --allow-host-compat".into());
+        }
         call(&self.pyro, move |pyro| {
             let params = pyro::RunParams {
                 environment: p.environment,

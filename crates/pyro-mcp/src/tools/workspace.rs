@@ -14,8 +14,9 @@ impl PyroServer {
     )]
     async fn workspace_create(
         &self,
-        Parameters(p): Parameters<CreateCoreParams>,
+        Parameters(mut p): Parameters<CreateCoreParams>,
     ) -> Result<Json<pyro::WorkspaceInfo>, String> {
+        p.seed_path = self.seed(p.seed_path.as_deref())?;
         call(&self.pyro, move |pyro| {
             pyro.create_workspace(&CreateWorkspace::from(p), &Silent)
         })
@@ -68,12 +69,9 @@ impl PyroServer {
         &self,
         Parameters(p): Parameters<SyncParams>,
     ) -> Result<Json<pyro::SyncResult>, String> {
+        let source = self.access.readable(&p.source_path, "source_path")?;
         call(&self.pyro, move |pyro| {
-            pyro.push_workspace_sync(
-                &p.workspace_id,
-                std::path::Path::new(&p.source_path),
-                &p.dest,
-            )
+            pyro.push_workspace_sync(&p.workspace_id, &source, &p.dest)
         })
         .await
     }
@@ -172,13 +170,9 @@ impl PyroServer {
         &self,
         Parameters(p): Parameters<ExportParams>,
     ) -> Result<Json<pyro::ExportResult>, String> {
+        let output = self.access.writable(&p.output_path, "output_path")?;
         call(&self.pyro, move |pyro| {
-            pyro.export_workspace(
-                &p.workspace_id,
-                &p.path,
-                std::path::Path::new(&p.output_path),
-                false,
-            )
+            pyro.export_workspace(&p.workspace_id, &p.path, &output, false)
         })
         .await
     }
@@ -208,5 +202,17 @@ impl PyroServer {
             pyro.delete_workspace(&p.workspace_id)
         })
         .await
+    }
+}
+
+impl PyroServer {
+    /// A seed path checked against the host access, resolved.
+    pub(super) fn seed(&self, seed: Option<&str>) -> Result<Option<String>, String> {
+        seed.map(|s| {
+            self.access
+                .readable(s, "seed_path")
+                .map(|p| p.display().to_string())
+        })
+        .transpose()
     }
 }

@@ -73,6 +73,25 @@ pub fn valid_env_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
+/// A regular file of at most [`MAX_SECRET_BYTES`], read without ever
+/// holding more (a device or an endless file is refused, not read).
+fn read_small(p: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = fs::File::open(p)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_SECRET_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_SECRET_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_SECRET_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Checks and resolves secrets (reading files) before anything is created.
 pub fn resolve(inputs: &[SecretInput]) -> Result<Vec<(SecretInfo, String)>> {
     let mut out: Vec<(SecretInfo, String)> = Vec::new();
@@ -84,7 +103,7 @@ pub fn resolve(inputs: &[SecretInput]) -> Result<Vec<(SecretInfo, String)>> {
         let (value, kind) = match (&s.value, &s.file_path) {
             (Some(v), None) => (v.clone(), SecretSource::Literal),
             (None, Some(p)) => {
-                let bytes = fs::read(p).map_err(|e| {
+                let bytes = read_small(p).map_err(|e| {
                     Error::invalid(format!(
                         "secret {}: cannot read {}: {e}",
                         s.name,
@@ -311,6 +330,23 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn secret_files_are_small_regular_files() {
+        let file = |p: &str| SecretInput {
+            name: "S".into(),
+            value: None,
+            file_path: Some(p.into()),
+        };
+        let e = resolve(&[file("/dev/zero")]).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(big.path(), vec![b'x'; MAX_SECRET_BYTES + 1]).unwrap();
+        let e = resolve(&[file(big.path().to_str().unwrap())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 
     #[test]
