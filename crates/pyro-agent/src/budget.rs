@@ -32,7 +32,11 @@ pub fn tail(text: &str, budget: usize) -> (&str, bool) {
     let mut used = 0usize;
     for (i, c) in text.char_indices().rev() {
         let mut buf = [0u8; 4];
-        used += c.encode_utf8(&mut buf).bytes().map(byte_cost).sum::<usize>();
+        used += c
+            .encode_utf8(&mut buf)
+            .bytes()
+            .map(byte_cost)
+            .sum::<usize>();
         if used > budget {
             let start = i + c.len_utf8();
             return (&text[start..], true);

@@ -309,7 +309,9 @@ fn tail(path: &Path, lines: Option<u64>) -> (String, bool) {
         None => (text, start > 0),
         Some(n) => {
             let all: Vec<&str> = text.split_inclusive('\n').collect();
-            let keep = all.len().saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
+            let keep = all
+                .len()
+                .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
             (all[keep..].concat(), keep > 0 || start > 0)
         }
     };

@@ -522,7 +522,11 @@ fn a_huge_listing_is_cut_with_a_flag_not_fatal() {
             entries, truncated, ..
         } => {
             assert!(*truncated);
-            assert!(entries.len() > 1000 && entries.len() < 10_050, "{}", entries.len());
+            assert!(
+                entries.len() > 1000 && entries.len() < 10_050,
+                "{}",
+                entries.len()
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -540,7 +544,9 @@ fn service_logs_and_shell_reads_fit_one_frame_whatever_they_hold() {
         command: Command::Shell("head -c 3000000 /dev/zero; touch done; sleep 30".into()),
         cwd: ws.clone(),
         env: Default::default(),
-        readiness: Some(pyro_protocol::Readiness::File { path: "done".into() }),
+        readiness: Some(pyro_protocol::Readiness::File {
+            path: "done".into(),
+        }),
         ready_timeout_ms: 20_000,
         ready_interval_ms: 50,
     }));

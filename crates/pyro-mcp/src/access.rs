@@ -33,7 +33,10 @@ impl HostAccess {
                     .canonicalize()
                     .map_err(|e| format!("--allow-host-path {}: {e}", r.display()))?;
                 if !real.is_dir() {
-                    return Err(format!("--allow-host-path {}: not a directory", r.display()));
+                    return Err(format!(
+                        "--allow-host-path {}: not a directory",
+                        r.display()
+                    ));
                 }
                 Ok(real)
             })
@@ -124,11 +127,15 @@ mod tests {
         let s = |p: &Path| p.to_str().unwrap().to_string();
 
         let none = HostAccess::default();
-        let e = none.readable(&s(&root.join("seed.txt")), "seed_path").unwrap_err();
+        let e = none
+            .readable(&s(&root.join("seed.txt")), "seed_path")
+            .unwrap_err();
         assert!(e.contains("--allow-host-path"), "{e}");
 
         let access = HostAccess::new([root.clone()], false).unwrap();
-        assert!(access.readable(&s(&root.join("seed.txt")), "seed_path").is_ok());
+        assert!(access
+            .readable(&s(&root.join("seed.txt")), "seed_path")
+            .is_ok());
         for bad in [
             s(&base.path().join("secret")),
             s(&root.join("link")),
@@ -139,7 +146,9 @@ mod tests {
         ] {
             assert!(access.readable(&bad, "seed_path").is_err(), "{bad}");
         }
-        assert!(access.writable(&s(&root.join("out.txt")), "output_path").is_ok());
+        assert!(access
+            .writable(&s(&root.join("out.txt")), "output_path")
+            .is_ok());
         for bad in [
             s(&base.path().join("out.txt")),
             s(&root.join("up/out.txt")),

@@ -50,7 +50,12 @@ fn tools_list_matches_the_golden_files() {
 
 #[test]
 fn every_default_comes_from_the_library() {
-    let tools = PyroServer::new(pyro::Pyro::new(), Profile::WorkspaceFull, Default::default()).tools();
+    let tools = PyroServer::new(
+        pyro::Pyro::new(),
+        Profile::WorkspaceFull,
+        Default::default(),
+    )
+    .tools();
     let schema = |tool: &str| {
         let t = tools.iter().find(|t| t.name == tool).unwrap();
         serde_json::Value::Object((*t.input_schema).clone())

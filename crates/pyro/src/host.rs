@@ -92,6 +92,34 @@ pub fn tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
+/// The uid of the process at the other end of a UNIX socket.
+pub fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and
+    // the fd is open for the call.
+    let ret = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (ret == 0).then_some(cred.uid)
+}
+
+/// This process's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -106,8 +134,9 @@ pub fn random_id(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same
-/// directory, flushed, then renamed over the target.
+/// Writes `bytes` to `path` atomically: a temporary file (mode 0600) in the
+/// same directory, flushed, renamed over the target, and the directory
+/// flushed too.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
@@ -116,16 +145,54 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         random_id(4)
     ));
     let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        // The rename itself is on the disk before we say it happened.
+        File::open(dir)?.sync_all()
     };
     write()
         .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
         })
         .ctx(|| format!("write {}", path.display()))
+}
+
+/// Creates `path` (and missing parents) as a directory only its owner may
+/// enter (0700), and makes an existing one so: pyro's state (records,
+/// disks, secrets, sockets) is nobody else's to read.
+pub fn private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .ctx(|| format!("create {}", path.display()))?;
+    let meta = fs::symlink_metadata(path).ctx(|| format!("stat {}", path.display()))?;
+    if !meta.is_dir() {
+        return Err(Error::Io {
+            context: format!("{} is not a directory", path.display()),
+            source: io::Error::from(io::ErrorKind::NotADirectory),
+        });
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .ctx(|| format!("chmod {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes `path` readable and writable by its owner only.
+pub fn private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .ctx(|| format!("chmod {}", path.display()))
 }
 
 /// Produces a new host file at `output`: `make` writes a temporary file
@@ -199,7 +266,9 @@ impl FileLock {
 pub fn process_stopped(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         matches!(
-            stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()),
+            stat.rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next()),
             Some("T") | Some("t")
         )
     })

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::{
     defaults, ms_to_s, validate_resources, validate_timeout, Command, ExecutionMode,
 };
-use crate::error::{Entity, Error, IoContext, Result};
+use crate::error::{Entity, Error, Result};
 use crate::paths::Context;
 use crate::progress::Progress;
 use crate::run::{exec_once, Cleanup, CleanupReason, RunResult};
@@ -204,8 +204,7 @@ pub fn create(ctx: &Context, p: &CreateVm, progress: &dyn Progress) -> Result<Vm
     let spec = dir.spec(&assets, shape, dir.disk(), true, p.network);
     let mut record = dir::new_record(&id, entry.name, false, p.ttl_seconds, spec);
     record.idle_timeout = false;
-    let created = fs::create_dir_all(&dir.path)
-        .ctx(|| format!("create {}", dir.path.display()))
+    let created = host::private_dir(&dir.path)
         .and_then(|()| templates::first_disk(&ctx.paths, &record.spec, &env, progress))
         .and_then(|template| {
             // The first start restores the template; later ones boot.

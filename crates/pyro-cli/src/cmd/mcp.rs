@@ -20,7 +20,12 @@ pub enum McpCommand {
         token: Option<String>,
         /// Let tools read and write host paths inside DIR (seeds, sync
         /// sources, secret files, exports); repeatable. None: no host paths.
-        #[arg(long = "allow-host-path", value_name = "DIR", env = "PYRO_MCP_HOST_PATHS", value_delimiter = ':')]
+        #[arg(
+            long = "allow-host-path",
+            value_name = "DIR",
+            env = "PYRO_MCP_HOST_PATHS",
+            value_delimiter = ':'
+        )]
         allow_host_paths: Vec<std::path::PathBuf>,
         /// Let vm_run run a command on the host, without isolation, when no
         /// guest can boot.

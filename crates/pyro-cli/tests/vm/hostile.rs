@@ -58,7 +58,11 @@ fn a_frozen_guest_cannot_hang_calls_or_its_own_end() {
     let start = Instant::now();
     let st = ws(&sb, &["stop", &id]);
     assert_eq!(st["state"], "stopped", "{st}");
-    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
 
     // The idle timeout still ends a frozen guest.
     ws(&sb, &["start", &id]);
@@ -74,7 +78,10 @@ fn a_frozen_guest_cannot_hang_calls_or_its_own_end() {
             assert_eq!(st["stop_reason"], "ttl_expired", "{st}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "never expired: {st}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never expired: {st}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 
@@ -83,7 +90,11 @@ fn a_frozen_guest_cannot_hang_calls_or_its_own_end() {
     let start = Instant::now();
     ws(&sb, &["delete", &id]);
     ws(&sb, &["delete", &id2]);
-    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
     sb.assert_clean_within(Duration::from_secs(10));
 }
 
@@ -129,4 +140,48 @@ fn a_stale_supervisor_pid_never_gets_a_process_killed() {
     bystander.kill().unwrap();
     let _ = bystander.wait();
     sb.assert_clean_within(Duration::from_secs(10));
+}
+
+#[test]
+fn state_on_disk_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let id = ws(&sb, &["create", "debian:12", "--secret", "TOKEN=s3cr3t"])["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let home = sb.home.path();
+    let dir = home.join("workspaces").join(&id);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for d in [
+        home.to_path_buf(),
+        dir.clone(),
+        dir.join("vm"),
+        dir.join("secrets"),
+    ] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    for f in [
+        dir.join("workspace.json"),
+        dir.join("disk.qcow2"),
+        dir.join("vm/vm.json"),
+    ] {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    if crate::common::running_as_root("state_on_disk_is_private (as another user)") {
+        for path in [dir.join("workspace.json"), dir.join("vm/control.sock")] {
+            let out = Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .args(["sh", "-c", "cat \"$0\" >/dev/null 2>&1 || test -S \"$0\""])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                !out.status.success(),
+                "another user reached {}",
+                path.display()
+            );
+        }
+    }
+    ws(&sb, &["delete", &id]);
 }

@@ -1411,9 +1411,14 @@ fn timeouts_service_stops_and_shell_closes_end_everything_they_started() {
     let sb = Sandbox::new();
     let w = ws(&sb, &["create", "debian:12"]);
     let id = w["workspace_id"].as_str().unwrap().to_string();
-    let looping = |file: &str| format!("setsid sh -c 'while :; do date >> {file}; sleep 0.2; done'");
+    let looping =
+        |file: &str| format!("setsid sh -c 'while :; do date >> {file}; sleep 0.2; done'");
     assert_eq!(
-        exec(&sb, &id, "test -e /sys/fs/cgroup/cgroup.procs && echo cgroup2")["stdout"],
+        exec(
+            &sb,
+            &id,
+            "test -e /sys/fs/cgroup/cgroup.procs && echo cgroup2"
+        )["stdout"],
         "cgroup2\n",
         "the guest mounts cgroup v2"
     );
@@ -1432,7 +1437,10 @@ fn timeouts_service_stops_and_shell_closes_end_everything_they_started() {
     ]);
     assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
     assert!(lines_of(&sb, &id, "ticks") > 0);
-    assert!(!still_growing(&sb, &id, "ticks"), "the escapee outlived the timeout");
+    assert!(
+        !still_growing(&sb, &id, "ticks"),
+        "the escapee outlived the timeout"
+    );
 
     // A stopped service's escapee ends with it.
     let s = ws(
@@ -1451,7 +1459,10 @@ fn timeouts_service_stops_and_shell_closes_end_everything_they_started() {
     assert_eq!(s["state"], "running", "{s}");
     assert!(still_growing(&sb, &id, "service-ticks"));
     ws(&sb, &["service", "stop", &id, "svc"]);
-    assert!(!still_growing(&sb, &id, "service-ticks"), "the escapee outlived the service");
+    assert!(
+        !still_growing(&sb, &id, "service-ticks"),
+        "the escapee outlived the service"
+    );
 
     // A closed shell's escapee ends with it.
     let sid = stdout(&sb.run(&["workspace", "shell", "open", &id, "--id-only"]))
@@ -1462,7 +1473,10 @@ fn timeouts_service_stops_and_shell_closes_end_everything_they_started() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(still_growing(&sb, &id, "shell-ticks"));
     ws(&sb, &["shell", "close", &id, &sid]);
-    assert!(!still_growing(&sb, &id, "shell-ticks"), "the escapee outlived the shell");
+    assert!(
+        !still_growing(&sb, &id, "shell-ticks"),
+        "the escapee outlived the shell"
+    );
 
     ws(&sb, &["delete", &id]);
 }

@@ -5,8 +5,8 @@
 
 use std::fs;
 
-use crate::error::{Error, IoContext, Result};
-use crate::host::FileLock;
+use crate::error::{Error, Result};
+use crate::host::{self, FileLock};
 use crate::paths::Paths;
 use crate::vmm::dir::VmDir;
 
@@ -59,7 +59,7 @@ pub struct Admission {
 /// Takes the capacity lock and checks there is room for one more running
 /// VM.
 pub fn admit(paths: &Paths) -> Result<Admission> {
-    fs::create_dir_all(&paths.home).ctx(|| "create state dir".into())?;
+    host::private_dir(&paths.home)?;
     let lock = FileLock::acquire(&paths.home.join(".capacity.lock"))?;
     let running = running(paths);
     let limit = running_limit();

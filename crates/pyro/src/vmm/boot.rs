@@ -331,10 +331,25 @@ pub fn spawn_qemu(spec: &VmSpec, log: &Path) -> Result<Child> {
 /// loopback out of the guest's reach. It serves one QEMU and exits when
 /// that one goes.
 pub fn spawn_passt(socket: &Path, log: &Path) -> Result<Child> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let dir = socket.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).ctx(|| "chmod net dir".into())?;
+    // The directory is made fresh, by us, for this boot: one left by an
+    // earlier boot of this VM is ours to remove; anything else in its
+    // place (another user's, a symlink) stops the boot.
+    if let Ok(m) = fs::symlink_metadata(dir) {
+        if m.is_dir() && (m.uid() == host::euid() || m.uid() == 65534) {
+            fs::remove_dir_all(dir).ctx(|| format!("remove {}", dir.display()))?;
+        } else {
+            return Err(Error::Tool {
+                tool: "passt".into(),
+                detail: format!("{} exists and is not this VM's", dir.display()),
+            });
+        }
+    }
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .ctx(|| format!("create {}", dir.display()))?;
     if host::is_root() {
         // passt drops root for `nobody`, who must be able to create the
         // socket; the directory is this VM's alone.

@@ -97,7 +97,10 @@ impl Tail {
             self.bytes.drain(..cut);
             self.truncated = true;
         }
-        (String::from_utf8_lossy(&self.bytes).into_owned(), self.truncated)
+        (
+            String::from_utf8_lossy(&self.bytes).into_owned(),
+            self.truncated,
+        )
     }
 }
 

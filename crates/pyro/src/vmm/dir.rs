@@ -258,7 +258,7 @@ impl VmDir {
 
     /// Writes the record (and forgets how the VM last ended).
     pub fn write_record(&self, record: &VmRecord) -> Result<()> {
-        fs::create_dir_all(&self.path).ctx(|| format!("create {}", self.path.display()))?;
+        host::private_dir(&self.path)?;
         let _ = fs::remove_file(self.exit_record());
         host::write_atomic(&self.record(), &to_json(record))
     }
@@ -313,7 +313,7 @@ pub fn new_record(
 /// Creates the VM directory with its record and a copy-on-write disk on
 /// top of `base_image`.
 pub fn create(dir: &VmDir, record: &VmRecord, base_image: &Path) -> Result<()> {
-    fs::create_dir_all(&dir.path).ctx(|| format!("create {}", dir.path.display()))?;
+    host::private_dir(&dir.path)?;
     create_overlay(base_image, &record.spec.disk)?;
     dir.write_record(record)
 }
@@ -330,8 +330,8 @@ pub fn create_overlay(base_image: &Path, disk: &Path) -> Result<()> {
             .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
             .arg(base_image)
             .arg(disk),
-    )
-    .map(|_| ())
+    )?;
+    host::private_file(disk)
 }
 
 #[cfg(test)]

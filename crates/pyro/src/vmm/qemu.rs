@@ -117,10 +117,11 @@ pub mod net {
     pub const MAC: &str = "52:54:00:12:34:56";
 
     /// Where a VM's passt socket lives: outside `$PYRO_HOME`, whose parents
-    /// (a home directory) the unprivileged passt may not traverse.
+    /// (a home directory) the unprivileged passt may not traverse, in a
+    /// directory whose name nobody can guess ahead.
     pub fn socket_path(vm_id: &str) -> std::path::PathBuf {
         std::env::temp_dir()
-            .join(format!("pyro-net-{vm_id}"))
+            .join(format!("pyro-net-{vm_id}-{}", crate::host::random_id(8)))
             .join("passt.sock")
     }
 }

@@ -219,10 +219,8 @@ pub fn first_disk(
     let template = usable(paths, spec, env, progress);
     match &template {
         Some(t) => {
-            use std::os::unix::fs::PermissionsExt;
             fs::copy(&t.disk, &spec.disk).ctx(|| format!("copy {}", t.disk.display()))?;
-            fs::set_permissions(&spec.disk, fs::Permissions::from_mode(0o644))
-                .ctx(|| format!("chmod {}", spec.disk.display()))?;
+            host::private_file(&spec.disk)?;
         }
         None => dir::create_overlay(&env.rootfs, &spec.disk)?,
     }

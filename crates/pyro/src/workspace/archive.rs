@@ -283,9 +283,8 @@ pub fn unpack_export(
         for entry in a.entries().ctx(|| "read export".into())? {
             let mut entry = entry.ctx(|| "read export".into())?;
             let raw = entry.path().ctx(|| "read export".into())?.into_owned();
-            let name = member_path(export, &raw).map_err(|_| {
-                Error::Guest(format!("export entry {} escapes", raw.display()))
-            })?;
+            let name = member_path(export, &raw)
+                .map_err(|_| Error::Guest(format!("export entry {} escapes", raw.display())))?;
             let kind = entry.header().entry_type();
             if kind.is_symlink() {
                 let target = entry
@@ -300,7 +299,10 @@ pub fn unpack_export(
                     continue;
                 }
             } else if !(kind.is_file() || kind.is_dir()) {
-                skipped.push(format!("{} (not a file, directory or symlink)", name.display()));
+                skipped.push(format!(
+                    "{} (not a file, directory or symlink)",
+                    name.display()
+                ));
                 continue;
             }
             if !entry

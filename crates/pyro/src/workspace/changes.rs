@@ -425,16 +425,34 @@ index 1111111..2222222 100644
     #[test]
     fn diff_statuses() {
         let mut base = BTreeMap::new();
-        base.insert(PathBuf::from("same"), Artifact::File(Content::of(b"1\n".to_vec())));
-        base.insert(PathBuf::from("edit"), Artifact::File(Content::of(b"a\n".to_vec())));
-        base.insert(PathBuf::from("gone"), Artifact::File(Content::of(b"x\n".to_vec())));
-        base.insert(PathBuf::from("swap"), Artifact::File(Content::of(b"x\n".to_vec())));
+        base.insert(
+            PathBuf::from("same"),
+            Artifact::File(Content::of(b"1\n".to_vec())),
+        );
+        base.insert(
+            PathBuf::from("edit"),
+            Artifact::File(Content::of(b"a\n".to_vec())),
+        );
+        base.insert(
+            PathBuf::from("gone"),
+            Artifact::File(Content::of(b"x\n".to_vec())),
+        );
+        base.insert(
+            PathBuf::from("swap"),
+            Artifact::File(Content::of(b"x\n".to_vec())),
+        );
         base.insert(PathBuf::from("dir"), Artifact::Directory);
         let mut live = base.clone();
-        live.insert(PathBuf::from("edit"), Artifact::File(Content::of(b"b\n".to_vec())));
+        live.insert(
+            PathBuf::from("edit"),
+            Artifact::File(Content::of(b"b\n".to_vec())),
+        );
         live.remove(&PathBuf::from("gone"));
         live.insert(PathBuf::from("swap"), Artifact::Symlink("same".into()));
-        live.insert(PathBuf::from("bin"), Artifact::File(Content::of(vec![0, 1, 2])));
+        live.insert(
+            PathBuf::from("bin"),
+            Artifact::File(Content::of(vec![0, 1, 2])),
+        );
         let (s, entries) = compare(&base, &live);
         assert_eq!(
             (s.total, s.added, s.modified, s.deleted, s.type_changed),

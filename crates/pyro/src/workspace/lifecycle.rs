@@ -108,7 +108,8 @@ pub fn create(
 
     let id = host::random_id(6);
     let ws = Workspace::at(&ctx.paths, &id);
-    fs::create_dir_all(ws.commands()).ctx(|| format!("create {}", ws.dir.display()))?;
+    host::private_dir(&ws.dir)?;
+    host::private_dir(&ws.commands())?;
     let result = (|| -> Result<WorkspaceInfo> {
         secrets::store(&ws.dir, &secret_values)?;
         // Validate and capture the seed before anything boots.

@@ -83,7 +83,8 @@ fn read_small(p: &Path) -> std::io::Result<Vec<u8>> {
         return Err(std::io::Error::other("not a regular file"));
     }
     let mut bytes = Vec::new();
-    f.take(MAX_SECRET_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    f.take(MAX_SECRET_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
     if bytes.len() > MAX_SECRET_BYTES {
         return Err(std::io::Error::other(format!(
             "larger than {MAX_SECRET_BYTES} bytes"

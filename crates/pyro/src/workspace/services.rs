@@ -225,8 +225,7 @@ pub fn start(ctx: &Context, id: &str, name: &str, p: &StartService) -> Result<Se
     let env = secrets::environment(&ws.secret_values(&record)?, &p.secret_env)?;
     // The agent answers once the service is ready or has failed.
     let mut c = ws.connect()?.with_deadline(
-        std::time::Duration::from_secs(p.ready_timeout_seconds)
-            + crate::vmm::client::EXEC_GRACE,
+        std::time::Duration::from_secs(p.ready_timeout_seconds) + crate::vmm::client::EXEC_GRACE,
     );
     // Ports left by an ended service of the same name are released here;
     // the new ones are bound before the service starts, so a host port in

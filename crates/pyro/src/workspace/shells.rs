@@ -285,7 +285,11 @@ mod tests {
         let out = render_plain(&raw, u16::MAX, u16::MAX);
         assert!(out.lines().count() <= MAX_RENDER_CELLS / usize::from(MAX_COLS));
         assert!(out.ends_with('x'));
-        assert_eq!(render_plain("hi", 0, 0), "i", "a 1x1 screen shows the last character");
+        assert_eq!(
+            render_plain("hi", 0, 0),
+            "i",
+            "a 1x1 screen shows the last character"
+        );
     }
 
     #[test]

@@ -221,6 +221,11 @@ pub fn main(dir: &Path) -> ! {
 
     for conn in listener.incoming() {
         match conn {
+            // Only this user (or root) drives this VM, whatever the
+            // socket's directory allows.
+            Ok(stream) if !trusted(&stream) => {
+                eprintln!("supervisor: refused a client of another user");
+            }
             Ok(stream) => {
                 let sup = sup.clone();
                 std::thread::spawn(move || serve_client(sup, stream));
@@ -254,9 +259,7 @@ fn hold_lock(dir: &VmDir) -> Result<host::FileLock, String> {
     loop {
         match host::FileLock::try_acquire(&dir.supervisor_lock()) {
             Ok(Some(lock)) => return Ok(lock),
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             Ok(None) => return Err("another supervisor runs this VM".into()),
             Err(e) => return Err(e.to_string()),
         }
@@ -307,8 +310,10 @@ fn activate(agent: &mut UnixStream, record: &VmRecord) -> Result<(), String> {
     agent
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    let reply = channel::call(agent, stream::BOOTSTRAP, &activation, None, &mut |_, _| true)
-        .map_err(|e| e.to_string())?;
+    let reply = channel::call(agent, stream::BOOTSTRAP, &activation, None, &mut |_, _| {
+        true
+    })
+    .map_err(|e| e.to_string())?;
     agent.set_read_timeout(None).map_err(|e| e.to_string())?;
     match reply {
         Message::Done => Ok(()),
@@ -365,6 +370,13 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
                 Ok(ControlRequest::Delete) => {
                     teardown(&sup, VmExit::new(ExitReason::Stopped, None), Some(&client));
                     return;
+                }
+                Ok(ControlRequest::Qmp { command, .. })
+                    if !CLIENT_QMP.contains(&command.as_str()) =>
+                {
+                    ControlResponse::Error {
+                        message: format!("QMP command {command} is not one clients may run"),
+                    }
                 }
                 Ok(ControlRequest::Qmp { command, arguments }) => {
                     match sup.qmp(&command, arguments) {
@@ -435,6 +447,19 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
         teardown(&sup, VmExit::new(ExitReason::OwnerDisconnected, None), None);
     }
 }
+
+fn trusted(stream: &UnixStream) -> bool {
+    host::peer_uid(stream).is_some_and(|uid| uid == host::euid() || uid == 0)
+}
+
+/// The QMP commands a client may have run: the disk snapshots workspaces
+/// take and delete, and QEMU's status. Nothing that writes files or
+/// changes devices.
+const CLIENT_QMP: &[&str] = &[
+    "blockdev-snapshot-internal-sync",
+    "blockdev-snapshot-delete-internal-sync",
+    "query-status",
+];
 
 /// Makes the end of a socket pair a client of `sup` (a published port's
 /// connection is one).
