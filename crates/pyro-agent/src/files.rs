@@ -516,10 +516,11 @@ pub fn read_file(
 }
 
 /// Replaces the guest's secrets: a 0700 directory `dir` (on the `/run`
-/// tmpfs) with one 0600 file per secret.
+/// tmpfs, which `on_tmpfs` insists on) with one 0600 file per secret.
 pub fn install_secrets(
     dir: &Path,
     secrets: &std::collections::BTreeMap<String, String>,
+    on_tmpfs: bool,
 ) -> Result<()> {
     let shown = dir.display().to_string();
     if dir.exists() {
@@ -529,6 +530,13 @@ pub fn install_secrets(
         return Ok(());
     }
     fs::create_dir_all(dir).map_err(|e| err(&shown, e))?;
+    // Never onto the disk (and into its snapshots): only a tmpfs will do.
+    if on_tmpfs && !crate::sys::is_tmpfs(dir).unwrap_or(false) {
+        let _ = fs::remove_dir_all(dir);
+        return Err(format!(
+            "{shown} is not on a tmpfs; secrets are not stored on the disk"
+        ));
+    }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(&shown, e))?;
     for (name, value) in secrets {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

@@ -18,6 +18,7 @@ mod cgroup;
 mod exec;
 mod files;
 mod reaper;
+mod redact;
 mod serve;
 mod services;
 mod shells;

@@ -75,6 +75,8 @@ pub struct Agent {
     pub streams: Mutex<HashMap<u32, Inflight>>,
     pub shells: shells::Shells,
     pub services: services::Services,
+    /// The workspace's secret values, kept out of shell output.
+    pub secrets: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Agent {
@@ -96,6 +98,7 @@ impl Agent {
             streams: Mutex::new(HashMap::new()),
             shells: shells::Shells::default(),
             services: services::Services::default(),
+            secrets: Arc::default(),
         })
     }
 
@@ -399,7 +402,13 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
             services::stop(agent, &name).map(Message::Service)
         }),
         Message::InstallSecrets { secrets } => {
-            match files::install_secrets(&agent.config.secrets, &secrets) {
+            *agent.secrets.lock().unwrap() = secrets
+                .values()
+                .filter(|v| !v.is_empty())
+                .map(|v| v.as_bytes().to_vec())
+                .collect();
+            let on_tmpfs = agent.config.system;
+            match files::install_secrets(&agent.config.secrets, &secrets, on_tmpfs) {
                 Ok(()) => reply(Message::Done),
                 Err(message) => reply(Message::Error { message }),
             }

@@ -147,21 +147,30 @@ pub fn open(agent: &Arc<Agent>, req: ShellOpen) -> Result<ShellState, String> {
         .unwrap()
         .insert(req.shell_id.clone(), shell.clone());
     let out = shell.clone();
+    let secrets = agent.secrets.clone();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
-        // Ends with EIO once the shell and everything on its terminal exit.
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
+        // Secret values never enter the buffer, however the output is cut.
+        let mut redactor = crate::redact::Redactor::default();
+        let keep = |shown: Vec<u8>| {
             let mut sh = out.lock().unwrap();
-            sh.buffer.extend_from_slice(&buf[..n]);
+            sh.buffer.extend_from_slice(&shown);
             if sh.buffer.len() > BUFFER_BYTES {
                 let drop = sh.buffer.len() - BUFFER_BYTES;
                 sh.buffer.drain(..drop);
                 sh.base += drop as u64;
             }
+        };
+        // Ends with EIO once the shell and everything on its terminal exit.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let secrets = secrets.lock().unwrap().clone();
+            keep(redactor.push(&buf[..n], &secrets));
         }
+        let secrets = secrets.lock().unwrap().clone();
+        keep(redactor.finish(&secrets));
     });
     let waiter = shell.clone();
     std::thread::spawn(move || {

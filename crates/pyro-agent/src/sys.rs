@@ -185,6 +185,20 @@ pub fn reap(pid: i32) -> Option<i32> {
     }
 }
 
+/// Whether `path` is on a tmpfs (memory only, never the disk).
+pub fn is_tmpfs(path: &Path) -> io::Result<bool> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statfs is plain old data that statfs fills; `c` is a valid
+    // NUL-terminated path for the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64 == libc::TMPFS_MAGIC as i64)
+}
+
 /// Decodes a raw wait status into (exit code, signal).
 pub fn decode_status(status: i32) -> (i32, Option<i32>) {
     if libc::WIFSIGNALED(status) {

@@ -598,3 +598,48 @@ fn service_logs_and_shell_reads_fit_one_frame_whatever_they_hold() {
         shell_id: "sh1".into(),
     });
 }
+
+#[test]
+fn a_secret_split_across_shell_reads_never_shows() {
+    let mut h = host();
+    let ws = h.workspace().display().to_string();
+    let r = h.call(&Message::InstallSecrets {
+        secrets: [("TOKEN".to_string(), "s3cr3t-value".to_string())].into(),
+    });
+    assert_eq!(r.last(), &Message::Done);
+    let s = h.open(&Message::ShellOpen(pyro_protocol::ShellOpen {
+        shell_id: "sh".into(),
+        cwd: ws,
+        cols: 80,
+        rows: 24,
+        env: Default::default(),
+    }));
+    h.collect(s);
+    h.call(&Message::ShellWrite {
+        shell_id: "sh".into(),
+        // The typed command (echoed back) must not hold the secret itself.
+        data: "x=s3; printf \"before ${x}cr\"; sleep 1; printf '3t-va'; printf 'lue E%sD\\n' N\n"
+            .into(),
+    });
+    let mut seen = String::new();
+    let mut cursor = 0;
+    let start = Instant::now();
+    while !seen.contains("END") && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Message::Shell(st) = h
+            .call(&Message::ShellRead {
+                shell_id: "sh".into(),
+                cursor,
+                max_bytes: 65536,
+            })
+            .last()
+        {
+            // Each read on its own, and all of them together, hide it.
+            assert!(!st.output.contains("s3cr"), "{:?}", st.output);
+            seen.push_str(&st.output);
+            cursor = st.next_cursor;
+        }
+    }
+    assert!(seen.contains("before [REDACTED] END"), "{seen:?}");
+    assert!(!seen.contains("s3cr3t"));
+}

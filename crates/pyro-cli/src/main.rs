@@ -57,9 +57,13 @@ fn main() -> ExitCode {
     if let Command::Supervise { dir } = &cli.command {
         pyro::supervise(dir);
     }
+    // rmcp logs tool arguments (secret values among them) at debug level:
+    // whatever PYRO_LOG asks, it says no more than info.
+    let filter = tracing_subscriber::EnvFilter::from_env("PYRO_LOG")
+        .add_directive("rmcp=info".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PYRO_LOG"))
+        .with_env_filter(filter)
         .init();
     let json = cli.json || matches!(cli.command, Command::Demo { .. });
     match dispatch(cli) {

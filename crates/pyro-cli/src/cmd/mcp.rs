@@ -54,10 +54,15 @@ pub fn dispatch(pyro: Pyro, c: McpCommand) -> anyhow::Result<ExitCode> {
             if !addr.ip().is_loopback() {
                 eprintln!("[mcp] warning: {addr} is not a loopback address; anyone who can reach it and has the token controls your sandboxes");
             }
+            // A token the operator chose is theirs already: it is printed
+            // only when generated here.
+            let generated = token.is_none();
             let token = token.unwrap_or_else(pyro::random_token);
             pyro_mcp::run_http(server, addr, token.clone(), |bound| {
                 eprintln!("[mcp] serving http://{bound}/mcp");
-                eprintln!("[mcp] token: {token}");
+                if generated {
+                    eprintln!("[mcp] token: {token}");
+                }
             })
         }
     }

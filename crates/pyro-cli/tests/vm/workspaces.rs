@@ -914,10 +914,57 @@ fn secrets_reach_commands_and_appear_nowhere() {
         "wc -c < /run/pyro-secrets/DB_PASS",
     ]);
     assert_eq!(stdout(&out).trim(), from_file.len().to_string());
+    // A file that holds a secret reads back redacted.
+    let out = run(&[
+        "workspace",
+        "exec",
+        &id,
+        "--",
+        "cp /run/pyro-secrets/DB_PASS copied.txt",
+    ]);
+    assert!(out.status.success());
+    let out = run(&[
+        "workspace",
+        "file",
+        "read",
+        &id,
+        "copied.txt",
+        "--content-only",
+    ]);
+    assert_eq!(stdout(&out), "[REDACTED]");
     run(&["workspace", "delete", &id]);
 
     assert!(!seen.contains(literal), "the literal secret leaked: {seen}");
     assert!(!seen.contains(from_file), "the file secret leaked: {seen}");
+
+    // A secret taken from the environment is on no process's command line.
+    let from_env = "env-51c7e0aa-value";
+    let out = sb
+        .cmd()
+        .args([
+            "workspace",
+            "create",
+            "debian:12",
+            "--id-only",
+            "--secret",
+            "ENV_TOKEN",
+        ])
+        .env("ENV_TOKEN", from_env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let r = exec(&sb, &id, "cat /run/pyro-secrets/ENV_TOKEN");
+    assert_eq!(r["stdout"], "[REDACTED]", "{r}");
+    let listed: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .filter(|c| c.contains(from_env))
+        .collect();
+    assert!(listed.is_empty(), "in a command line: {listed:?}");
+    ws(&sb, &["delete", &id]);
 }
 
 fn shell_read(sb: &Sandbox, id: &str, sid: &str, cursor: u64, extra: &[&str]) -> serde_json::Value {

@@ -130,7 +130,14 @@ pub fn collect_garbage(paths: &Paths) {
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .unwrap_or_default();
-        let ephemeral = dir.read_record().map(|r| r.ephemeral).unwrap_or(true);
+        // A record that cannot be read may be a lifecycle VM's, written by
+        // another version: never removed. Only a directory with no record
+        // at all (its creator died first) counts as a one-shot leftover.
+        let ephemeral = match dir.read_record() {
+            Ok(r) => r.ephemeral,
+            Err(_) if dir.record().exists() => false,
+            Err(_) => true,
+        };
         let supervisor_died = dir.supervisor_pid().exists();
         if ephemeral && (supervisor_died || age > Duration::from_secs(60)) {
             let _ = fs::remove_dir_all(&dir.path);

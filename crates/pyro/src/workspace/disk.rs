@@ -216,7 +216,7 @@ pub fn read(ctx: &Context, id: &str, path: &str, max_bytes: u64) -> Result<DiskR
         path,
         size_bytes: meta.len(),
         max_bytes,
-        content: String::from_utf8_lossy(&data).into_owned(),
+        content: super::secrets::redact(&String::from_utf8_lossy(&data), &ws.redactions()?),
         truncated: (got as u64) < meta.len(),
     })
 }

@@ -16,7 +16,7 @@ use crate::host;
 use crate::paths::Context;
 use crate::vmm::client::VmClient;
 use crate::workspace::archive::{self, SourceMode};
-use crate::workspace::Workspace;
+use crate::workspace::{secrets, Workspace};
 
 /// Largest file `file read` returns and `file write` or a patch writes.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -376,7 +376,8 @@ pub fn file_read(ctx: &Context, id: &str, path: &str, max_bytes: u64) -> Result<
         path,
         size_bytes,
         max_bytes,
-        content: String::from_utf8_lossy(&data).into_owned(),
+        // Secrets never come back, even from a file that holds one.
+        content: secrets::redact(&String::from_utf8_lossy(&data), &ws.redactions()?),
         truncated,
         execution_mode: ExecutionMode::GuestVirtioSerial,
     })

@@ -110,6 +110,9 @@ pub fn create(
     let ws = Workspace::at(&ctx.paths, &id);
     host::private_dir(&ws.dir)?;
     host::private_dir(&ws.commands())?;
+    // Held while the workspace is made: a directory without a record whose
+    // lock is free is a create that died, and `list` removes it.
+    let _creating = ws.lock()?;
     let result = (|| -> Result<WorkspaceInfo> {
         secrets::store(&ws.dir, &secret_values)?;
         // Validate and capture the seed before anything boots.
@@ -204,6 +207,20 @@ fn info_with_services(ws: &Workspace, r: &Record) -> WorkspaceInfo {
     info
 }
 
+/// Removes what a killed `create` left: a workspace directory without a
+/// record, whose creator (the holder of its lock) is gone.
+fn remove_dead_create(ws: &Workspace) {
+    if ws.record_path().exists() {
+        return;
+    }
+    if let Ok(Some(_free)) = host::FileLock::try_acquire(&ws.dir.join(".lock")) {
+        if !ws.record_path().exists() {
+            launch::kill(&ws.vm());
+            let _ = fs::remove_dir_all(&ws.dir);
+        }
+    }
+}
+
 pub fn list(ctx: &Context) -> Result<WorkspaceList> {
     let mut workspaces = Vec::new();
     for e in fs::read_dir(ctx.paths.workspaces())
@@ -212,6 +229,7 @@ pub fn list(ctx: &Context) -> Result<WorkspaceList> {
         .flatten()
     {
         let id = e.file_name().to_string_lossy().into_owned();
+        remove_dead_create(&Workspace::at(&ctx.paths, &id));
         if let Ok(ws) = Workspace::locate(&ctx.paths, &id) {
             if let Ok(r) = ws.read() {
                 workspaces.push(info_with_services(&ws, &r));

@@ -94,7 +94,7 @@ impl Workspace {
         }
     }
 
-    fn record_path(&self) -> PathBuf {
+    pub(crate) fn record_path(&self) -> PathBuf {
         self.dir.join("workspace.json")
     }
     pub fn disk(&self) -> PathBuf {

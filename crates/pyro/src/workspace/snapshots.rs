@@ -6,7 +6,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{valid_name, BASELINE};
-use crate::error::{Entity, Error, IoContext, Result};
+use crate::error::{Entity, Error, Result};
 use crate::host;
 use crate::paths::Context;
 use crate::progress::Progress;
@@ -129,7 +129,10 @@ pub fn reset(
     progress: &dyn Progress,
 ) -> Result<ResetResult> {
     let ws = Workspace::locate(&ctx.paths, id)?;
-    let r = ws.read()?;
+    // The whole reset is one change of the workspace: nobody else's record
+    // update can fall between its steps.
+    let _lock = ws.lock()?;
+    let mut r = ws.read()?;
     let snap = r
         .snapshot(snapshot)
         .cloned()
@@ -137,12 +140,10 @@ pub fn reset(
     launch::halt(&ws.vm())?;
     offline(&ws, "-a", snapshot)?;
     let _ = fs::remove_dir_all(ws.commands());
-    fs::create_dir_all(ws.commands()).ctx(|| "create history".into())?;
+    host::private_dir(&ws.commands())?;
     boot(ctx, &ws, &r, None, progress)?;
-    let r = ws.update(|r| {
-        r.mark_reset();
-        Ok(r.clone())
-    })?;
+    r.mark_reset();
+    ws.write(&r)?;
     Ok(ResetResult {
         workspace: ws.info(&r),
         workspace_reset: ResetInfo {

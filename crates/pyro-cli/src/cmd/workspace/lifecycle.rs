@@ -30,9 +30,12 @@ pub struct CreateArgs {
     name: Option<String>,
     #[arg(long = "label", value_parser = key_value)]
     labels: Vec<(String, String)>,
-    /// A secret, NAME=VALUE (repeatable).
-    #[arg(long = "secret", value_parser = key_value)]
-    secrets: Vec<(String, String)>,
+    /// A secret (repeatable): NAME takes the value of the environment
+    /// variable NAME, NAME=@PATH reads a host file, NAME=VALUE is the value
+    /// itself (visible to other users in the process list: prefer the
+    /// others).
+    #[arg(long = "secret", value_parser = secret)]
+    secrets: Vec<SecretInput>,
     /// A secret read from a host file, NAME=PATH (repeatable).
     #[arg(long = "secret-file", value_parser = key_value)]
     secret_files: Vec<(String, String)>,
@@ -55,11 +58,7 @@ pub struct UpdateArgs {
 }
 
 pub fn create(pyro: &Pyro, a: CreateArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let literal = a.secrets.into_iter().map(|(name, value)| SecretInput {
-        name,
-        value: Some(value),
-        file_path: None,
-    });
+    let given = a.secrets.into_iter();
     let files = a.secret_files.into_iter().map(|(name, path)| SecretInput {
         name,
         value: None,
@@ -74,7 +73,7 @@ pub fn create(pyro: &Pyro, a: CreateArgs, json: bool) -> anyhow::Result<ExitCode
         seed_path: a.seed_path,
         name: a.name,
         labels: a.labels.into_iter().collect(),
-        secrets: literal.chain(files).collect(),
+        secrets: given.chain(files).collect(),
     };
     let w = pyro.create_workspace(&params, &render::Phases::new())?;
     if a.id_only {
@@ -117,4 +116,44 @@ pub fn start(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
 
 pub fn delete(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
     show(json, &pyro.delete_workspace(&a.workspace_id)?)
+}
+
+/// `NAME`, `NAME=@PATH` or `NAME=VALUE`.
+fn secret(s: &str) -> Result<SecretInput, String> {
+    let (name, value, file_path) = match s.split_once('=') {
+        None => {
+            let value = std::env::var(s)
+                .map_err(|_| format!("--secret {s}: the environment variable {s} is not set"))?;
+            (s, Some(value), None)
+        }
+        Some((name, path)) if path.starts_with('@') => (name, None, Some(path[1..].into())),
+        Some((name, value)) => (name, Some(value.to_string()), None),
+    };
+    if name.is_empty() {
+        return Err(format!("{s:?} names no secret"));
+    }
+    Ok(SecretInput {
+        name: name.into(),
+        value,
+        file_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_come_from_the_environment_a_file_or_the_argument() {
+        // Nothing else reads this variable.
+        std::env::set_var("PYRO_TEST_SECRET_ENV", "from-env");
+        let s = secret("PYRO_TEST_SECRET_ENV").unwrap();
+        assert_eq!(s.value.as_deref(), Some("from-env"));
+        let s = secret("T=@/run/t").unwrap();
+        assert_eq!((s.value, s.file_path), (None, Some("/run/t".into())));
+        let s = secret("T=v=w").unwrap();
+        assert_eq!(s.value.as_deref(), Some("v=w"));
+        assert!(secret("PYRO_TEST_SECRET_UNSET").is_err());
+        assert!(secret("=x").is_err());
+    }
 }
