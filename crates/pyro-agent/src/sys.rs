@@ -196,7 +196,7 @@ pub fn is_tmpfs(path: &Path) -> io::Result<bool> {
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(st.f_type as i64 == libc::TMPFS_MAGIC as i64)
+    Ok(st.f_type as i64 == libc::TMPFS_MAGIC)
 }
 
 /// Decodes a raw wait status into (exit code, signal).
