@@ -225,7 +225,7 @@ pub fn start(ctx: &Context, id: &str, progress: &dyn Progress) -> Result<VmInfo>
     }
     // The kernel cache may have been pruned since the VM was created.
     assets::ensure(&ctx.paths, progress)?;
-    let _admission = admission::admit(&ctx.paths)?;
+    let _admission = admission::admit(&ctx.paths, record.spec.mem_mib)?;
     progress.phase("vm", &format!("phase=start vm_id={id}"));
     let _ = fs::remove_file(dir.supervisor_pid());
     dir.write_record(&record)?;

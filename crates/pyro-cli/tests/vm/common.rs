@@ -31,6 +31,7 @@ pub fn hermetic(cmd: &mut Command) -> &mut Command {
         "PYRO_KERNEL_IMAGE",
         "PYRO_FAST_START",
         "PYRO_MAX_RUNNING_VMS",
+        "PYRO_MAX_GUEST_MEMORY_MIB",
         "PYRO_ACCEL",
         "XDG_CACHE_HOME",
         "XDG_DATA_HOME",

@@ -185,3 +185,25 @@ fn state_on_disk_is_private() {
     }
     ws(&sb, &["delete", &id]);
 }
+
+#[test]
+fn a_chatty_guest_console_fills_no_disk() {
+    let sb = Sandbox::new();
+    let id = ws(&sb, &["create", "debian:12"])["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = exec(
+        &sb,
+        &id,
+        "head -c 4000000 /dev/zero | tr '\\0' x > /dev/console; echo written",
+    );
+    assert_eq!(r["stdout"], "written\n", "{r}");
+    std::thread::sleep(Duration::from_secs(3));
+    let vm = sb.home.path().join("workspaces").join(&id).join("vm");
+    let size = |name: &str| std::fs::metadata(vm.join(name)).map_or(0, |m| m.len());
+    let total = size("console.log") + size("console.log.1");
+    assert!(total < 2 << 20, "the console log holds {total} bytes");
+    assert!(size("console.log.1") > 0, "the latest output is kept");
+    ws(&sb, &["delete", &id]);
+}

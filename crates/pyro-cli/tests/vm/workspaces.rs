@@ -792,6 +792,25 @@ fn capacity_counts_running_vms_only() {
         stderr(&out)
     );
     let b = json(&out)["workspace_id"].as_str().unwrap().to_string();
+
+    // Memory is what admits a VM, one-shot runs included: with one 1 GiB
+    // guest running, another does not fit in 2 GiB, a small one does.
+    let limited = |args: &[&str]| {
+        sb.cmd()
+            .args(args)
+            .env("PYRO_MAX_GUEST_MEMORY_MIB", "2048")
+            .output()
+            .unwrap()
+    };
+    let out = limited(&["run", "debian:12", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("does not fit") && stderr(&out).contains(&b),
+        "{}",
+        stderr(&out)
+    );
+    let out = limited(&["run", "--mem-mib", "512", "debian:12", "--", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     ws(&sb, &["delete", &a]);
     ws(&sb, &["delete", &b]);
 }

@@ -1,7 +1,8 @@
-//! Admission: how many VMs may run at once on this host, checked for every
-//! kind of VM (one-shot runs, lifecycle VMs, workspaces) under one lock
-//! that is held until the new VM has started, so concurrent starts cannot
-//! overshoot.
+//! Admission: what may run at once on this host, checked for every kind of
+//! VM (one-shot runs, lifecycle VMs, workspaces) under one lock that is
+//! held until the new VM has started, so concurrent starts cannot
+//! overshoot. Two limits: guest memory (what the running guests and the new
+//! one may be given, together) and, if the operator sets one, a count.
 
 use std::fs;
 
@@ -10,13 +11,17 @@ use crate::host::{self, FileLock};
 use crate::paths::Paths;
 use crate::vmm::dir::VmDir;
 
-/// How many VMs may run at once: `PYRO_MAX_RUNNING_VMS`, or what host
-/// memory allows at 1 GiB and some overhead each.
-pub fn running_limit() -> usize {
-    if let Some(n) = std::env::var("PYRO_MAX_RUNNING_VMS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+/// What QEMU and the supervisor take beside a guest's own memory.
+const OVERHEAD_MIB: u64 = 128;
+
+fn env_limit(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The memory all running guests may have together (with their overhead):
+/// `PYRO_MAX_GUEST_MEMORY_MIB`, or three quarters of the host's.
+pub fn memory_limit_mib() -> u64 {
+    if let Some(n) = env_limit("PYRO_MAX_GUEST_MEMORY_MIB") {
         return n;
     }
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -26,27 +31,46 @@ pub fn running_limit() -> usize {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(4 << 20);
-    ((total_kib / 1024 * 3 / 4) / 1152).max(1) as usize
+    total_kib / 1024 * 3 / 4
 }
 
-/// Live VMs, named for the error message: one-shot runs, lifecycle VMs and
-/// running workspaces.
-fn running(paths: &Paths) -> Vec<String> {
-    let live = |dir: VmDir| dir.live_supervisor().is_some();
+/// How many VMs may run at once, if the operator said
+/// (`PYRO_MAX_RUNNING_VMS`).
+pub fn running_limit() -> Option<u64> {
+    env_limit("PYRO_MAX_RUNNING_VMS")
+}
+
+/// A live VM, named for messages, with what it takes.
+struct Running {
+    name: String,
+    mem_mib: u64,
+}
+
+/// Live VMs: one-shot runs, lifecycle VMs and running workspaces.
+fn running(paths: &Paths) -> Vec<Running> {
     let mut out = Vec::new();
-    for e in fs::read_dir(paths.vms()).into_iter().flatten().flatten() {
-        if live(VmDir::from_path(&e.path())) {
-            out.push(format!("vm {}", e.file_name().to_string_lossy()));
+    let mut add = |dir: VmDir, kind: &str, id: String| {
+        if dir.live_supervisor().is_some() {
+            let mem_mib = dir
+                .read_record()
+                .map_or(1024, |r| u64::from(r.spec.mem_mib));
+            out.push(Running {
+                name: format!("{kind} {id}"),
+                mem_mib: mem_mib + OVERHEAD_MIB,
+            });
         }
+    };
+    for e in fs::read_dir(paths.vms()).into_iter().flatten().flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        add(VmDir::from_path(&e.path()), "vm", id);
     }
     for e in fs::read_dir(paths.workspaces())
         .into_iter()
         .flatten()
         .flatten()
     {
-        if live(VmDir::from_path(&e.path().join("vm"))) {
-            out.push(format!("workspace {}", e.file_name().to_string_lossy()));
-        }
+        let id = e.file_name().to_string_lossy().into_owned();
+        add(VmDir::from_path(&e.path().join("vm")), "workspace", id);
     }
     out
 }
@@ -57,17 +81,39 @@ pub struct Admission {
 }
 
 /// Takes the capacity lock and checks there is room for one more running
-/// VM.
-pub fn admit(paths: &Paths) -> Result<Admission> {
+/// VM with `mem_mib` of memory.
+pub fn admit(paths: &Paths, mem_mib: u32) -> Result<Admission> {
     host::private_dir(&paths.home)?;
     let lock = FileLock::acquire(&paths.home.join(".capacity.lock"))?;
     let running = running(paths);
-    let limit = running_limit();
-    if running.len() >= limit {
+    let names = || {
+        running
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(limit) = running_limit() {
+        if running.len() as u64 >= limit {
+            return Err(Error::Capacity(format!(
+                "{} VMs are running, the limit (PYRO_MAX_RUNNING_VMS) is {limit}; stop one first: {}",
+                running.len(),
+                names()
+            )));
+        }
+    }
+    let used: u64 = running.iter().map(|r| r.mem_mib).sum();
+    let wanted = u64::from(mem_mib) + OVERHEAD_MIB;
+    let limit = memory_limit_mib();
+    if used + wanted > limit {
         return Err(Error::Capacity(format!(
-            "{} VMs are running, the limit (PYRO_MAX_RUNNING_VMS) is {limit}; stop one first: {}",
-            running.len(),
-            running.join(", ")
+            "a VM of {mem_mib} MiB does not fit: running guests take {used} MiB of the {limit} MiB \
+             they may have together (PYRO_MAX_GUEST_MEMORY_MIB); stop one first{}",
+            if running.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", names())
+            }
         )));
     }
     Ok(Admission { _lock: lock })

@@ -112,8 +112,8 @@ pub fn boot_once(
     let give_up = |child: &mut Child, why: String, retry: bool| {
         let _ = child.kill();
         let _ = child.wait();
-        let console = fs::read_to_string(dir.console_log()).unwrap_or_default();
-        let qemu = fs::read_to_string(dir.qemu_log()).unwrap_or_default();
+        let console = tail_of(&dir.console_log());
+        let qemu = tail_of(&dir.qemu_log());
         let mut message = why;
         if !qemu.trim().is_empty() {
             message.push_str(&format!("\nqemu said:\n{}", host::tail(&qemu, 10)));
@@ -285,7 +285,51 @@ fn resume_restored(dir: &VmDir, child: &mut Child, until: Instant) -> Result<(),
     }
 }
 
+/// The last 64 KiB of a log, whatever its size.
+fn tail_of(path: &Path) -> String {
+    use std::io::Seek;
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(io::SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut bytes = Vec::new();
+    let _ = f.take(64 * 1024).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// How large a VM's console log grows before its start is cut away
+/// (the last [`LOG_KEEP`] bytes are kept beside it, in `.1`).
+pub const LOG_LIMIT: u64 = 1 << 20;
+const LOG_KEEP: u64 = 256 * 1024;
+
+/// Keeps a log that a process appends to within [`LOG_LIMIT`] (plus the
+/// kept tail): a guest that prints without end fills no disk.
+pub fn bound_log(path: &Path) {
+    use std::io::Seek;
+    let Ok(len) = fs::metadata(path).map(|m| m.len()) else {
+        return;
+    };
+    if len <= LOG_LIMIT {
+        return;
+    }
+    if let Ok(mut f) = fs::File::open(path) {
+        let _ = f.seek(io::SeekFrom::Start(len - LOG_KEEP));
+        let mut tail = Vec::new();
+        let _ = f.take(LOG_KEEP).read_to_end(&mut tail);
+        let mut kept = path.as_os_str().to_owned();
+        kept.push(".1");
+        let _ = fs::write(&kept, tail);
+    }
+    // The writer appends: after the cut it writes at the new end.
+    if let Ok(f) = OpenOptions::new().write(true).open(path) {
+        let _ = f.set_len(0);
+    }
+}
+
 fn append_log(log: &Path) -> Result<fs::File> {
+    // Each boot appends; one that starts over a long log cuts it first.
+    bound_log(log);
     OpenOptions::new()
         .create(true)
         .append(true)

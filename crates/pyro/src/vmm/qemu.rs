@@ -206,8 +206,14 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
         "-no-reboot".into(),
         "-sandbox".into(),
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        // Appended, so the supervisor can cut the file while QEMU writes.
+        "-chardev".into(),
+        format!(
+            "file,id=console,path={},append=on",
+            spec.console_log.display()
+        ),
         "-serial".into(),
-        format!("file:{}", spec.console_log.display()),
+        "chardev:console".into(),
         "-kernel".into(),
         spec.kernel.display().to_string(),
         "-initrd".into(),
@@ -291,7 +297,8 @@ mod tests {
             "-M microvm,acpi=on -accel tcg,thread=multi -cpu max -smp 2 -m 1024M -nodefaults \
              -no-user-config -nographic -no-reboot \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
-             -serial file:/v/console.log -kernel /c/vmlinuz -initrd /c/initramfs.cpio \
+             -chardev file,id=console,path=/v/console.log,append=on -serial chardev:console \
+             -kernel /c/vmlinuz -initrd /c/initramfs.cpio \
              -append console=ttyS0 quiet panic=-1 reboot=t 8250.nr_uarts=1 random.trust_cpu=on \
              tsc_early_khz=2596128 \
              -drive id=root,file=/v/disk.qcow2,format=qcow2,if=none,discard=unmap,cache=unsafe \

@@ -267,10 +267,12 @@ fn hold_lock(dir: &VmDir) -> Result<host::FileLock, String> {
 }
 
 /// Ends the VM when its time is up: the TTL after creation, or with an
-/// idle timeout after the last request of any (non-passive) client.
+/// idle timeout after the last request of any (non-passive) client. Also
+/// keeps the console log within bounds while the VM runs.
 fn expire(sup: Arc<Supervisor>) {
     let ttl_ms = sup.record.ttl_seconds * 1000;
     loop {
+        boot::bound_log(&sup.dir.console_log());
         let since = if sup.record.idle_timeout {
             sup.last_activity.load(Ordering::SeqCst)
         } else {
@@ -284,7 +286,7 @@ fn expire(sup: Arc<Supervisor>) {
         if !sup.dir.path.exists() {
             return teardown(&sup, VmExit::new(ExitReason::DirectoryRemoved, None), None);
         }
-        std::thread::sleep(Duration::from_millis((since + ttl_ms - now).min(5_000)));
+        std::thread::sleep(Duration::from_millis((since + ttl_ms - now).min(1_000)));
     }
 }
 
