@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::paths::Paths;
+use crate::vmm::jail;
 use crate::vmm::qemu::{self, AccelChoice};
 use crate::vmm::templates;
 use crate::{assets, environments, host};
@@ -98,6 +99,8 @@ pub struct DoctorReport {
     pub runtime: Runtime,
     pub networking: Networking,
     pub tools: Tools,
+    /// How each VM's QEMU is confined on this host (`vmm::jail`).
+    pub protections: jail::Protections,
 }
 
 fn which(p: &str) -> Option<String> {
@@ -214,5 +217,6 @@ pub(crate) fn doctor(paths: &Paths) -> DoctorReport {
             enabled_by_default: false,
         },
         tools,
+        protections: jail::protections(),
     }
 }

@@ -10,6 +10,7 @@ mod common;
 mod doctor;
 mod environments;
 mod hostile;
+mod jail;
 mod mcp;
 mod network;
 mod run;

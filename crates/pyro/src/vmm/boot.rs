@@ -16,6 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::host;
 use crate::vmm::channel::stream;
 use crate::vmm::dir::{VmDir, VmRecord};
+use crate::vmm::jail::Jail;
 use crate::vmm::qemu::{self, net, Accel, VmSpec};
 use crate::vmm::qmp::{MigrationStatus, Qmp, RunState};
 
@@ -48,6 +49,21 @@ pub struct Booted {
     pub attempts: u32,
     /// The saved state was restored (rather than the kernel booted).
     pub restored: bool,
+    /// The VM's network, ended on drop.
+    pub passt: Option<Passt>,
+    /// QEMU's jail (when pyro runs as root), to drop once QEMU has exited.
+    pub jail: Option<Jail>,
+}
+
+/// A VM's passt, killed on drop: it would otherwise wait for a QEMU that
+/// never connects for as long as the process that started it lives.
+pub struct Passt(Child);
+
+impl Drop for Passt {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub struct BootError {
@@ -64,13 +80,11 @@ pub fn boot(dir: &VmDir, record: &VmRecord) -> Result<Booted, String> {
     loop {
         attempt += 1;
         match boot_once(dir, &record) {
-            Ok((qemu, agent, welcome)) => {
+            Ok(booted) => {
                 return Ok(Booted {
-                    qemu,
-                    agent,
-                    welcome,
                     attempts: attempt,
                     restored: record.spec.snapshot.is_some(),
+                    ..booted
                 })
             }
             Err(e) if record.spec.snapshot.is_some() => {
@@ -92,22 +106,29 @@ pub fn boot(dir: &VmDir, record: &VmRecord) -> Result<Booted, String> {
 }
 
 /// Starts QEMU and waits for the agent's welcome, within the watchdog.
-pub fn boot_once(
-    dir: &VmDir,
-    record: &VmRecord,
-) -> Result<(Child, UnixStream, Welcome), BootError> {
+pub fn boot_once(dir: &VmDir, record: &VmRecord) -> Result<Booted, BootError> {
     let fatal = |e: Error| BootError {
         message: e.to_string(),
         retry: false,
     };
     let _ = fs::remove_file(dir.agent_socket());
     let _ = fs::remove_file(dir.qmp_socket());
+    if let Some(run) = record.spec.agent_socket.parent() {
+        host::private_dir(run).map_err(fatal)?;
+    }
+    let jail = Jail::prepare(&record.spec).map_err(fatal)?;
+    if let Some(why) = jail.as_ref().and_then(|j| j.cgroup_missing.as_deref()) {
+        eprintln!("supervisor: QEMU runs without a cgroup: {why}");
+    }
     // The network (if any) listens before QEMU connects to it; it exits
     // with QEMU, so each boot attempt gets its own.
-    if let Some(sock) = &record.spec.network_socket {
-        spawn_passt(sock, &dir.passt_log()).map_err(fatal)?;
-    }
-    let mut child = spawn_qemu(&record.spec, &dir.qemu_log()).map_err(fatal)?;
+    let passt = match &record.spec.network_socket {
+        Some(sock) => Some(Passt(
+            spawn_passt(sock, &dir.passt_log(), jail.as_ref()).map_err(fatal)?,
+        )),
+        None => None,
+    };
+    let mut child = spawn_qemu(&record.spec, &dir.qemu_log(), jail.as_ref()).map_err(fatal)?;
     let deadline = Instant::now() + boot_watchdog(record.spec.accel);
     let give_up = |child: &mut Child, why: String, retry: bool| {
         let _ = child.kill();
@@ -115,6 +136,9 @@ pub fn boot_once(
         let console = tail_of(&dir.console_log());
         let qemu = tail_of(&dir.qemu_log());
         let mut message = why;
+        if let Some(verdict) = jail.as_ref().and_then(Jail::memory_verdict) {
+            message.push_str(&format!(" ({verdict})"));
+        }
         if !qemu.trim().is_empty() {
             message.push_str(&format!("\nqemu said:\n{}", host::tail(&qemu, 10)));
         }
@@ -223,7 +247,15 @@ pub fn boot_once(
                         agent_version,
                         boot_ms,
                     };
-                    return Ok((child, agent, welcome));
+                    return Ok(Booted {
+                        qemu: child,
+                        agent,
+                        welcome,
+                        attempts: 1,
+                        restored: record.spec.snapshot.is_some(),
+                        passt,
+                        jail,
+                    });
                 }
                 Ok(Message::Error { message }) => {
                     return Err(give_up(
@@ -349,8 +381,8 @@ fn not_installed(tool: &str, e: io::Error, package: &str) -> Error {
 }
 
 /// Starts QEMU for `spec`, as a child that dies with its parent (the
-/// supervisor), with its stderr in `log`.
-pub fn spawn_qemu(spec: &VmSpec, log: &Path) -> Result<Child> {
+/// supervisor), with its stderr in `log`, inside `jail` if there is one.
+pub fn spawn_qemu(spec: &VmSpec, log: &Path, jail: Option<&Jail>) -> Result<Child> {
     let log = append_log(log)?;
     // A snapshot to restore is QEMU's standard input (`-incoming fd:0`).
     let stdin = match &spec.snapshot {
@@ -359,11 +391,18 @@ pub fn spawn_qemu(spec: &VmSpec, log: &Path) -> Result<Child> {
         }
         None => Stdio::null(),
     };
-    let mut cmd = Command::new(qemu::QEMU);
+    // An absolute path: a jailed QEMU finds no PATH.
+    let program = host::which(qemu::QEMU).unwrap_or_else(|| qemu::QEMU.into());
+    let mut cmd = Command::new(program);
     cmd.args(qemu::args(spec))
+        .env_clear()
         .stdin(stdin)
         .stdout(log.try_clone().ctx(|| "dup log".into())?)
         .stderr(log);
+    if let Some(jail) = jail {
+        jail.confine_qemu(&mut cmd);
+    }
+    // After the jail's change of uid, which clears the parent-death signal.
     host::die_with_parent(&mut cmd, libc::SIGKILL);
     cmd.spawn()
         .map_err(|e| not_installed(qemu::QEMU, e, "qemu-system-x86"))
@@ -374,14 +413,16 @@ pub fn spawn_qemu(spec: &VmSpec, log: &Path) -> Result<Child> {
 /// go to the host's resolver, and `--no-map-gw` keeps the host's own
 /// loopback out of the guest's reach. It serves one QEMU and exits when
 /// that one goes.
-pub fn spawn_passt(socket: &Path, log: &Path) -> Result<Child> {
+pub fn spawn_passt(socket: &Path, log: &Path, jail: Option<&Jail>) -> Result<Child> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let dir = socket.parent().unwrap_or(Path::new("."));
     // The directory is made fresh, by us, for this boot: one left by an
     // earlier boot of this VM is ours to remove; anything else in its
     // place (another user's, a symlink) stops the boot.
     if let Ok(m) = fs::symlink_metadata(dir) {
-        if m.is_dir() && (m.uid() == host::euid() || m.uid() == 65534) {
+        let ours =
+            m.uid() == host::euid() || m.uid() == 65534 || crate::vmm::jail::is_jail_uid(m.uid());
+        if m.is_dir() && ours {
             fs::remove_dir_all(dir).ctx(|| format!("remove {}", dir.display()))?;
         } else {
             return Err(Error::Tool {
@@ -394,10 +435,21 @@ pub fn spawn_passt(socket: &Path, log: &Path) -> Result<Child> {
         .mode(0o700)
         .create(dir)
         .ctx(|| format!("create {}", dir.display()))?;
-    if host::is_root() {
+    match jail {
+        // passt runs as the jail's second uid and makes its socket for the
+        // jail's group, so QEMU (the group's other member) can connect.
+        Some(jail) => {
+            host::chown(dir, jail.ids.passt_uid, jail.ids.gid)?;
+            fs::set_permissions(
+                dir,
+                <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o750),
+            )
+            .ctx(|| format!("chmod {}", dir.display()))?;
+        }
         // passt drops root for `nobody`, who must be able to create the
         // socket; the directory is this VM's alone.
-        host::chown(dir, 65534, 65534)?;
+        None if host::is_root() => host::chown(dir, 65534, 65534)?,
+        None => {}
     }
     let _ = fs::remove_file(socket);
     let log = append_log(log)?;
@@ -409,6 +461,9 @@ pub fn spawn_passt(socket: &Path, log: &Path) -> Result<Child> {
         .stdin(Stdio::null())
         .stdout(log.try_clone().ctx(|| "dup log".into())?)
         .stderr(log);
+    if let Some(jail) = jail {
+        jail.confine_passt(&mut cmd);
+    }
     host::die_with_parent(&mut cmd, libc::SIGKILL);
     let child = cmd
         .spawn()

@@ -172,14 +172,23 @@ impl VmDir {
     pub fn control_socket(&self) -> PathBuf {
         self.path.join("control.sock")
     }
+    /// QEMU's own directory: its sockets and console, the only part of
+    /// the VM's directory a jailed QEMU sees (see `vmm::jail`).
+    pub fn run_dir(&self) -> PathBuf {
+        self.path.join("run")
+    }
     pub fn agent_socket(&self) -> PathBuf {
-        self.path.join("agent.sock")
+        self.run_dir().join("agent.sock")
     }
     pub fn qmp_socket(&self) -> PathBuf {
-        self.path.join("qmp.sock")
+        self.run_dir().join("qmp.sock")
     }
     pub fn console_log(&self) -> PathBuf {
-        self.path.join("console.log")
+        self.run_dir().join("console.log")
+    }
+    /// Where QEMU sends a template's saved state.
+    pub fn migrate_socket(&self) -> PathBuf {
+        self.run_dir().join("migrate.sock")
     }
     pub fn qemu_log(&self) -> PathBuf {
         self.path.join("qemu.log")

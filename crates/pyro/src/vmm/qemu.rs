@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
+/// The size of TCG's cache of translated code, in MiB. QEMU's default
+/// (1 GiB on a large host) would all count against a jailed QEMU's memory
+/// once used; a quarter of it holds a busy guest's code.
+pub const TCG_CODE_CACHE_MIB: u64 = 256;
+
 /// `qemu-system-x86_64 --version`, first line.
 pub fn version() -> Option<String> {
     let out = Command::new(QEMU)
@@ -175,10 +180,13 @@ pub fn kernel_cmdline(spec: &VmSpec) -> String {
 /// Arguments after the program name.
 pub fn args(spec: &VmSpec) -> Vec<OsString> {
     let (accel, cpu) = match spec.accel {
-        Accel::Kvm => ("kvm", "host"),
-        Accel::Tcg => ("tcg,thread=multi", "max"),
+        Accel::Kvm => ("kvm".to_string(), "host"),
+        Accel::Tcg => (
+            format!("tcg,thread=multi,tb-size={TCG_CODE_CACHE_MIB}"),
+            "max",
+        ),
     };
-    let mut a: Vec<OsString> = ["-M", "microvm,acpi=on", "-accel", accel, "-cpu", cpu]
+    let mut a: Vec<OsString> = ["-M", "microvm,acpi=on", "-accel", &accel, "-cpu", cpu]
         .into_iter()
         .map(OsString::from)
         .collect();
@@ -294,7 +302,7 @@ mod tests {
     fn tcg_command_line() {
         assert_eq!(
             render(&spec(Accel::Tcg)),
-            "-M microvm,acpi=on -accel tcg,thread=multi -cpu max -smp 2 -m 1024M -nodefaults \
+            "-M microvm,acpi=on -accel tcg,thread=multi,tb-size=256 -cpu max -smp 2 -m 1024M -nodefaults \
              -no-user-config -nographic -no-reboot \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
              -chardev file,id=console,path=/v/console.log,append=on -serial chardev:console \

@@ -35,6 +35,7 @@ use crate::progress::Progress;
 use crate::vmm::boot;
 use crate::vmm::channel::{self, stream};
 use crate::vmm::dir::{self, VmDir};
+use crate::vmm::jail::Jail;
 use crate::vmm::qemu::{self, VmSpec};
 use crate::vmm::qmp::{MigrationStatus, Qmp, QmpError};
 
@@ -339,9 +340,11 @@ fn build_in(dir: &Path, vm_dir: &VmDir, like: &VmSpec, env: &Installed) -> Resul
         ..like.clone()
     };
     let record = dir::new_record("template", &env.manifest.name, true, 600, spec);
-    let (mut child, mut agent, _welcome) = boot::boot_once(vm_dir, &record)
+    let booted = boot::boot_once(vm_dir, &record)
         .map_err(|e| Error::Boot(format!("the template VM did not boot: {}", e.message)))?;
-    let saved = warm_up(&mut agent).and_then(|()| save(dir, vm_dir));
+    let (mut child, mut agent, passt, jail) =
+        (booted.qemu, booted.agent, booted.passt, booted.jail);
+    let saved = warm_up(&mut agent).and_then(|()| save(dir, vm_dir, jail.as_ref()));
     // After a save QEMU is quitting; give it time to close the disk.
     let deadline = Instant::now() + Duration::from_secs(10);
     while saved.is_ok() && Instant::now() < deadline {
@@ -352,6 +355,8 @@ fn build_in(dir: &Path, vm_dir: &VmDir, like: &VmSpec, env: &Installed) -> Resul
     }
     let _ = child.kill();
     let _ = child.wait();
+    drop(passt);
+    drop(jail);
     drop(agent);
     for sock in [vm_dir.agent_socket(), vm_dir.qmp_socket()] {
         let _ = fs::remove_file(sock);
@@ -394,7 +399,7 @@ fn warm_up(agent: &mut std::os::unix::net::UnixStream) -> Result<()> {
 /// Stops the VM and streams its state into `state.bin` through a UNIX
 /// socket (QEMU's sandbox forbids spawning a helper), then quits QEMU
 /// cleanly so the disk's metadata is on the file.
-fn save(dir: &Path, vm_dir: &VmDir) -> Result<u64> {
+fn save(dir: &Path, vm_dir: &VmDir, jail: Option<&Jail>) -> Result<u64> {
     let qmp_err = |e: QmpError| Error::Boot(format!("saving the template: {e}"));
     let mut qmp = Qmp::connect(&vm_dir.qmp_socket(), Duration::from_secs(30)).map_err(qmp_err)?;
     // The default bandwidth cap (32 MiB/s) is for live migration.
@@ -404,8 +409,12 @@ fn save(dir: &Path, vm_dir: &VmDir) -> Result<u64> {
     )
     .map_err(qmp_err)?;
     qmp.execute("stop", json!({})).map_err(qmp_err)?;
-    let sock = vm_dir.path.join("migrate.sock");
+    let sock = vm_dir.migrate_socket();
     let listener = UnixListener::bind(&sock).ctx(|| format!("bind {}", sock.display()))?;
+    if let Some(jail) = jail {
+        // QEMU connects as the jail's uid.
+        host::chown(&sock, jail.ids.qemu_uid, jail.ids.gid)?;
+    }
     listener
         .set_nonblocking(true)
         .ctx(|| "nonblocking listener".into())?;

@@ -29,89 +29,13 @@ use crate::vmm::channel::{self, stream};
 use crate::vmm::control::{ControlRequest, ControlResponse, SupervisorStatus};
 use crate::vmm::dir::{BootReport, ExitReason, VmDir, VmExit, VmRecord};
 use crate::vmm::qemu::net;
-use crate::vmm::qmp::Qmp;
 
+mod ending;
 mod ports;
+mod state;
 
-/// How long a write to a client may block before the client is dropped: a
-/// client that stops reading must not stall the agent's reader, which
-/// serves every client of the VM.
-const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a write to the agent may block (a guest that stops reading its
-/// port) before it fails.
-const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Client {
-    writer: Mutex<UnixStream>,
-    /// A write failed or timed out: the client is gone for us.
-    dead: AtomicBool,
-}
-
-impl Client {
-    fn new(stream: &UnixStream) -> Client {
-        let writer = stream.try_clone().expect("clone client socket");
-        let _ = writer.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
-        Client {
-            writer: Mutex::new(writer),
-            dead: AtomicBool::new(false),
-        }
-    }
-
-    fn send(&self, frame: &Frame) {
-        if self.dead.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut writer = self.writer.lock().unwrap();
-        if writer.write_all(&frame.encode()).is_err() {
-            self.dead.store(true, Ordering::SeqCst);
-            let _ = writer.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-struct Route {
-    client: Arc<Client>,
-    client_stream: u32,
-}
-
-struct Supervisor {
-    dir: VmDir,
-    record: VmRecord,
-    generation: u32,
-    agent: Mutex<UnixStream>,
-    routes: Mutex<HashMap<u32, Route>>,
-    next_stream: AtomicU32,
-    clients: AtomicU64,
-    qemu_pid: i32,
-    qemu_exited: Mutex<bool>,
-    qemu_exited_cv: Condvar,
-    tearing_down: AtomicBool,
-    /// When a client last asked anything (ms since the Unix epoch).
-    last_activity: AtomicU64,
-    qmp: Mutex<Option<Qmp>>,
-    ports: ports::Ports,
-}
-
-impl Supervisor {
-    fn qmp(
-        &self,
-        command: &str,
-        arguments: serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
-        let mut slot = self.qmp.lock().unwrap();
-        if slot.is_none() {
-            *slot = Some(
-                Qmp::connect(&self.dir.qmp_socket(), Duration::from_secs(30))
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let result = slot.as_mut().unwrap().execute(command, arguments);
-        if result.is_err() {
-            *slot = None;
-        }
-        result.map_err(|e| e.to_string())
-    }
-}
+use ending::{expire, teardown, watch_qemu};
+use state::{control_frame, Client, Route, Supervisor, AGENT_WRITE_TIMEOUT};
 
 /// Entry point of `pyro __supervise DIR`. Never returns.
 pub fn main(dir: &Path) -> ! {
@@ -195,8 +119,8 @@ pub fn main(dir: &Path) -> ! {
 
     {
         let sup = sup.clone();
-        let qemu = booted.qemu;
-        std::thread::spawn(move || watch_qemu(sup, qemu));
+        let (qemu, passt, jail) = (booted.qemu, booted.passt, booted.jail);
+        std::thread::spawn(move || watch_qemu(sup, qemu, passt, jail));
     }
     {
         let sup = sup.clone();
@@ -237,21 +161,6 @@ pub fn main(dir: &Path) -> ! {
     std::process::exit(0)
 }
 
-/// The mutex's guard, unless another holds it for longer than `limit`.
-fn try_lock_for<T>(m: &Mutex<T>, limit: Duration) -> Option<std::sync::MutexGuard<'_, T>> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match m.try_lock() {
-            Ok(g) => return Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        }
-    }
-}
-
 /// Takes the VM's liveness lock. Someone checking liveness holds it for an
 /// instant; another supervisor of this VM holds it for good.
 fn hold_lock(dir: &VmDir) -> Result<host::FileLock, String> {
@@ -263,30 +172,6 @@ fn hold_lock(dir: &VmDir) -> Result<host::FileLock, String> {
             Ok(None) => return Err("another supervisor runs this VM".into()),
             Err(e) => return Err(e.to_string()),
         }
-    }
-}
-
-/// Ends the VM when its time is up: the TTL after creation, or with an
-/// idle timeout after the last request of any (non-passive) client. Also
-/// keeps the console log within bounds while the VM runs.
-fn expire(sup: Arc<Supervisor>) {
-    let ttl_ms = sup.record.ttl_seconds * 1000;
-    loop {
-        boot::bound_log(&sup.dir.console_log());
-        let since = if sup.record.idle_timeout {
-            sup.last_activity.load(Ordering::SeqCst)
-        } else {
-            sup.record.created_at_unix_ms
-        };
-        let now = host::now_unix_ms();
-        if now >= since + ttl_ms {
-            return teardown(&sup, VmExit::new(ExitReason::TtlExpired, None), None);
-        }
-        // A VM whose directory was removed has nobody left to serve.
-        if !sup.dir.path.exists() {
-            return teardown(&sup, VmExit::new(ExitReason::DirectoryRemoved, None), None);
-        }
-        std::thread::sleep(Duration::from_millis((since + ttl_ms - now).min(1_000)));
     }
 }
 
@@ -473,14 +358,6 @@ fn attach(sup: &Arc<Supervisor>) -> ports::Attach {
     })
 }
 
-fn control_frame(r: &ControlResponse) -> Frame {
-    Frame {
-        stream: stream::CONTROL,
-        kind: Kind::Message,
-        body: serde_json::to_vec(r).expect("control replies serialize"),
-    }
-}
-
 fn read_agent(sup: Arc<Supervisor>, mut agent: UnixStream) {
     while let Ok(Some(frame)) = Frame::read_from(&mut agent) {
         let terminal = frame.kind == Kind::Message
@@ -505,91 +382,16 @@ fn read_agent(sup: Arc<Supervisor>, mut agent: UnixStream) {
             });
         }
     }
-    teardown(&sup, VmExit::new(ExitReason::AgentClosed, None), None);
-}
-
-fn watch_qemu(sup: Arc<Supervisor>, mut child: std::process::Child) {
-    let status = child.wait();
-    *sup.qemu_exited.lock().unwrap() = true;
-    sup.qemu_exited_cv.notify_all();
-    let detail = match status {
-        Ok(s) => s.to_string(),
-        Err(e) => format!("vanished: {e}"),
-    };
-    teardown(
-        &sup,
-        VmExit::new(ExitReason::QemuExited, Some(detail)),
-        None,
-    );
-}
-
-/// Ends the VM once: tells clients with requests in flight, stops QEMU,
-/// removes a one-shot VM's directory, answers a `delete` and exits.
-fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Client>>) {
-    if sup.tearing_down.swap(true, Ordering::SeqCst) {
-        // Someone else is tearing down; a requester waits for the exit,
-        // which closes its socket.
-        if requester.is_some() {
-            loop {
-                std::thread::sleep(Duration::from_secs(60));
-            }
-        }
+    // A QEMU that died closed the connection: its exit says more (a
+    // signal, the memory limit), and `watch_qemu` reports it.
+    let exited = sup.qemu_exited.lock().unwrap();
+    let (exited, _) = sup
+        .qemu_exited_cv
+        .wait_timeout_while(exited, Duration::from_secs(2), |e| !*e)
+        .unwrap();
+    if *exited {
         return;
     }
-    let why = exit.to_string();
-    eprintln!("supervisor: tearing down: {why}");
-    let orphaned: Vec<Route> = sup.routes.lock().unwrap().drain().map(|(_, r)| r).collect();
-    for route in orphaned {
-        route.client.send(&Frame::message(
-            route.client_stream,
-            &Message::Error {
-                message: format!("the VM stopped: {why}"),
-            },
-        ));
-    }
-    if !*sup.qemu_exited.lock().unwrap() {
-        // A stopped QEMU (SIGSTOP) cannot shut down gently.
-        if !sup.record.ephemeral && !host::process_stopped(sup.qemu_pid) {
-            // Give the guest a chance to flush its disk, without waiting on
-            // a writer a stuck guest holds up.
-            if let Some(mut agent) = try_lock_for(&sup.agent, Duration::from_secs(2)) {
-                let shutdown = Frame::message(stream::SHUTDOWN, &Message::Shutdown);
-                let _ = agent.write_all(&shutdown.encode());
-            }
-            let exited = sup.qemu_exited.lock().unwrap();
-            let (exited, _) = sup
-                .qemu_exited_cv
-                .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e)
-                .unwrap();
-            if !*exited {
-                drop(exited);
-                // A connection of its own: the shared one may be stuck.
-                if let Ok(mut q) = Qmp::connect(&sup.dir.qmp_socket(), Duration::from_secs(2)) {
-                    let _ = q.execute("quit", serde_json::json!({}));
-                }
-            }
-        }
-        // One-shot VMs' disks are thrown away: no need to be gentle.
-        host::signal(sup.qemu_pid, libc::SIGKILL);
-        let exited = sup.qemu_exited.lock().unwrap();
-        let _ = sup
-            .qemu_exited_cv
-            .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e);
-    }
-    if let Some(sock) = &sup.record.spec.network_socket {
-        if let Some(dir) = sock.parent() {
-            let _ = fs::remove_dir_all(dir);
-        }
-    }
-    if sup.record.ephemeral {
-        let _ = fs::remove_dir_all(&sup.dir.path);
-    } else {
-        let _ = sup.dir.write_exit(&exit);
-        let _ = fs::remove_file(sup.dir.control_socket());
-        let _ = fs::remove_file(sup.dir.supervisor_pid());
-    }
-    if let Some(client) = requester {
-        client.send(&control_frame(&ControlResponse::Deleted));
-    }
-    std::process::exit(0)
+    drop(exited);
+    teardown(&sup, VmExit::new(ExitReason::AgentClosed, None), None);
 }
