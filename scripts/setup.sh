@@ -23,6 +23,7 @@ packages=(
     kmod              # depmod: module dependencies of the guest kernel
     ca-certificates
     passt             # user-mode networking
+    nftables          # as root: keeps guests' egress off the host and its neighbours
     fakeroot uidmap   # building environments as a regular user
     python3 python3-venv  # the test suite's MCP client (the official Python SDK)
     dnsmasq-base      # the network tests' DNS server (no system service)
@@ -54,7 +55,7 @@ $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-rec
 tools=(
     qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mmdebstrap:mmdebstrap
     mkfs.ext4:e2fsprogs cpio:cpio depmod:kmod passt:passt fakeroot:fakeroot
-    newuidmap:uidmap python3:python3 dnsmasq:dnsmasq-base
+    newuidmap:uidmap python3:python3 dnsmasq:dnsmasq-base nft:nftables
 )
 absent=()
 for t in "${tools[@]}"; do

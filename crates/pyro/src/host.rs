@@ -94,6 +94,16 @@ pub fn tsc_khz() -> Option<u64> {
 
 /// The uid of the process at the other end of a UNIX socket.
 pub fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
+    peer(stream).map(|(_, uid)| uid)
+}
+
+/// The pid of the process at the other end of a UNIX socket (for a
+/// connection we made: the process that listens).
+pub fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<i32> {
+    peer(stream).map(|(pid, _)| pid)
+}
+
+fn peer(stream: &std::os::unix::net::UnixStream) -> Option<(i32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -111,7 +121,7 @@ pub fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
             &mut len,
         )
     };
-    (ret == 0).then_some(cred.uid)
+    (ret == 0).then_some((cred.pid, cred.uid))
 }
 
 /// This process's effective uid.

@@ -200,8 +200,8 @@ fn a_chatty_guest_console_fills_no_disk() {
     );
     assert_eq!(r["stdout"], "written\n", "{r}");
     std::thread::sleep(Duration::from_secs(3));
-    let vm = sb.home.path().join("workspaces").join(&id).join("vm");
-    let size = |name: &str| std::fs::metadata(vm.join(name)).map_or(0, |m| m.len());
+    let run = sb.home.path().join("workspaces").join(&id).join("vm/run");
+    let size = |name: &str| std::fs::metadata(run.join(name)).map_or(0, |m| m.len());
     let total = size("console.log") + size("console.log.1");
     assert!(total < 2 << 20, "the console log holds {total} bytes");
     assert!(size("console.log.1") > 0, "the latest output is kept");

@@ -1,10 +1,13 @@
 //! Guest networking, tested without touching any address outside this
 //! machine: pyro itself runs inside a network namespace the test creates
 //! ("the host"), whose only way out is a veth to a second namespace (a test
-//! host serving HTTP). A server bound to the inner host's 127.0.0.1 stands
-//! for the host's loopback, which guests must not reach. The test host also
-//! answers DNS (dnsmasq) for `web.pyro.test`, and the inner host's
-//! resolv.conf (`/etc/netns/<ns>/resolv.conf`) points there.
+//! host serving HTTP on every address it has: a public-looking one,
+//! 198.18.7.2, a private one, 10.203.7.2, and the link-local address of a
+//! cloud's metadata service, 169.254.169.254). A server on all of the inner
+//! host's addresses stands for the host's own services, which guests must
+//! not reach. The test host also answers DNS (dnsmasq, on its private
+//! address) for `web.pyro.test`, and the inner host's resolv.conf
+//! (`/etc/netns/<ns>/resolv.conf`) points there.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -47,19 +50,27 @@ impl Netns {
         ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
         ip(&["link", "set", &va, "netns", &host]);
         ip(&["link", "set", &vb, "netns", &web]);
-        ip(&["-n", &host, "addr", "add", "10.203.7.1/24", "dev", &va]);
-        ip(&["-n", &web, "addr", "add", "10.203.7.2/24", "dev", &vb]);
+        for (a, b) in [
+            ("198.18.7.1/24", "198.18.7.2/24"),
+            ("10.203.7.1/24", "10.203.7.2/24"),
+            ("169.254.0.1/16", "169.254.169.254/16"),
+        ] {
+            ip(&["-n", &host, "addr", "add", a, "dev", &va]);
+            ip(&["-n", &web, "addr", "add", b, "dev", &vb]);
+        }
         for (ns, dev) in [(&host, &va), (&web, &vb)] {
             ip(&["-n", ns, "link", "set", "lo", "up"]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
         // Everything else leaves through the test host too, so nothing can
         // reach a real network.
-        ip(&["-n", &host, "route", "add", "default", "via", "10.203.7.2"]);
+        ip(&["-n", &host, "route", "add", "default", "via", "198.18.7.2"]);
         let dir = n._files.path().to_path_buf();
         std::fs::write(dir.join("hello.txt"), "hello-from-test-host\n").unwrap();
         std::fs::write(dir.join("secret.txt"), "HOST-LOOPBACK-ONLY\n").unwrap();
-        for (ns, bind, port) in [(&web, "10.203.7.2", "8000"), (&host, "127.0.0.1", "18999")] {
+        // Both namespaces are the test's own: their servers may listen on
+        // every address.
+        for (ns, bind, port) in [(&web, "0.0.0.0", "8000"), (&host, "0.0.0.0", "18999")] {
             let child = Command::new("ip")
                 .args([
                     "netns",
@@ -93,7 +104,7 @@ impl Netns {
                 "--pid-file",
             ])
             .args(["--bind-interfaces", "--listen-address=10.203.7.2"])
-            .arg("--address=/web.pyro.test/10.203.7.2")
+            .arg("--address=/web.pyro.test/198.18.7.2")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -104,7 +115,12 @@ impl Netns {
     }
 
     fn pyro(&self, sb: &Sandbox, args: &[&str]) -> std::process::Output {
+        self.pyro_with(sb, &[], args)
+    }
+
+    fn pyro_with(&self, sb: &Sandbox, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
         hermetic(&mut Command::new("ip"))
+            .envs(env.iter().copied())
             .args(["netns", "exec", &self.host, env!("CARGO_BIN_EXE_pyro")])
             .args(args)
             .env("PYRO_HOME", sb.home.path())
@@ -160,16 +176,35 @@ impl Drop for Netns {
 /// the image), printing the body's last line or `unreachable`.
 const FETCH: &str = r#"fetch() { (timeout 5 bash -c "exec 3<>/dev/tcp/$1/$2 && printf 'GET /$3 HTTP/1.0\r\n\r\n' >&3 && cat <&3" || echo unreachable) 2>/dev/null | tail -1; }"#;
 
+/// What the guest fetches: the test host (allowed), its metadata-service
+/// address (link-local), its private address, the inner host's own
+/// address and the gateway (which passt does not map to the host).
+const PROBES: &str = "fetch 198.18.7.2 8000 hello.txt; fetch 169.254.169.254 8000 hello.txt; \
+    fetch 10.203.7.2 8000 hello.txt; fetch 198.18.7.1 18999 secret.txt; \
+    fetch 10.0.2.2 18999 secret.txt";
+
 #[test]
-fn egress_reaches_a_test_host_but_never_the_host_loopback() {
-    if !running_as_root("egress_reaches_a_test_host_but_never_the_host_loopback") {
+fn egress_reaches_a_test_host_but_never_the_host_or_its_neighbours() {
+    if !running_as_root("egress_reaches_a_test_host_but_never_the_host_or_its_neighbours") {
         return;
     }
     let net = Netns::new();
     let sb = Sandbox::new();
-    let script = format!(
-        "{FETCH}; fetch 10.203.7.2 8000 hello.txt; fetch 10.0.2.2 18999 secret.txt; fetch 10.203.7.1 18999 secret.txt; ls /sys/class/net | tr '\\n' ' '"
+    // The inner host itself reaches every server: what stops the guest is
+    // pyro.
+    for url in [
+        "http://198.18.7.2:8000/hello.txt",
+        "http://169.254.169.254:8000/hello.txt",
+        "http://10.203.7.2:8000/hello.txt",
+    ] {
+        assert_eq!(net.fetch(url), "hello-from-test-host", "{url}");
+    }
+    assert_eq!(
+        net.fetch("http://198.18.7.1:18999/secret.txt"),
+        "HOST-LOOPBACK-ONLY"
     );
+
+    let script = format!("{FETCH}; {PROBES}; ls /sys/class/net | tr '\\n' ' '");
     let out = net.pyro(
         &sb,
         &["run", "--network", "debian:12", "--", "bash", "-c", &script],
@@ -177,7 +212,21 @@ fn egress_reaches_a_test_host_but_never_the_host_loopback() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
-        "hello-from-test-host\nunreachable\nunreachable\neth0 lo ",
+        "hello-from-test-host\nunreachable\nunreachable\nunreachable\nunreachable\neth0 lo ",
+        "{}",
+        stderr(&out)
+    );
+
+    // Private networks are an operator's explicit choice; the host and
+    // link-local addresses stay out of reach even then.
+    let out = net.pyro_with(
+        &sb,
+        &[("PYRO_EGRESS_ALLOW_PRIVATE", "1")],
+        &["run", "--network", "debian:12", "--", "bash", "-c", &script],
+    );
+    assert_eq!(
+        stdout(&out),
+        "hello-from-test-host\nunreachable\nhello-from-test-host\nunreachable\nunreachable\neth0 lo ",
         "{}",
         stderr(&out)
     );
@@ -197,7 +246,7 @@ fn egress_reaches_a_test_host_but_never_the_host_loopback() {
     );
     assert_eq!(
         stdout(&out),
-        "nameserver 10.0.2.3\n10.203.7.2      web.pyro.test\nhello-from-test-host\n",
+        "nameserver 10.0.2.3\n198.18.7.2      web.pyro.test\nhello-from-test-host\n",
         "{}",
         stderr(&out)
     );
@@ -215,7 +264,7 @@ fn egress_reaches_a_test_host_but_never_the_host_loopback() {
                 "--",
                 "bash",
                 "-c",
-                &format!("{FETCH}; fetch 10.203.7.2 8000 hello.txt"),
+                &format!("{FETCH}; fetch 198.18.7.2 8000 hello.txt"),
             ],
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -243,7 +292,7 @@ fn egress_reaches_a_test_host_but_never_the_host_loopback() {
     );
     assert_eq!(
         stdout(&out),
-        "hello-from-test-host\nunreachable\nunreachable\neth0 lo ",
+        "hello-from-test-host\nunreachable\nunreachable\nunreachable\nunreachable\neth0 lo ",
         "{}",
         stderr(&out)
     );
@@ -254,7 +303,7 @@ fn egress_reaches_a_test_host_but_never_the_host_loopback() {
     let out = net.pyro(&sb, &["run", "debian:12", "--", "bash", "-c", &script]);
     assert_eq!(
         stdout(&out),
-        "unreachable\nunreachable\nunreachable\nlo ",
+        "unreachable\nunreachable\nunreachable\nunreachable\nunreachable\nlo ",
         "{}",
         stderr(&out)
     );

@@ -168,7 +168,7 @@ pub fn boot_once(dir: &VmDir, record: &VmRecord) -> Result<Booted, BootError> {
                 false,
             ));
         }
-        if let Ok(s) = UnixStream::connect(dir.agent_socket()) {
+        if let Ok(s) = crate::vmm::qmp::connect_to(&dir.agent_socket(), child.id() as i32) {
             break s;
         }
         if Instant::now() > deadline {
@@ -281,7 +281,7 @@ fn resume_restored(dir: &VmDir, child: &mut Child, until: Instant) -> Result<(),
         if let Some(why) = exited(child) {
             return Err(why);
         }
-        match Qmp::connect(&dir.qmp_socket(), Duration::from_secs(5)) {
+        match Qmp::connect(&dir.qmp_socket(), child.id() as i32, Duration::from_secs(5)) {
             Ok(q) => break q,
             Err(e) if Instant::now() > until => return Err(format!("QMP: {e}")),
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -317,10 +317,26 @@ fn resume_restored(dir: &VmDir, child: &mut Child, until: Instant) -> Result<(),
     }
 }
 
+/// A log QEMU may have replaced (its run directory is its own, jailed):
+/// opened only if it is a regular file, never through a symbolic link,
+/// never blocking on a FIFO.
+fn open_log(path: &Path, write: bool) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
 /// The last 64 KiB of a log, whatever its size.
 fn tail_of(path: &Path) -> String {
     use std::io::Seek;
-    let Ok(mut f) = fs::File::open(path) else {
+    let Ok(mut f) = open_log(path, false) else {
         return String::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -339,22 +355,27 @@ const LOG_KEEP: u64 = 256 * 1024;
 /// kept tail): a guest that prints without end fills no disk.
 pub fn bound_log(path: &Path) {
     use std::io::Seek;
-    let Ok(len) = fs::metadata(path).map(|m| m.len()) else {
+    let Ok(len) = fs::symlink_metadata(path).map(|m| m.len()) else {
         return;
     };
     if len <= LOG_LIMIT {
         return;
     }
-    if let Ok(mut f) = fs::File::open(path) {
+    if let Ok(mut f) = open_log(path, false) {
         let _ = f.seek(io::SeekFrom::Start(len - LOG_KEEP));
         let mut tail = Vec::new();
         let _ = f.take(LOG_KEEP).read_to_end(&mut tail);
         let mut kept = path.as_os_str().to_owned();
         kept.push(".1");
-        let _ = fs::write(&kept, tail);
+        // Written fresh: whatever stood there (a link) is replaced.
+        let kept = Path::new(&kept);
+        let _ = fs::remove_file(kept);
+        if let Ok(mut out) = OpenOptions::new().write(true).create_new(true).open(kept) {
+            let _ = out.write_all(&tail);
+        }
     }
     // The writer appends: after the cut it writes at the new end.
-    if let Ok(f) = OpenOptions::new().write(true).open(path) {
+    if let Ok(f) = open_log(path, true) {
         let _ = f.set_len(0);
     }
 }

@@ -72,8 +72,10 @@ impl Qmp {
     }
 
     /// Connects, reads the greeting and leaves capabilities negotiation.
-    pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
-        let stream = UnixStream::connect(socket)?;
+    /// The socket must be served by process `qemu` (its directory is
+    /// QEMU's own: whatever else stands there is not talked to).
+    pub fn connect(socket: &Path, qemu: i32, timeout: Duration) -> Result<Qmp, QmpError> {
+        let stream = connect_to(socket, qemu)?;
         stream.set_read_timeout(Some(timeout))?;
         let mut qmp = Qmp {
             reader: BufReader::new(stream.try_clone()?),
@@ -120,5 +122,20 @@ impl Qmp {
             }
             return Ok(v.get("return").cloned().unwrap_or(Value::Null));
         }
+    }
+}
+
+/// A connection to the UNIX socket at `path`, if process `pid` serves it.
+pub fn connect_to(path: &Path, pid: i32) -> std::io::Result<UnixStream> {
+    let stream = UnixStream::connect(path)?;
+    match crate::host::peer_pid(&stream) {
+        Some(p) if p == pid => Ok(stream),
+        other => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is served by {other:?}, not QEMU ({pid})",
+                path.display()
+            ),
+        )),
     }
 }

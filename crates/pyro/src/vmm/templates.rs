@@ -344,7 +344,8 @@ fn build_in(dir: &Path, vm_dir: &VmDir, like: &VmSpec, env: &Installed) -> Resul
         .map_err(|e| Error::Boot(format!("the template VM did not boot: {}", e.message)))?;
     let (mut child, mut agent, passt, jail) =
         (booted.qemu, booted.agent, booted.passt, booted.jail);
-    let saved = warm_up(&mut agent).and_then(|()| save(dir, vm_dir, jail.as_ref()));
+    let saved =
+        warm_up(&mut agent).and_then(|()| save(dir, vm_dir, child.id() as i32, jail.as_ref()));
     // After a save QEMU is quitting; give it time to close the disk.
     let deadline = Instant::now() + Duration::from_secs(10);
     while saved.is_ok() && Instant::now() < deadline {
@@ -399,9 +400,10 @@ fn warm_up(agent: &mut std::os::unix::net::UnixStream) -> Result<()> {
 /// Stops the VM and streams its state into `state.bin` through a UNIX
 /// socket (QEMU's sandbox forbids spawning a helper), then quits QEMU
 /// cleanly so the disk's metadata is on the file.
-fn save(dir: &Path, vm_dir: &VmDir, jail: Option<&Jail>) -> Result<u64> {
+fn save(dir: &Path, vm_dir: &VmDir, qemu_pid: i32, jail: Option<&Jail>) -> Result<u64> {
     let qmp_err = |e: QmpError| Error::Boot(format!("saving the template: {e}"));
-    let mut qmp = Qmp::connect(&vm_dir.qmp_socket(), Duration::from_secs(30)).map_err(qmp_err)?;
+    let mut qmp =
+        Qmp::connect(&vm_dir.qmp_socket(), qemu_pid, Duration::from_secs(30)).map_err(qmp_err)?;
     // The default bandwidth cap (32 MiB/s) is for live migration.
     qmp.execute(
         "migrate-set-parameters",

@@ -12,7 +12,10 @@
 //! - with its environment cleared, no core dumps, a file-size limit, no new
 //!   privileges;
 //! - in a cgroup capping memory (guest memory plus QEMU's own), tasks and
-//!   CPU by the VM's shape.
+//!   CPU by the VM's shape;
+//! - with a network (through passt, whose uid is the jail's second) that
+//!   cannot reach the host's own addresses, link-local ones or private
+//!   ranges (`egress`).
 //!
 //! QEMU gets no PID namespace: it spawns nothing (its sandbox forbids it),
 //! sees no `/proc`, and its uid is its own, so there is nobody it could
@@ -21,6 +24,7 @@
 //! `pyro doctor` says so.
 
 mod cgroup;
+mod egress;
 mod enter;
 
 use std::fs;
@@ -70,6 +74,9 @@ pub struct Protections {
     pub jailed: bool,
     /// The cgroup hierarchy that caps each VM, if any.
     pub cgroup: Option<String>,
+    /// Guests' egress cannot reach the host's own, link-local or (unless
+    /// allowed) private addresses.
+    pub egress_filtered: bool,
     /// What is missing and why.
     pub notes: Vec<String>,
 }
@@ -117,9 +124,20 @@ pub fn protections() -> Protections {
             None
         }
     };
+    let nft = host::which("nft").is_some() || Path::new("/usr/sbin/nft").exists();
+    if jailed && !nft {
+        notes.push(
+            "nft is not installed: VMs with a network will not start (apt-get install nftables)"
+                .into(),
+        );
+    }
+    if !jailed {
+        notes.push("guests' egress is not filtered: they can reach the host's addresses and its private networks".into());
+    }
     Protections {
         jailed,
         cgroup,
+        egress_filtered: jailed && nft,
         notes,
     }
 }
@@ -158,13 +176,25 @@ impl Jail {
             passt_uid: base + 1,
             gid: base,
         };
+        if spec.network_socket.is_some() {
+            egress::install((uid_base(), uid_base() + 2 * SLOTS - 1), ids.passt_uid)
+                .map_err(jail_err)?;
+        }
         let run = run_dir(spec).map_err(jail_err)?;
         host::chown(run, ids.qemu_uid, ids.gid)?;
+        // An earlier boot's console belongs to that boot's uid.
+        for entry in fs::read_dir(run)
+            .ctx(|| format!("read {}", run.display()))?
+            .flatten()
+        {
+            host::chown(&entry.path(), ids.qemu_uid, ids.gid)?;
+        }
         fs::set_permissions(run, fs::Permissions::from_mode(0o700))
             .ctx(|| format!("chmod {}", run.display()))?;
         host::chown(&spec.disk, ids.qemu_uid, ids.gid)?;
+        host::private_file(&spec.disk)?;
         let chain = backing_chain(&spec.disk).map_err(jail_err)?;
-        for image in chain.iter().chain([&spec.kernel, &spec.initramfs]) {
+        for image in chain.iter().skip(1).chain([&spec.kernel, &spec.initramfs]) {
             readable_by_all(image)?;
         }
         let virtual_size = chain_size(&spec.disk);

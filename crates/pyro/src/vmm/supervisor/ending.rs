@@ -133,7 +133,9 @@ pub(super) fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Cl
             if !*exited {
                 drop(exited);
                 // A connection of its own: the shared one may be stuck.
-                if let Ok(mut q) = Qmp::connect(&sup.dir.qmp_socket(), Duration::from_secs(2)) {
+                if let Ok(mut q) =
+                    Qmp::connect(&sup.dir.qmp_socket(), sup.qemu_pid, Duration::from_secs(2))
+                {
                     let _ = q.execute("quit", serde_json::json!({}));
                 }
             }

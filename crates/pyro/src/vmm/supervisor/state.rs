@@ -84,8 +84,12 @@ impl Supervisor {
         let mut slot = self.qmp.lock().unwrap();
         if slot.is_none() {
             *slot = Some(
-                Qmp::connect(&self.dir.qmp_socket(), Duration::from_secs(30))
-                    .map_err(|e| e.to_string())?,
+                Qmp::connect(
+                    &self.dir.qmp_socket(),
+                    self.qemu_pid,
+                    Duration::from_secs(30),
+                )
+                .map_err(|e| e.to_string())?,
             );
         }
         let result = slot.as_mut().unwrap().execute(command, arguments);
