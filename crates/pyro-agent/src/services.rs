@@ -149,11 +149,15 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
     let logs = &agent.config.service_logs;
     fs::create_dir_all(logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     let open_log = |stream: &str| {
+        let path = log_path(agent, &spec.name, stream);
+        let _ = fs::remove_file(cut_marker(&path));
+        // Fresh, and appended to, so `cap_log` can cut the file while the
+        // service writes.
+        let _ = fs::remove_file(&path);
         OpenOptions::new()
             .create(true)
-            .truncate(true)
-            .write(true)
-            .open(log_path(agent, &spec.name, stream))
+            .append(true)
+            .open(path)
             .map_err(|e| format!("log: {e}"))
     };
     let (stdout, stderr) = (open_log("stdout")?, open_log("stderr")?);
@@ -221,6 +225,23 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
         .lock()
         .unwrap()
         .insert(spec.name.clone(), svc.clone());
+    // The logs live in guest memory (a tmpfs): a chatty service keeps
+    // only the latest part of them.
+    {
+        let svc = svc.clone();
+        let paths = [
+            log_path(agent, &spec.name, "stdout"),
+            log_path(agent, &spec.name, "stderr"),
+        ];
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(250));
+            paths.iter().for_each(|p| cap_log(p));
+            if svc.lock().unwrap().state.exit_code.is_some() {
+                paths.iter().for_each(|p| cap_log(p));
+                return;
+            }
+        });
+    }
     let waiter = svc.clone();
     std::thread::spawn(move || {
         if let Ok(raw) = rx.recv() {
@@ -295,6 +316,39 @@ pub fn list(agent: &Agent) -> Vec<ServiceState> {
 /// What one stream's logs may take of a reply, encoded.
 const LOG_BUDGET: usize = 384 * 1024;
 
+/// How large a service's log may grow before its start is dropped (the
+/// last [`LOG_WINDOW`] is kept).
+pub const LOG_LIMIT: u64 = 8 << 20;
+
+/// Beside a log whose start was dropped.
+fn cut_marker(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".cut");
+    PathBuf::from(name)
+}
+
+/// Keeps a log within [`LOG_LIMIT`]: past it, the log is cut to its last
+/// [`LOG_WINDOW`] (output written during the cut may be lost) and marked.
+pub fn cap_log(path: &Path) {
+    let Ok(len) = fs::metadata(path).map(|m| m.len()) else {
+        return;
+    };
+    if len <= LOG_LIMIT {
+        return;
+    }
+    let Ok(mut f) = File::open(path) else {
+        return;
+    };
+    let _ = f.seek(SeekFrom::Start(len - LOG_WINDOW));
+    let mut kept = Vec::new();
+    let _ = (&mut f).take(LOG_WINDOW).read_to_end(&mut kept);
+    if let Ok(mut w) = OpenOptions::new().append(true).open(path) {
+        let _ = w.set_len(0);
+        let _ = w.write_all(&kept);
+    }
+    let _ = File::create(cut_marker(path));
+}
+
 fn tail(path: &Path, lines: Option<u64>) -> (String, bool) {
     let Ok(mut f) = File::open(path) else {
         return (String::new(), false);
@@ -305,14 +359,15 @@ fn tail(path: &Path, lines: Option<u64>) -> (String, bool) {
     let mut data = Vec::new();
     let _ = f.read_to_end(&mut data);
     let text = String::from_utf8_lossy(&data).into_owned();
+    let dropped = start > 0 || cut_marker(path).exists();
     let (text, cut) = match lines {
-        None => (text, start > 0),
+        None => (text, dropped),
         Some(n) => {
             let all: Vec<&str> = text.split_inclusive('\n').collect();
             let keep = all
                 .len()
                 .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
-            (all[keep..].concat(), keep > 0 || start > 0)
+            (all[keep..].concat(), keep > 0 || dropped)
         }
     };
     // Whatever the lines hold, the reply fits one frame.
@@ -364,4 +419,26 @@ pub fn stop(agent: &Agent, name: &str) -> Result<ServiceState, String> {
     s.state.state = ServiceStatus::Stopped;
     s.state.stop_reason = Some(reason);
     Ok(s.state.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_past_its_cap_keeps_its_latest_part_and_says_so() {
+        let dir = std::env::temp_dir().join(format!("pyro-cap-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("svc.stdout");
+        let mut data = b"line\n".repeat(LOG_LIMIT as usize / 5 + 1);
+        data.extend_from_slice(b"the end\n");
+        fs::write(&log, &data).unwrap();
+        cap_log(&log);
+        let kept = fs::read(&log).unwrap();
+        assert_eq!(kept.len() as u64, LOG_WINDOW);
+        assert!(kept.ends_with(b"the end\n"));
+        let (text, cut) = tail(&log, Some(1));
+        assert_eq!((text.as_str(), cut), ("the end\n", true));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -10,7 +10,7 @@ use pyro::{
     ShellInfo, SnapshotInfo, SnapshotList, SyncResult, WorkspaceInfo, WorkspaceList, WorkspaceLogs,
 };
 
-use crate::render::{bytes, yes, Human};
+use crate::render::{bytes, safe, yes, Human};
 
 impl Human for WorkspaceInfo {
     fn human(&self) {
@@ -32,7 +32,7 @@ impl Human for WorkspaceInfo {
             None => println!("State: {}", w.state),
         }
         if let Some(e) = &w.last_error {
-            println!("Last error: {e}");
+            println!("Last error: {}", safe(e, true));
         }
         println!("Workspace: {}", w.workspace_path);
         println!("Last activity at: {}", w.last_activity_at);
@@ -164,8 +164,8 @@ fn entries(entries: &[FileEntry]) {
     for e in entries {
         let kind = e.artifact_type.as_str();
         match &e.link_target {
-            Some(t) => println!("{kind} {} -> {t}", e.path),
-            None => println!("{kind} {} {}", e.path, e.size_bytes),
+            Some(t) => println!("{kind} {} -> {}", safe(&e.path, false), safe(t, false)),
+            None => println!("{kind} {} {}", safe(&e.path, false), e.size_bytes),
         }
     }
 }
@@ -310,7 +310,7 @@ impl Human for DiffResult {
             d.workspace_id, s.total, s.added, s.modified, s.deleted, s.type_changed, s.text_patched, s.non_text
         );
         for e in d.entries.iter().filter(|e| e.text_patch.is_none()) {
-            println!("{} {}", e.status.as_str(), e.path);
+            println!("{} {}", e.status.as_str(), safe(&e.path, false));
         }
         print!("{}", d.patch);
     }

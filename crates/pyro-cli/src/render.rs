@@ -148,8 +148,28 @@ pub fn error(e: &anyhow::Error, json: bool) {
     if json {
         let _ = self::json(&serde_json::json!({ "ok": false, "error": message }));
     } else {
-        eprintln!("[error] {message}");
+        eprintln!("[error] {}", safe(&message, true));
     }
+}
+
+/// A name or message that came from the guest, made safe to print on a
+/// terminal: control characters (escape sequences among them) are shown
+/// escaped, newlines too unless `lines`.
+pub fn safe(s: &str, lines: bool) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\t' && !(lines && c == '\n');
+    if !s.chars().any(bad) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if bad(c) {
+                c.escape_default().collect::<String>()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 pub fn yes(b: bool) -> &'static str {
@@ -157,5 +177,22 @@ pub fn yes(b: bool) -> &'static str {
         "yes"
     } else {
         "no"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe;
+
+    #[test]
+    fn guest_names_cannot_drive_the_terminal() {
+        assert_eq!(safe("plain name.txt", false), "plain name.txt");
+        assert_eq!(
+            safe("a\u{1b}]0;pwned\u{7}b", false),
+            "a\\u{1b}]0;pwned\\u{7}b"
+        );
+        assert_eq!(safe("two\nlines\tok", false), "two\\nlines\tok");
+        assert_eq!(safe("two\nlines", true), "two\nlines");
+        assert_eq!(safe("csi\u{9b}31m", true), "csi\\u{9b}31m");
     }
 }

@@ -7,6 +7,8 @@
 
 mod common;
 
+mod bounds;
+
 mod doctor;
 mod environments;
 mod hostile;

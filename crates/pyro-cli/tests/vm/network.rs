@@ -420,7 +420,17 @@ fn published_ports_serve_on_host_loopback_while_the_service_runs() {
         logs["stderr"].as_str().unwrap().contains("GET /index.txt"),
         "{logs}"
     );
-    assert_eq!(net.fetch(&web_url), "served-from-guest");
+    // Traffic on a published port is nobody's activity: it does not hold
+    // off the idle timeout.
+    let expires = |net: &Netns| {
+        json(&net.pyro(&sb, &["workspace", "status", &id, "--json"]))["expires_at"].clone()
+    };
+    let before = expires(&net);
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..3 {
+        assert_eq!(net.fetch(&web_url), "served-from-guest");
+    }
+    assert_eq!(expires(&net), before, "port traffic moved the idle timeout");
 
     // A second service with a chosen host port; the first keeps serving.
     let fixed = net.free_port();

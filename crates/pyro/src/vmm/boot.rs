@@ -230,7 +230,20 @@ pub fn boot_once(dir: &VmDir, record: &VmRecord) -> Result<Booted, BootError> {
             Ok(n) => decoder.push(&buf[..n]),
             Err(_) => continue,
         }
-        while let Ok(Some(frame)) = decoder.next_frame() {
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                // Nothing after a broken frame can be trusted (and the
+                // buffer would only grow): this boot failed.
+                Err(e) => {
+                    return Err(give_up(
+                        &mut child,
+                        format!("the agent's port carried a malformed frame: {e}"),
+                        true,
+                    ))
+                }
+            };
             match frame.decode_message() {
                 Ok(Message::Welcome {
                     generation,

@@ -177,6 +177,12 @@ pub fn kernel_cmdline(spec: &VmSpec) -> String {
     parts.join(" ")
 }
 
+/// A path inside a QEMU option list, where a comma would end the value
+/// (and could start another option): commas are doubled.
+fn opt(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
 /// Arguments after the program name.
 pub fn args(spec: &VmSpec) -> Vec<OsString> {
     let (accel, cpu) = match spec.accel {
@@ -195,7 +201,7 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
             "-netdev".to_string(),
             format!(
                 "stream,id=n0,server=off,addr.type=unix,addr.path={}",
-                sock.display()
+                opt(sock)
             ),
             "-device".into(),
             format!("virtio-net-device,netdev=n0,mac={}", net::MAC),
@@ -216,10 +222,7 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         // Appended, so the supervisor can cut the file while QEMU writes.
         "-chardev".into(),
-        format!(
-            "file,id=console,path={},append=on",
-            spec.console_log.display()
-        ),
+        format!("file,id=console,path={},append=on", opt(&spec.console_log)),
         "-serial".into(),
         "chardev:console".into(),
         "-kernel".into(),
@@ -231,7 +234,7 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
         "-drive".into(),
         format!(
             "id=root,file={},format=qcow2,if=none,discard=unmap,cache={}",
-            spec.disk.display(),
+            opt(&spec.disk),
             if spec.disk_cache_unsafe {
                 "unsafe"
             } else {
@@ -249,15 +252,20 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
         "-chardev".into(),
         format!(
             "socket,id=agent,path={},server=on,wait=off",
-            spec.agent_socket.display()
+            opt(&spec.agent_socket)
         ),
         "-device".into(),
         format!(
             "virtserialport,chardev=agent,name={}",
             pyro_protocol::PORT_NAME
         ),
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=off", spec.qmp_socket.display()),
+        "-chardev".into(),
+        format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            opt(&spec.qmp_socket)
+        ),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
     ] {
         a.push(s.into());
     }
@@ -314,7 +322,7 @@ mod tests {
              -device virtio-rng-device,rng=rng0 -device virtio-serial-device \
              -chardev socket,id=agent,path=/v/agent.sock,server=on,wait=off \
              -device virtserialport,chardev=agent,name=org.pyro.agent \
-             -qmp unix:/v/qmp.sock,server=on,wait=off"
+             -chardev socket,id=qmp,path=/v/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control"
         );
     }
 
@@ -334,6 +342,13 @@ mod tests {
         assert!(render(&s).contains(
             "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=/v/net/passt.sock -device virtio-net-device,netdev=n0,mac=52:54:00:12:34:56"
         ));
+    }
+
+    #[test]
+    fn commas_in_paths_cannot_add_options() {
+        let mut s = spec(Accel::Tcg);
+        s.disk = "/v/a,readonly=on/disk.qcow2".into();
+        assert!(render(&s).contains("file=/v/a,,readonly=on/disk.qcow2,format=qcow2"));
     }
 
     #[test]

@@ -282,13 +282,18 @@ pub fn discard(state: &Path) {
     }
 }
 
-/// Other templates of the same environment and shape are outdated.
+/// Templates of the same environment and shape with another key were
+/// made by another pyro (or QEMU, or kernel): the newest one of them is
+/// kept, so two builds of pyro on one host do not replace each other's
+/// templates at every start; older ones go.
 fn remove_replaced(root: &Path, key: &str, spec: &VmSpec, env: &Installed) {
     let Ok(entries) = fs::read_dir(root) else {
         return;
     };
+    let mut others: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
     for e in entries.flatten() {
-        let Ok(bytes) = fs::read(e.path().join("template.json")) else {
+        let info_path = e.path().join("template.json");
+        let Ok(bytes) = fs::read(&info_path) else {
             continue;
         };
         let Ok(info) = serde_json::from_slice::<TemplateInfo>(&bytes) else {
@@ -300,8 +305,15 @@ fn remove_replaced(root: &Path, key: &str, spec: &VmSpec, env: &Installed) {
             && info.mem_mib == spec.mem_mib
             && info.network == spec.network_socket.is_some()
         {
-            let _ = fs::remove_dir_all(e.path());
+            let made = fs::metadata(&info_path)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            others.push((made, e.path()));
         }
+    }
+    others.sort_by_key(|o| std::cmp::Reverse(o.0));
+    for (_, dir) in others.into_iter().skip(1) {
+        let _ = fs::remove_dir_all(dir);
     }
 }
 

@@ -35,6 +35,22 @@ pub struct DiskList {
     pub path: String,
     pub artifact_type: ArtifactType,
     pub entries: Vec<FileEntry>,
+    /// The listing stopped at its limits (entries, path bytes, depth).
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// What one listing of a (guest-written, so possibly hostile) disk may
+/// hold: a directory that contains itself ends at these, not never.
+const LIST_ENTRIES: usize = 100_000;
+const LIST_PATH_BYTES: usize = 16 << 20;
+const LIST_DEPTH: usize = 256;
+
+#[derive(Default)]
+struct Walk {
+    entries: Vec<FileEntry>,
+    path_bytes: usize,
+    truncated: bool,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -135,19 +151,26 @@ pub fn list(ctx: &Context, id: &str, path: &str, recursive: bool) -> Result<Disk
         .symlink_metadata(path.as_str())
         .map_err(|e| not_found(&path, e))?;
     let artifact_type = kind(meta.file_type());
-    let mut entries = Vec::new();
+    let mut found = Walk::default();
     if artifact_type == ArtifactType::Directory {
-        walk(&fs, &path, recursive, &mut entries)?;
+        walk(&fs, &path, recursive, 0, &mut found)?;
     }
     Ok(DiskList {
         workspace_id: id.into(),
         path,
         artifact_type,
-        entries,
+        entries: found.entries,
+        truncated: found.truncated,
     })
 }
 
-fn walk(fs: &ext4_view::Ext4, dir: &str, recursive: bool, out: &mut Vec<FileEntry>) -> Result<()> {
+fn walk(
+    fs: &ext4_view::Ext4,
+    dir: &str,
+    recursive: bool,
+    depth: usize,
+    out: &mut Walk,
+) -> Result<()> {
     let mut children = Vec::new();
     for e in fs.read_dir(dir).map_err(|e| not_found(dir, e))? {
         let e = e.map_err(|e| not_found(dir, e))?;
@@ -160,11 +183,16 @@ fn walk(fs: &ext4_view::Ext4, dir: &str, recursive: bool, out: &mut Vec<FileEntr
     children.sort();
     for name in children {
         let full = format!("{}/{name}", dir.trim_end_matches('/'));
+        if out.entries.len() >= LIST_ENTRIES || out.path_bytes + full.len() > LIST_PATH_BYTES {
+            out.truncated = true;
+            return Ok(());
+        }
+        out.path_bytes += full.len();
         let meta = fs
             .symlink_metadata(full.as_str())
             .map_err(|e| not_found(&full, e))?;
         let t = kind(meta.file_type());
-        out.push(FileEntry {
+        out.entries.push(FileEntry {
             path: full.clone(),
             artifact_type: t,
             size_bytes: if t == ArtifactType::File {
@@ -181,7 +209,11 @@ fn walk(fs: &ext4_view::Ext4, dir: &str, recursive: bool, out: &mut Vec<FileEntr
                 .flatten(),
         });
         if recursive && t == ArtifactType::Directory {
-            walk(fs, &full, true, out)?;
+            if depth + 1 >= LIST_DEPTH {
+                out.truncated = true;
+                continue;
+            }
+            walk(fs, &full, true, depth + 1, out)?;
         }
     }
     Ok(())

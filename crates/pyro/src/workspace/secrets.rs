@@ -241,23 +241,34 @@ impl<'a> Redactor<'a> {
     }
 
     /// Emits what can safely be emitted from `buf`; with `all`, everything.
+    /// Linear in `buf`: each secret is searched for once per occurrence
+    /// found before it.
     fn drain(secrets: &[Vec<u8>], hold: usize, buf: &mut Vec<u8>, all: bool) -> Vec<u8> {
         let mut emitted = Vec::new();
+        let mut pos = 0;
+        let mut next: Vec<Option<usize>> = secrets.iter().map(|s| find(buf, s, 0)).collect();
         loop {
-            let found = secrets
+            let found = next
                 .iter()
-                .filter_map(|s| find(buf, s).map(|i| (i, s.len())))
+                .zip(secrets)
+                .filter_map(|(n, s)| n.map(|i| (i, s.len())))
                 .min_by_key(|(i, len)| (*i, std::cmp::Reverse(*len)));
             match found {
                 Some((i, len)) => {
-                    emitted.extend_from_slice(&buf[..i]);
+                    emitted.extend_from_slice(&buf[pos..i]);
                     emitted.extend_from_slice(REDACTED);
-                    buf.drain(..i + len);
+                    pos = i + len;
+                    for (n, s) in next.iter_mut().zip(secrets) {
+                        if matches!(n, Some(j) if *j < pos) {
+                            *n = find(buf, s, pos);
+                        }
+                    }
                 }
                 None => {
-                    let keep = if all { 0 } else { hold.min(buf.len()) };
+                    let keep = if all { 0 } else { hold.min(buf.len() - pos) };
                     let cut = buf.len() - keep;
-                    emitted.extend(buf.drain(..cut));
+                    emitted.extend_from_slice(&buf[pos..cut]);
+                    buf.drain(..cut);
                     return emitted;
                 }
             }
@@ -276,11 +287,12 @@ impl<'a> Redactor<'a> {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || needle.len() > hay.len() {
+/// Where `needle` next occurs in `hay` at or after `from`.
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || from > hay.len() {
         return None;
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(&hay[from..], needle).map(|i| i + from)
 }
 
 impl OutputSink for Redactor<'_> {

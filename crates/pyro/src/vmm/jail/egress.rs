@@ -54,18 +54,26 @@ pub fn script(
     line(format!(
         "add chain {TABLE} output {{ type filter hook output priority 0 ; policy accept ; }}"
     ));
+    line(format!("add chain {TABLE} guest"));
     line(format!("add set {TABLE} private_ok {{ type uid ; }}"));
     line(format!("add set {TABLE} dns4 {{ type ipv4_addr ; }}"));
     line(format!("add set {TABLE} dns6 {{ type ipv6_addr ; }}"));
     line(format!("flush chain {TABLE} output"));
+    line(format!("flush chain {TABLE} guest"));
     line(format!("flush set {TABLE} dns4"));
     line(format!("flush set {TABLE} dns6"));
     for r in resolvers {
         let set = if r.is_ipv4() { "dns4" } else { "dns6" };
         line(format!("add element {TABLE} {set} {{ {r} }}"));
     }
-    let rule = |r: &str| format!("add rule {TABLE} output {r}");
-    line(rule(&format!("meta skuid != {}-{} return", uids.0, uids.1)));
+    // Only packets of a socket a jail uid owns go to `guest`: a packet
+    // with no owner (a closed connection's last FIN) matches no uid, and
+    // a negated match would have filtered it.
+    line(format!(
+        "add rule {TABLE} output meta skuid {}-{} jump guest",
+        uids.0, uids.1
+    ));
+    let rule = |r: &str| format!("add rule {TABLE} guest {r}");
     line(rule(
         "ip daddr @dns4 meta l4proto { tcp, udp } th dport 53 accept",
     ));
@@ -134,7 +142,11 @@ mod tests {
     #[test]
     fn the_rules_filter_only_jail_uids_and_private_ranges_are_opt_in() {
         let closed = script((10, 99), &["10.0.0.2".parse().unwrap()], 11, false);
-        assert!(closed.contains("meta skuid != 10-99 return\n"));
+        assert!(closed.contains("add rule inet pyro_egress output meta skuid 10-99 jump guest\n"));
+        assert!(
+            !closed.contains("!="),
+            "a negated owner match also filters ownerless packets"
+        );
         assert!(closed.contains("add element inet pyro_egress dns4 { 10.0.0.2 }\n"));
         assert!(closed.contains("fib daddr type local reject\n"));
         assert!(closed.contains("169.254.0.0/16"));

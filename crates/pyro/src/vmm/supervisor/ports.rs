@@ -7,17 +7,20 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pyro_protocol::{Frame, Kind, Message};
 
 use crate::vmm::channel::stream;
-use crate::vmm::control::{PortBinding, ServicePort};
+use crate::vmm::control::{ControlRequest, PortBinding, ServicePort};
 
 /// Published ports bind here only.
 const PUBLISH_HOST: &str = "127.0.0.1";
+/// Connections one published port relays at once; more are closed as
+/// they arrive (each costs threads and a tunnel in the guest).
+pub const MAX_CONNECTIONS: usize = 64;
 
 struct Publication {
     port: ServicePort,
@@ -90,15 +93,23 @@ fn publish(
     let closed = Arc::new(AtomicBool::new(false));
     {
         let closed = closed.clone();
+        let open = Arc::new(AtomicUsize::new(0));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if closed.load(Ordering::SeqCst) {
                     break;
                 }
-                if let Ok(tcp) = conn {
-                    let attach = attach.clone();
-                    std::thread::spawn(move || relay(&attach, tcp, guest_port));
+                let Ok(tcp) = conn else { continue };
+                if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    drop(tcp);
+                    continue;
                 }
+                let (attach, open) = (attach.clone(), open.clone());
+                std::thread::spawn(move || {
+                    relay(&attach, tcp, guest_port);
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
     }
@@ -138,9 +149,21 @@ fn relay(attach: &Attach, tcp: TcpStream, guest_port: u16) {
     let (Ok(mut to_sup), Ok(mut from_tcp)) = (mine.try_clone(), tcp.try_clone()) else {
         return;
     };
-    if to_sup
-        .write_all(&Frame::message(STREAM, &Message::TunnelOpen { port: guest_port }).encode())
-        .is_err()
+    // Traffic on a published port is not a user's activity: it does not
+    // hold off the idle timeout.
+    let passive = Frame {
+        stream: stream::CONTROL,
+        kind: Kind::Message,
+        body: serde_json::to_vec(&ControlRequest::Attach {
+            owner: false,
+            passive: true,
+        })
+        .expect("control requests serialize"),
+    };
+    if to_sup.write_all(&passive.encode()).is_err()
+        || to_sup
+            .write_all(&Frame::message(STREAM, &Message::TunnelOpen { port: guest_port }).encode())
+            .is_err()
     {
         return;
     }
@@ -182,6 +205,9 @@ fn relay(attach: &Attach, tcp: TcpStream, guest_port: u16) {
     let mut from_sup = mine;
     let mut lagging = false;
     while let Ok(Some(frame)) = Frame::read_from(&mut from_sup) {
+        if frame.stream == stream::CONTROL {
+            continue; // `Attached`
+        }
         let done = match frame.kind {
             Kind::Stdout => {
                 lagging = tx.try_send(frame.body).is_err();
