@@ -239,6 +239,11 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
                 agent_version: VERSION.into(),
                 kernel_release: sys::kernel_release(),
                 boot_ms: sys::boottime_ms(),
+                cgroups: agent
+                    .config
+                    .cgroups
+                    .as_ref()
+                    .is_some_and(|root| root.join("cgroup.procs").exists()),
             })
         }
         Message::Activate(_) | Message::Freeze | Message::Thaw | Message::Shutdown

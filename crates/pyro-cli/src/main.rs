@@ -59,8 +59,11 @@ fn main() -> ExitCode {
     }
     // rmcp logs tool arguments (secret values among them) at debug level:
     // whatever PYRO_LOG asks, it says no more than info.
-    let filter = tracing_subscriber::EnvFilter::from_env("PYRO_LOG")
-        .add_directive("rmcp=info".parse().expect("a valid directive"));
+    // Warnings show unless PYRO_LOG says otherwise.
+    let filter = match tracing_subscriber::EnvFilter::try_from_env("PYRO_LOG") {
+        Ok(f) => f.add_directive("rmcp=info".parse().expect("a valid directive")),
+        Err(_) => tracing_subscriber::EnvFilter::new("warn"),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)

@@ -283,6 +283,10 @@ pub enum Message {
         kernel_release: String,
         /// Milliseconds from kernel start to the agent being ready.
         boot_ms: u64,
+        /// cgroup v2 is mounted: every command runs in a cgroup of its
+        /// own, and ending it ends everything it started.
+        #[serde(default)]
+        cgroups: bool,
     },
     /// Host → agent: give this booted guest its identity.
     Activate(Activation),

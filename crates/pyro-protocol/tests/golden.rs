@@ -18,6 +18,7 @@ fn examples() -> Vec<Message> {
             agent_version: "0.1.0".into(),
             kernel_release: "6.1.0-56-cloud-amd64".into(),
             boot_ms: 1234,
+            cgroups: true,
         },
         Message::Activate(Activation {
             hostname: "pyro-0123".into(),

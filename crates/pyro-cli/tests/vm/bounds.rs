@@ -232,6 +232,7 @@ fn two_gib_of_output_leave_the_cli_and_the_mcp_server_small() {
     let r: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(r["exit_code"], 0, "{}", r["stderr"]);
     assert_eq!(r["stdout_truncated"], true, "{}", r["stdout_truncated"]);
+    eprintln!("workspace exec of 2 GiB: CLI peak {peak} kB, idle {idle} kB");
     assert!(
         peak < idle + BOUND_KB,
         "workspace exec: {peak} kB at peak, {idle} kB idle"

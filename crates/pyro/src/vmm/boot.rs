@@ -39,6 +39,8 @@ pub struct Welcome {
     pub agent_version: String,
     /// The guest's clock at the welcome: kernel start to agent ready.
     pub boot_ms: u64,
+    /// The guest contains each command in a cgroup (cgroup v2 mounted).
+    pub cgroups: bool,
 }
 
 /// A guest that answered: QEMU, the agent's connection, its welcome.
@@ -250,6 +252,7 @@ pub fn boot_once(dir: &VmDir, record: &VmRecord) -> Result<Booted, BootError> {
                     agent_version,
                     kernel_release,
                     boot_ms,
+                    cgroups,
                 }) => {
                     if let Err(e) = agent.set_read_timeout(None) {
                         return Err(give_up(&mut child, format!("agent socket: {e}"), false));
@@ -259,6 +262,7 @@ pub fn boot_once(dir: &VmDir, record: &VmRecord) -> Result<Booted, BootError> {
                         kernel_release,
                         agent_version,
                         boot_ms,
+                        cgroups,
                     };
                     return Ok(Booted {
                         qemu: child,

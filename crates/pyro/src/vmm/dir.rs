@@ -130,6 +130,11 @@ pub struct BootReport {
     /// The guest was restored from a template snapshot, not booted.
     #[serde(default)]
     pub restored: bool,
+    /// The guest contains each command in a cgroup of its own; without
+    /// (a kernel with no cgroup v2), a timeout or cancel ends only the
+    /// command's process group.
+    #[serde(default)]
+    pub guest_cgroups: bool,
 }
 
 /// The machine shape of a VM.

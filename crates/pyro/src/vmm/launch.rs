@@ -59,6 +59,11 @@ pub fn start_supervisor(program: &Path, dir: &VmDir) -> Result<BootReport> {
             templates::discard(&state);
         }
     }
+    if !report.guest_cgroups {
+        tracing::warn!(
+            "the guest kernel has no cgroup v2: a command's timeout or cancel ends only its process group, not what escaped it"
+        );
+    }
     Ok(report)
 }
 

@@ -140,6 +140,7 @@ pub fn main(dir: &Path) -> ! {
         agent_version: welcome.agent_version,
         attempts: booted.attempts,
         restored: booted.restored,
+        guest_cgroups: welcome.cgroups,
     });
     host::stdout_to_null();
 
