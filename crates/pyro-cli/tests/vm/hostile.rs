@@ -207,3 +207,102 @@ fn a_chatty_guest_console_fills_no_disk() {
     assert!(size("console.log.1") > 0, "the latest output is kept");
     ws(&sb, &["delete", &id]);
 }
+
+/// Every command line on the host, NUL-separated arguments joined.
+fn host_command_lines() -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            all.push_str(&String::from_utf8_lossy(&cmdline).replace('\0', " "));
+            all.push('\n');
+        }
+    }
+    all
+}
+
+#[test]
+fn secrets_stay_off_command_lines_and_out_of_split_shell_reads() {
+    let sb = Sandbox::new();
+    let token = "tok-51c0e7d2a9-secret";
+    let file_value = "file-77ab3c19e4-secret";
+    let file = sb.home.path().join("db.secret");
+    std::fs::write(&file, file_value).unwrap();
+    // Given by name (the value comes from the environment) and from a
+    // file: neither value is on any command line.
+    let out = sb
+        .cmd()
+        .env("API_TOKEN", token)
+        .args([
+            "workspace",
+            "create",
+            "debian:12",
+            "--json",
+            "--secret",
+            "API_TOKEN",
+        ])
+        .arg("--secret")
+        .arg(format!("DB_PASS=@{}", file.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = crate::common::json(&out)["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ws(
+        &sb,
+        &[
+            "service",
+            "start",
+            &id,
+            "holder",
+            "--secret-env",
+            "API_TOKEN",
+            "--secret-env",
+            "DB_PASS",
+            "--",
+            "sleep",
+            "120",
+        ],
+    );
+    let shell = ws(&sb, &["shell", "open", &id, "--secret-env", "API_TOKEN"]);
+    let sid = shell["shell_id"].as_str().unwrap().to_string();
+    let lines = host_command_lines();
+    for value in [token, file_value] {
+        assert!(!lines.contains(value), "a command line shows {value}");
+    }
+    assert!(lines.contains(&id), "the scan sees pyro's processes");
+
+    // The secret is printed in two halves two seconds apart, and read in
+    // between: no read, and no two reads together, show it.
+    let cut = token.len() / 2;
+    ws(
+        &sb,
+        &[
+            "shell", "write", &id, &sid, "--input",
+            &format!("printf '%s' \"${{API_TOKEN:0:{cut}}}\"; sleep 3; printf '%s\\n' \"${{API_TOKEN:{cut}}}\"\n"),
+        ],
+    );
+    let mut seen = String::new();
+    let mut cursor = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let read = ws(
+            &sb,
+            &["shell", "read", &id, &sid, "--cursor", &cursor.to_string()],
+        );
+        cursor = read["next_cursor"].as_u64().unwrap();
+        seen.push_str(read["output"].as_str().unwrap());
+        if seen.contains("[REDACTED]") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(seen.contains("[REDACTED]"), "{seen:?}");
+    assert!(!seen.contains(token), "{seen:?}");
+    assert!(
+        !seen.contains(&token[..cut]),
+        "the first half leaked: {seen:?}"
+    );
+    ws(&sb, &["delete", &id]);
+}
