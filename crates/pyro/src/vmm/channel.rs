@@ -39,6 +39,9 @@ pub enum ChannelError {
     /// The output's receiver stopped the request (it had enough).
     #[error("the reply was abandoned")]
     Abandoned,
+    /// The request does not fit one frame.
+    #[error("the request is {0} bytes encoded; one request may be at most {max} bytes", max = pyro_protocol::MAX_BODY_LEN)]
+    TooLarge(usize),
 }
 
 /// Output of the request's stream, as it arrives; `false` abandons the
@@ -56,6 +59,11 @@ pub fn call<C: Read + Write>(
     input: Option<&mut dyn Read>,
     on_data: OnData<'_>,
 ) -> Result<Message, ChannelError> {
+    // Refused here, before anything is sent: the frame would not carry it.
+    let size = serde_json::to_vec(message).map_or(0, |b| b.len());
+    if size > pyro_protocol::MAX_BODY_LEN {
+        return Err(ChannelError::TooLarge(size));
+    }
     conn.write_all(&Frame::message(stream, message).encode())?;
     if let Some(input) = input {
         let mut buf = vec![0u8; 64 * 1024];
@@ -143,6 +151,20 @@ mod tests {
         assert_eq!(out, b"hello!");
         peer.join().unwrap();
         drop(host);
+    }
+
+    #[test]
+    fn a_request_too_large_for_a_frame_is_refused_before_sending() {
+        let (mut host, mut guest) = UnixStream::pair().unwrap();
+        let huge = Message::Error {
+            message: "x".repeat(pyro_protocol::MAX_BODY_LEN),
+        };
+        let err = call(&mut host, 1, &huge, None, &mut |_, _| true).unwrap_err();
+        assert!(matches!(err, ChannelError::TooLarge(n) if n > pyro_protocol::MAX_BODY_LEN));
+        drop(host);
+        let mut sent = Vec::new();
+        guest.read_to_end(&mut sent).unwrap();
+        assert!(sent.is_empty(), "{} bytes went out", sent.len());
     }
 
     #[test]

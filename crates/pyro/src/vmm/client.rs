@@ -263,6 +263,7 @@ impl VmClient {
                 context: "read input".into(),
                 source: e,
             },
+            e @ ChannelError::TooLarge(_) => Error::invalid(e.to_string()),
             e => lost(e),
         })
     }
