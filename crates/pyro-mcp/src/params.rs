@@ -68,9 +68,8 @@ pub struct VmCreateParams {
     /// Outbound network (user-mode NAT; the host loopback stays unreachable).
     #[serde(default)]
     pub network: bool,
-    /// Accepted for compatibility; these VMs always run in a guest.
+    /// Refused when true: VMs always run in a guest (only vm_run may fall back to the host).
     #[serde(default)]
-    #[allow(dead_code)]
     pub allow_host_compat: bool,
 }
 
@@ -99,9 +98,8 @@ pub struct CreateCoreParams {
     /// Idle timeout: the workspace is stopped (never deleted) after this long without activity.
     #[serde(default = "defaults::ttl_seconds")]
     pub ttl_seconds: u64,
-    /// Accepted for compatibility; workspaces always run in a guest.
+    /// Refused when true: workspaces always run in a guest (only vm_run may fall back to the host).
     #[serde(default)]
-    #[allow(dead_code)]
     pub allow_host_compat: bool,
     /// A host directory, .tar, .tar.gz or .tgz copied into /workspace.
     #[serde(default)]
@@ -351,6 +349,7 @@ impl From<CreateCoreParams> for CreateWorkspace {
             name: p.name,
             labels: p.labels.unwrap_or_default(),
             secrets: Vec::new(),
+            allow_host_compat: p.allow_host_compat,
         }
     }
 }

@@ -144,6 +144,15 @@ pub mod defaults {
     }
 }
 
+/// The refusal of `allow_host_compat` for `what` (a workspace, a VM):
+/// only one-shot runs fall back to the host; anything that persists always
+/// runs in a guest, so the flag is refused rather than ignored.
+pub(crate) fn host_compat_refused(what: &str) -> Error {
+    Error::invalid(format!(
+        "allow_host_compat is for one-shot runs only: {what} always runs in a guest, never on the host"
+    ))
+}
+
 /// The limits every VM's resources share (runs, VMs and workspaces).
 pub(crate) fn validate_resources(vcpu_count: u32, mem_mib: u32, ttl_seconds: u64) -> Result<()> {
     if !(1..=8).contains(&vcpu_count) {

@@ -99,6 +99,7 @@ impl Pyro {
             ctx: paths::Context {
                 paths: Paths::from_env(),
                 program,
+                max_running_vms: None,
             },
         }
     }
@@ -111,6 +112,14 @@ impl Pyro {
     /// The `pyro` binary to start as each VM's supervisor.
     pub fn with_program(mut self, program: impl Into<PathBuf>) -> Pyro {
         self.ctx.program = program.into();
+        self
+    }
+
+    /// At most `limit` VMs run at once (one-shot runs, lifecycle VMs and
+    /// running workspaces of this home together), whatever
+    /// `PYRO_MAX_RUNNING_VMS` says.
+    pub fn with_max_running_vms(mut self, limit: u64) -> Pyro {
+        self.ctx.max_running_vms = Some(limit);
         self
     }
 

@@ -71,4 +71,7 @@ pub(crate) struct Context {
     pub paths: Paths,
     /// The `pyro` binary, started in its hidden supervisor mode per VM.
     pub program: PathBuf,
+    /// How many VMs may run at once, when the caller said so; otherwise
+    /// `PYRO_MAX_RUNNING_VMS`, if set.
+    pub max_running_vms: Option<u64>,
 }

@@ -216,7 +216,7 @@ pub(crate) fn run_in_vm(
     let mut timings = RunTimings::default();
     let mut boot_started = started;
     let created = (|| {
-        let _admission = admission::admit(&ctx.paths, p.mem_mib)?;
+        let _admission = admission::admit(ctx, p.mem_mib)?;
         dir::create(&dir, &record, &base)?;
         boot_started = Instant::now();
         progress.phase("run", &format!("phase=start vm_id={id}"));

@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{
-    defaults, ms_to_s, validate_resources, validate_timeout, Command, ExecutionMode,
+    defaults, host_compat_refused, ms_to_s, validate_resources, validate_timeout, Command, ExecutionMode,
 };
 use crate::error::{Entity, Error, Result};
 use crate::paths::Context;
@@ -35,6 +35,10 @@ pub struct CreateVm {
     pub mem_mib: u32,
     pub ttl_seconds: u64,
     pub network: bool,
+    /// Accepted for compatibility and refused when set: a lifecycle VM
+    /// always runs in a guest (only one-shot runs may fall back to the
+    /// host).
+    pub allow_host_compat: bool,
 }
 
 impl CreateVm {
@@ -45,6 +49,7 @@ impl CreateVm {
             mem_mib: defaults::mem_mib(),
             ttl_seconds: defaults::ttl_seconds(),
             network: false,
+            allow_host_compat: false,
         }
     }
 }
@@ -189,6 +194,9 @@ fn locate(ctx: &Context, id: &str) -> Result<(VmDir, VmRecord)> {
 }
 
 pub fn create(ctx: &Context, p: &CreateVm, progress: &dyn Progress) -> Result<VmInfo> {
+    if p.allow_host_compat {
+        return Err(host_compat_refused("a VM"));
+    }
     validate_resources(p.vcpu_count, p.mem_mib, p.ttl_seconds)?;
     let entry = environments::lookup(&p.environment)?;
     reap_expired(ctx);
@@ -225,7 +233,7 @@ pub fn start(ctx: &Context, id: &str, progress: &dyn Progress) -> Result<VmInfo>
     }
     // The kernel cache may have been pruned since the VM was created.
     assets::ensure(&ctx.paths, progress)?;
-    let _admission = admission::admit(&ctx.paths, record.spec.mem_mib)?;
+    let _admission = admission::admit(ctx, record.spec.mem_mib)?;
     progress.phase("vm", &format!("phase=start vm_id={id}"));
     let _ = fs::remove_file(dir.supervisor_pid());
     dir.write_record(&record)?;

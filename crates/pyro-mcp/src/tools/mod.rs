@@ -57,6 +57,13 @@ impl PyroServer {
                 Self::run_router() + core + Self::full_router() + Self::vm_router()
             }
         };
+        let mut tool_router = tool_router;
+        for route in tool_router.map.values_mut() {
+            standard_formats(std::sync::Arc::make_mut(&mut route.attr.input_schema));
+            if let Some(out) = &mut route.attr.output_schema {
+                standard_formats(std::sync::Arc::make_mut(out));
+            }
+        }
         PyroServer {
             pyro,
             access,
@@ -67,6 +74,53 @@ impl PyroServer {
     /// What `tools/list` answers, sorted by name.
     pub fn tools(&self) -> Vec<rmcp::model::Tool> {
         self.tool_router.list_all()
+    }
+}
+
+/// The formats JSON Schema defines (2020-12, "Defined Formats").
+const JSON_SCHEMA_FORMATS: &[&str] = &[
+    "date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname",
+    "ipv4", "ipv6", "uri", "uri-reference", "iri", "iri-reference", "uuid", "uri-template",
+    "json-pointer", "relative-json-pointer", "regex",
+];
+
+/// Rewrites a schema so that it only uses JSON Schema's own formats:
+/// schemars describes Rust's number types with OpenAPI formats (`uint64`,
+/// `int32`, `double`), which strict validators (Ajv, the TypeScript SDK's)
+/// reject as unknown. A bounded integer keeps its bounds as
+/// `minimum`/`maximum` instead.
+fn standard_formats(schema: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    let bounds = match schema.get("format").and_then(Value::as_str) {
+        Some(f) if JSON_SCHEMA_FORMATS.contains(&f) => None,
+        Some("uint8") => Some((0, i64::from(u8::MAX))),
+        Some("uint16") => Some((0, i64::from(u16::MAX))),
+        Some("uint32") => Some((0, i64::from(u32::MAX))),
+        Some("int32") => Some((i64::from(i32::MIN), i64::from(i32::MAX))),
+        Some(_) => Some((i64::MIN, i64::MAX)),
+        None => None,
+    };
+    if let Some((min, max)) = bounds {
+        schema.remove("format");
+        if min != i64::MIN {
+            schema.entry("minimum").or_insert(min.into());
+        }
+        if max != i64::MAX {
+            schema.entry("maximum").or_insert(max.into());
+        }
+    }
+    for value in schema.values_mut() {
+        match value {
+            Value::Object(o) => standard_formats(o),
+            Value::Array(items) => {
+                for item in items {
+                    if let Value::Object(o) = item {
+                        standard_formats(o);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -137,6 +191,24 @@ impl ServerHandler for PyroServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schemas_use_only_json_schema_formats() {
+        let server = PyroServer::new(Pyro::new(), Profile::WorkspaceFull, HostAccess::default());
+        for tool in server.tools() {
+            let mut text = serde_json::to_string(&*tool.input_schema).unwrap();
+            text += &serde_json::to_string(&tool.output_schema).unwrap();
+            for bad in ["uint", "int32", "int64", "double", "float"] {
+                assert!(!text.contains(&format!("\"format\":\"{bad}")), "{}: {text}", tool.name);
+            }
+        }
+        let mut s = serde_json::json!({"type": "integer", "format": "uint16", "minimum": 0});
+        standard_formats(s.as_object_mut().unwrap());
+        assert_eq!(s, serde_json::json!({"type": "integer", "minimum": 0, "maximum": 65535}));
+        let mut s = serde_json::json!({"type": "string", "format": "date-time"});
+        standard_formats(s.as_object_mut().unwrap());
+        assert_eq!(s["format"], "date-time");
+    }
 
     #[test]
     fn remedies_name_tools_and_parameters_never_cli_flags() {

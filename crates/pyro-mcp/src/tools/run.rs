@@ -52,6 +52,7 @@ impl PyroServer {
                 mem_mib: p.mem_mib,
                 ttl_seconds: p.ttl_seconds,
                 network: p.network,
+                allow_host_compat: p.allow_host_compat,
             };
             pyro.create_vm(&params, &Silent)
         })

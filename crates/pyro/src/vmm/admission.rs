@@ -8,7 +8,7 @@ use std::fs;
 
 use crate::error::{Error, Result};
 use crate::host::{self, FileLock};
-use crate::paths::Paths;
+use crate::paths::{Context, Paths};
 use crate::vmm::dir::VmDir;
 
 /// What QEMU and the supervisor take beside a guest's own memory.
@@ -82,7 +82,8 @@ pub struct Admission {
 
 /// Takes the capacity lock and checks there is room for one more running
 /// VM with `mem_mib` of memory.
-pub fn admit(paths: &Paths, mem_mib: u32) -> Result<Admission> {
+pub fn admit(ctx: &Context, mem_mib: u32) -> Result<Admission> {
+    let paths = &ctx.paths;
     host::private_dir(&paths.home)?;
     let lock = FileLock::acquire(&paths.home.join(".capacity.lock"))?;
     let running = running(paths);
@@ -93,10 +94,10 @@ pub fn admit(paths: &Paths, mem_mib: u32) -> Result<Admission> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if let Some(limit) = running_limit() {
+    if let Some(limit) = ctx.max_running_vms.or_else(running_limit) {
         if running.len() as u64 >= limit {
             return Err(Error::Capacity(format!(
-                "{} VMs are running, the limit (PYRO_MAX_RUNNING_VMS) is {limit}; stop one first: {}",
+                "{} VMs are running, the limit of running VMs is {limit}; stop one first: {}",
                 running.len(),
                 names()
             )));

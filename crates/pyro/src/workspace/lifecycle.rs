@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use pyro_protocol::{Message, ServiceStatus, WORKSPACE_ROOT};
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{defaults, now, valid_name, valid_text, validate_resources, BASELINE};
+use crate::contract::{defaults, host_compat_refused, now, valid_name, valid_text, validate_resources, BASELINE};
 use crate::error::{Error, IoContext, Result};
 use crate::paths::Context;
 use crate::progress::Progress;
@@ -42,6 +42,9 @@ pub struct CreateWorkspace {
     pub name: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub secrets: Vec<SecretInput>,
+    /// Accepted for compatibility and refused when set: a workspace always
+    /// runs in a guest (only one-shot runs may fall back to the host).
+    pub allow_host_compat: bool,
 }
 
 impl Default for CreateWorkspace {
@@ -56,6 +59,7 @@ impl Default for CreateWorkspace {
             name: None,
             labels: BTreeMap::new(),
             secrets: Vec::new(),
+            allow_host_compat: false,
         }
     }
 }
@@ -98,6 +102,9 @@ pub fn create(
     p: &CreateWorkspace,
     progress: &dyn Progress,
 ) -> Result<WorkspaceInfo> {
+    if p.allow_host_compat {
+        return Err(host_compat_refused("a workspace"));
+    }
     let entry = environments::lookup(&p.environment)?;
     validate_resources(p.vcpu_count, p.mem_mib, p.ttl_seconds)?;
     if let Some(n) = &p.name {

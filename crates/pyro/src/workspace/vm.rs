@@ -42,7 +42,7 @@ pub(crate) fn boot(
     let entry = environments::lookup(&r.environment)?;
     let assets = assets::ensure(&ctx.paths, progress)?;
     environments::ensure(&ctx.paths, entry, false, progress)?;
-    let _admission = admission::admit(&ctx.paths, r.mem_mib)?;
+    let _admission = admission::admit(ctx, r.mem_mib)?;
     let vm = ws.vm();
     let mut spec = spec(ws, r, &assets);
     spec.snapshot = template.map(|t| t.state.clone());

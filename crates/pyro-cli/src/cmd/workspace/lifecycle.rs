@@ -39,6 +39,10 @@ pub struct CreateArgs {
     /// A secret read from a host file, NAME=PATH (repeatable).
     #[arg(long = "secret-file", value_parser = key_value)]
     secret_files: Vec<(String, String)>,
+    /// Refused: workspaces always run in a guest (accepted for
+    /// compatibility; only `pyro run` may fall back to the host).
+    #[arg(long, hide = true)]
+    allow_host_compat: bool,
     /// Print only the workspace id.
     #[arg(long, conflicts_with = "json")]
     id_only: bool,
@@ -74,6 +78,7 @@ pub fn create(pyro: &Pyro, a: CreateArgs, json: bool) -> anyhow::Result<ExitCode
         name: a.name,
         labels: a.labels.into_iter().collect(),
         secrets: given.chain(files).collect(),
+        allow_host_compat: a.allow_host_compat,
     };
     let w = pyro.create_workspace(&params, &render::Phases::new())?;
     if a.id_only {

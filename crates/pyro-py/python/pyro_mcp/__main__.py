@@ -1,0 +1,3 @@
+from pyro_mcp.cli import main
+
+main()
