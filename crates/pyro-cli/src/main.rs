@@ -27,13 +27,25 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum DemoCommand {
+    /// A model served by Ollama chooses commands; pyro runs each in a fresh microVM.
+    Ollama(cmd::ollama::OllamaArgs),
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Boot a microVM, run one command in it, delete it; exits with the command's exit code.
     Run(cmd::run::RunArgs),
     /// Check what this host can run, and how to fix what it cannot.
-    Doctor,
+    Doctor {
+        /// The platform guests are run for (pyro runs linux-x86_64 guests).
+        #[arg(long, default_value = "linux-x86_64")]
+        platform: String,
+    },
     /// Show the one-shot lifecycle on debian:12 as JSON.
     Demo {
+        #[command(subcommand)]
+        demo: Option<DemoCommand>,
         /// Give the guest network access.
         #[arg(long)]
         network: bool,
@@ -83,8 +95,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     match cli.command {
         Command::Run(a) => cmd::run::run(&pyro, a, json),
-        Command::Demo { network } => cmd::run::demo(&pyro, network),
-        Command::Doctor => render::show(json, &pyro.doctor()),
+        Command::Demo {
+            demo: Some(DemoCommand::Ollama(a)),
+            ..
+        } => cmd::ollama::run(&pyro, a),
+        Command::Demo { demo: None, network } => cmd::run::demo(&pyro, network),
+        Command::Doctor { platform } => {
+            if platform != "linux-x86_64" {
+                anyhow::bail!(
+                    "pyro runs linux-x86_64 guests only; --platform {platform} is not available"
+                );
+            }
+            render::show(json, &pyro.doctor())
+        }
         Command::Env(c) => cmd::env::dispatch(&pyro, c, json),
         Command::Mcp(c) => cmd::mcp::dispatch(pyro, c),
         Command::Workspace(c) => cmd::workspace::dispatch(&pyro, c, json),

@@ -3,6 +3,7 @@
 
 pub mod env;
 pub mod mcp;
+pub mod ollama;
 pub mod run;
 pub mod workspace;
 
