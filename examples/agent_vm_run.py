@@ -2,7 +2,7 @@
 (here fixed), each run in its own fresh microVM, with the results an agent
 would read back as JSON.
 
-    python examples/agent_vm_run.py 'git --version' 'python3 -c "print(6*7)"'
+    python examples/agent_vm_run.py 'git --version' 'echo $((6 * 7))'
 """
 
 import json

@@ -7,6 +7,9 @@
 #      tests boot QEMU guests under TCG or KVM (run scripts/setup.sh once
 #      first). It keeps its kernels, environments and templates in
 #      target/test-cache, never in the machine's own cache.
+#   3. the Python tier: builds the pyro-mcp wheel (scripts/build-wheel.sh)
+#      and runs crates/pyro-py/tests with pytest on real guests: the SDK,
+#      the wheel installed into fresh venvs and through uvx, the examples.
 # The second tier runs even when the first fails, so one run shows both.
 # Ends with one line totalling every test binary's results.
 set -euo pipefail
@@ -36,8 +39,34 @@ if [ "${PYRO_TEST_FAST_ONLY:-0}" != 1 ]; then
     cargo test --locked -p pyro-cli --test vm --no-fail-fast -- --test-threads="$threads" 2>&1 \
         | tee -a "$log" || status=$?
     echo "[test] real-VM tier took $(($(date +%s) - start))s"
+
+    echo "[test] python tier"
+    start=$(date +%s)
+    if ! scripts/build-wheel.sh; then
+        echo "[test] the wheel did not build" | tee -a "$log"
+        echo "test result: FAILED. 0 passed; 1 failed;" >>"$log"
+        status=1
+    fi
+    py=target/py-venv
+    if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c 'import pytest, mcp, langchain_core, openai' 2>/dev/null \
+        || [ ! -x "$py/bin/uvx" ]; then
+        python3 -m venv "$py"
+        "$py/bin/pip" install --quiet "pytest==9.2.0" "mcp==1.26.0" "langchain-core==1.8.3" \
+            "openai==3.57.0" "uv==0.13.9"
+    fi
+    wheel=$(ls dist/pyro_mcp-*.whl 2>/dev/null || true)
+    [ -n "$wheel" ] && "$py/bin/pip" install --quiet --force-reinstall --no-deps "$wheel"
+    [ -n "$wheel" ] && (
+        unset PYRO_ENVIRONMENT_CACHE_DIR PYRO_TEMPLATE_CACHE_DIR PYRO_KERNEL_IMAGE PYRO_FAST_START \
+            PYRO_MAX_RUNNING_VMS PYRO_MAX_GUEST_MEMORY_MIB PYRO_ACCEL PYRO_HOME PYRO_BIN XDG_CACHE_HOME XDG_DATA_HOME
+        export PYRO_CACHE_DIR="$PWD/target/test-cache" PYRO_TEST_WHEEL="$PWD/$wheel" PYTHONDONTWRITEBYTECODE=1
+        cd crates/pyro-py/tests
+        "../../../$py/bin/python" -m pytest -p no:cacheprovider -v -rs
+    ) 2>&1 | tee -a "$log" || status=$?
+    echo "[test] python tier took $(($(date +%s) - start))s"
 fi
 
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+# cargo's "test result:" lines and pytest's closing "=== N passed, M failed in Ts ===".
+awk '/^test result:|^=+ .*(passed|failed).* in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed[;,]?$/) p += $(i-1); if ($(i) ~ /^failed[;,]?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit $status

@@ -55,7 +55,7 @@ fn vm_run_tool() -> Value {
         "type": "function",
         "function": {
             "name": "vm_run",
-            "description": "Run one shell command in a fresh, isolated Debian 12 microVM (git, python3 and coreutils are installed; no network) and return its exit code, stdout and stderr.",
+            "description": "Run one shell command in a fresh, isolated Debian 12 microVM (git and coreutils are installed; no network) and return its exit code, stdout and stderr.",
             "parameters": {
                 "type": "object",
                 "properties": {
