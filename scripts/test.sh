@@ -48,11 +48,11 @@ if [ "${PYRO_TEST_FAST_ONLY:-0}" != 1 ]; then
         status=1
     fi
     py=target/py-venv
-    if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c 'import pytest, mcp, langchain_core, openai' 2>/dev/null \
+    if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c 'import pytest, mcp, langchain_core, openai, mypy' 2>/dev/null \
         || [ ! -x "$py/bin/uvx" ]; then
         python3 -m venv "$py"
         "$py/bin/pip" install --quiet "pytest==9.2.0" "mcp==1.26.0" "langchain-core==1.8.3" \
-            "openai==3.57.0" "uv==0.13.9"
+            "openai==3.57.0" "uv==0.13.9" "mypy==1.19.1"
     fi
     wheel=$(ls dist/pyro_mcp-*.whl 2>/dev/null || true)
     [ -n "$wheel" ] && "$py/bin/pip" install --quiet --force-reinstall --no-deps "$wheel"

@@ -194,3 +194,17 @@ def test_pyro_demo_ollama(child_env: Dict[str, str], scripted: Any) -> None:
     out = subprocess.run([str(pyro_bin), "demo", "ollama"], env=child_env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "127.0.0.1:9" in out.stdout and "ollama serve" in out.stdout, out
+
+
+def test_readme_python_snippets(child_env: Dict[str, str]) -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    snippets = [block.split("```", 1)[0] for block in readme.split("```python\n")[1:]]
+    assert len(snippets) >= 2, "the README's Python quickstart is gone"
+    outputs = []
+    for code in snippets:
+        out = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, f"{code}\n{out.stderr}"
+        outputs.append(out.stdout)
+    assert outputs[0].startswith("git version 2.")
+    assert outputs[1].startswith("fixed\n") and outputs[1].endswith("broken\n"), outputs[1]

@@ -158,7 +158,10 @@ def test_every_method_returns_the_reference_keys(pyro: Pyro, tmp_path: Path) -> 
     for e in envs:
         has(e, K.ENV, "list_environments item")
     has(pyro.inspect_environment("debian:12"), K.ENV, "inspect_environment")
-    has(pyro.pull_environment("debian:12"), K.PULLED, "pull_environment")
+    pulled = pyro.pull_environment("debian:12")
+    has(pulled, K.PULLED, "pull_environment")
+    assert Path(pulled["kernel_image"]).is_file() and Path(pulled["rootfs_image"]).is_file(), pulled
+    assert pulled["source_digest"] == pulled["install_manifest"]["image_sha256"]
 
     run = pyro.run_in_vm(environment="debian:12", command="echo hi")
     has(run, K.RUN, "run_in_vm")
@@ -258,7 +261,11 @@ def test_every_method_returns_the_reference_keys(pyro: Pyro, tmp_path: Path) -> 
     has(pyro.export_workspace_disk(wid, output_path=tmp_path / "disk.ext4"), K.DISK_EXPORT, "export_workspace_disk")
     has(pyro.start_workspace(wid), K.WS, "start_workspace")
     has(pyro.delete_workspace(wid), K.DELETED_WS, "delete_workspace")
-    has(pyro.prune_environments(), K.PRUNED, "prune_environments")
+    stale = pyro.manager.cache_dir / "retired_env-0.0.1"
+    stale.mkdir(parents=True)
+    pruned = pyro.prune_environments()
+    has(pruned, K.PRUNED, "prune_environments")
+    assert str(stale) in pruned["deleted_environment_dirs"] and not stale.exists(), pruned
 
 
 def test_errors_are_value_errors_or_runtime_errors(pyro: Pyro, tmp_path: Path) -> None:

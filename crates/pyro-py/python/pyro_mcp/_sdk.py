@@ -6,7 +6,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union, cast
 
 from pyro_mcp import _native
 from pyro_mcp.cli import binary
@@ -96,13 +96,16 @@ class Pyro:
         """The configuration this client runs with."""
         return self._manager
 
-    def _call(self, method: str, **args: Any) -> Any:
-        return self._manager.call(method, **args)
+    def _call(self, method: str, **args: Any) -> Dict[str, Any]:
+        return cast(Dict[str, Any], self._manager.call(method, **args))
+
+    def _catalog(self) -> List[Dict[str, Any]]:
+        return cast(List[Dict[str, Any]], self._manager.call("list_environments"))
 
     def _environment_version(self, environment: str) -> Optional[str]:
         with self._lock:
             if not self._environments:
-                for e in self._call("list_environments"):
+                for e in self._catalog():
                     self._environments[e["name"]] = e["version"]
             return self._environments.get(environment)
 
@@ -172,14 +175,14 @@ class Pyro:
 
     def list_environments(self) -> List[Dict[str, Any]]:
         """The catalog, with what is installed."""
-        return [self._env(e) for e in self._call("list_environments")]
+        return [self._env(e) for e in self._catalog()]
 
     def pull_environment(self, environment: str) -> Dict[str, Any]:
         """Builds (or repairs) an environment and the guest kernel now."""
         e = self._env(self._call("pull_environment", environment=environment))
         manifest = e.get("manifest") or {}
         install_dir = Path(e["install_dir"])
-        e.setdefault("kernel_image", self._call("doctor").get("kernel", {}).get("path"))
+        e.setdefault("kernel_image", self._call("doctor")["runtime"]["kernel"])
         e.setdefault("rootfs_image", str(install_dir / manifest.get("image", "rootfs.ext4")))
         e.setdefault("source", "mmdebstrap")
         return e
@@ -191,9 +194,7 @@ class Pyro:
     def prune_environments(self) -> Dict[str, Any]:
         """Removes environment builds and templates nothing uses."""
         r = self._call("prune_environments")
-        removed = [p.get("path", p) if isinstance(p, dict) else p for p in r.get("removed", [])]
-        r.setdefault("deleted_environment_dirs", removed)
-        r.setdefault("count", len(removed))
+        r.setdefault("deleted_environment_dirs", [p["path"] for p in r["deleted"]])
         return r
 
     # -- one-shot runs and VMs ------------------------------------------------
