@@ -15,7 +15,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyro::{
     Command, CreateVm, CreateWorkspace, Discard, ErrorKind, NetworkPolicy, OpenShell, Paths,
-    PublishedPort, Pyro, ReadShell, ReadinessCheck, Remedy, RunParams, SecretInput, Silent,
+    Progress, PublishedPort, Pyro, ReadShell, ReadinessCheck, Remedy, RunParams, SecretInput,
     StartService, UpdateWorkspace, WorkspaceExec,
 };
 use serde::de::DeserializeOwned;
@@ -123,8 +123,25 @@ fn json<T: serde::Serialize>(v: pyro::Result<T>) -> Result<String, Failure> {
     })
 }
 
+/// Long steps (building an environment, booting, restoring) reported to a
+/// Python callable `(area, detail)`, with the GIL taken just for the call.
+struct PyProgress(Option<Py<PyAny>>);
+
+impl Progress for PyProgress {
+    fn phase(&self, area: &str, detail: &str) {
+        if let Some(f) = &self.0 {
+            Python::attach(|py| {
+                if let Err(e) = f.call1(py, (area, detail)) {
+                    // A failing callback must not fail the operation.
+                    e.write_unraisable(py, None);
+                }
+            });
+        }
+    }
+}
+
 /// One façade operation by name.
-fn dispatch(pyro: &Pyro, method: &str, args: &str) -> Result<String, Failure> {
+fn dispatch(pyro: &Pyro, method: &str, args: &str, progress: &PyProgress) -> Result<String, Failure> {
     let a = match serde_json::from_str(args) {
         Ok(Value::Object(m)) => Args(m),
         _ => return Err(invalid("arguments must be a JSON object")),
@@ -133,7 +150,7 @@ fn dispatch(pyro: &Pyro, method: &str, args: &str) -> Result<String, Failure> {
         "list_environments" => json(Ok(pyro.list_environments())),
         "inspect_environment" => json(pyro.inspect_environment(&a.get::<String>("environment")?)),
         "pull_environment" => {
-            json(pyro.pull_environment(&a.get::<String>("environment")?, &Silent))
+            json(pyro.pull_environment(&a.get::<String>("environment")?, progress))
         }
         "prune_environments" => json(pyro.prune_environments()),
         "doctor" => json(Ok(pyro.doctor())),
@@ -145,7 +162,7 @@ fn dispatch(pyro: &Pyro, method: &str, args: &str) -> Result<String, Failure> {
             p.ttl_seconds = a.get("ttl_seconds")?;
             p.network = a.get("network")?;
             p.allow_host_compat = a.get("allow_host_compat")?;
-            json(pyro.run_in_vm(&p, &Silent, &mut Discard))
+            json(pyro.run_in_vm(&p, progress, &mut Discard))
         }
         "create_vm" => {
             let mut p = CreateVm::new(a.get::<String>("environment")?);
@@ -154,14 +171,14 @@ fn dispatch(pyro: &Pyro, method: &str, args: &str) -> Result<String, Failure> {
             p.ttl_seconds = a.get("ttl_seconds")?;
             p.network = a.get("network")?;
             p.allow_host_compat = a.get("allow_host_compat")?;
-            json(pyro.create_vm(&p, &Silent))
+            json(pyro.create_vm(&p, progress))
         }
-        "start_vm" => json(pyro.start_vm(&a.get::<String>("vm_id")?, &Silent)),
+        "start_vm" => json(pyro.start_vm(&a.get::<String>("vm_id")?, progress)),
         "exec_vm" => json(pyro.exec_vm(
             &a.get::<String>("vm_id")?,
             &a.command()?,
             a.get("timeout_seconds")?,
-            &Silent,
+            progress,
             &mut Discard,
         )),
         "stop_vm" => json(pyro.stop_vm(&a.get::<String>("vm_id")?)),
@@ -185,7 +202,7 @@ fn dispatch(pyro: &Pyro, method: &str, args: &str) -> Result<String, Failure> {
                 secrets: a.get::<Option<Vec<SecretInput>>>("secrets")?.unwrap_or_default(),
                 allow_host_compat: a.get("allow_host_compat")?,
             };
-            json(pyro.create_workspace(&p, &Silent))
+            json(pyro.create_workspace(&p, progress))
         }
         "list_workspaces" => json(pyro.list_workspaces()),
         "status_workspace" => json(pyro.status_workspace(&a.id()?)),
@@ -200,7 +217,7 @@ fn dispatch(pyro: &Pyro, method: &str, args: &str) -> Result<String, Failure> {
         }
         "logs_workspace" => json(pyro.logs_workspace(&a.id()?)),
         "stop_workspace" => json(pyro.stop_workspace(&a.id()?)),
-        "start_workspace" => json(pyro.start_workspace(&a.id()?, &Silent)),
+        "start_workspace" => json(pyro.start_workspace(&a.id()?, progress)),
         "delete_workspace" => json(pyro.delete_workspace(&a.id()?)),
         "exec_workspace" => {
             let mut p = WorkspaceExec::new(a.command()?);
@@ -257,7 +274,7 @@ fn dispatch(pyro: &Pyro, method: &str, args: &str) -> Result<String, Failure> {
         "list_snapshots" => json(pyro.list_snapshots(&a.id()?)),
         "delete_snapshot" => json(pyro.delete_snapshot(&a.id()?, &a.get::<String>("snapshot_name")?)),
         "reset_workspace" => {
-            json(pyro.reset_workspace(&a.id()?, &a.get::<String>("snapshot")?, &Silent))
+            json(pyro.reset_workspace(&a.id()?, &a.get::<String>("snapshot")?, progress))
         }
         "open_shell" => {
             let p = OpenShell {
@@ -333,11 +350,12 @@ impl Native {
         max_running_vms: Option<u64>,
     ) -> Native {
         let mut paths = Paths::from_env();
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         if let Some(home) = home {
-            paths.home = home;
+            paths.home = absolute(home);
         }
         if let Some(cache) = environment_cache {
-            paths.environment_cache = cache;
+            paths.environment_cache = absolute(cache);
         }
         let mut pyro = Pyro::new().with_paths(paths).with_program(program);
         if let Some(n) = max_running_vms {
@@ -358,10 +376,19 @@ impl Native {
     }
 
     /// Runs façade operation `method` with `args` (a JSON object) and
-    /// returns its result as JSON. The GIL is released meanwhile.
-    fn call(&self, py: Python<'_>, method: &str, args: &str) -> PyResult<String> {
+    /// returns its result as JSON. The GIL is released meanwhile;
+    /// `progress(area, detail)` is told of long steps.
+    #[pyo3(signature = (method, args, progress=None))]
+    fn call(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        args: &str,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
         let pyro = &self.pyro;
-        py.detach(|| dispatch(pyro, method, args))
+        let progress = PyProgress(progress);
+        py.detach(|| dispatch(pyro, method, args, &progress))
             .map_err(|f| raise(py, f))
     }
 

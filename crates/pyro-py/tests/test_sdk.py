@@ -337,3 +337,13 @@ def test_async_pyro_runs_calls_concurrently(home: Path) -> None:
             await client.status_workspace("0123456789ab")
 
     asyncio.run(main())
+
+
+def test_long_steps_are_logged(pyro: Pyro, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="pyro_mcp"):
+        pyro.run_in_vm(environment="debian:12", command="true")
+    phases = [r.getMessage() for r in caplog.records if r.name == "pyro_mcp"]
+    assert any(m.startswith("[run] phase=start vm_id=") for m in phases), phases
+    caplog.clear()
+    pyro.run_in_vm(environment="debian:12", command="true")
+    assert not [r for r in caplog.records if r.name == "pyro_mcp"], "logged below the enabled level"

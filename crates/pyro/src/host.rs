@@ -198,6 +198,25 @@ pub fn private_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Fails unless `path` is owned by this process's user (a directory in a
+/// shared place such as `/tmp` that someone else made first is theirs).
+pub fn owned_by_us(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path).ctx(|| format!("stat {}", path.display()))?;
+    if meta.uid() != euid() {
+        return Err(Error::Io {
+            context: format!(
+                "{} belongs to uid {}, not to this user ({}); remove it",
+                path.display(),
+                meta.uid(),
+                euid()
+            ),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        });
+    }
+    Ok(())
+}
+
 /// Makes `path` readable and writable by its owner only.
 pub fn private_file(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;

@@ -19,10 +19,13 @@ pub struct Paths {
     pub template_cache: PathBuf,
 }
 
+/// A path from the environment, made absolute: disks name their backing
+/// images by these paths, and a relative one would be read relative to
+/// the disk.
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+        .map(|v| std::path::absolute(&v).unwrap_or_else(|_| PathBuf::from(v)))
 }
 
 fn home_dir() -> PathBuf {

@@ -52,6 +52,32 @@ pub fn sdk_paths(home: &Path) -> pyro::Paths {
     }
 }
 
+/// Where the VM in directory `vm_dir` keeps its sockets and console:
+/// outside it, in a short directory keyed by a hash of its path (UNIX
+/// socket paths are limited to 107 bytes). Computed independently of the
+/// library: `sockets_root()/<first 8 bytes of sha256(path), hex>`.
+pub fn sockets_dir(vm_dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(vm_dir.as_os_str().as_encoded_bytes());
+    let key: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc_geteuid() };
+    let root = if euid == 0 {
+        PathBuf::from("/run/pyro")
+    } else {
+        match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty() && d.len() < 48) {
+            Some(d) => Path::new(&d).join("pyro"),
+            None => PathBuf::from(format!("/tmp/pyro-{euid}")),
+        }
+    };
+    root.join(key)
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
 /// Tests that need root (network namespaces, other users) call this
 /// first and return when it says no.
 pub fn running_as_root(test: &str) -> bool {

@@ -8,7 +8,7 @@ use crate::common::{exec, stderr, ws, Sandbox};
 
 /// The pid of the QEMU of workspace `id`.
 fn qemu_of(sb: &Sandbox, id: &str) -> i32 {
-    let needle = sb.home.path().join("workspaces").join(id).join("vm");
+    let needle = sb.home.path().join("workspaces").join(id).join("disk.qcow2");
     sb.processes()
         .iter()
         .find(|p| p.contains("qemu-system") && p.contains(&*needle.to_string_lossy()))
@@ -158,6 +158,7 @@ fn state_on_disk_is_private() {
         dir.clone(),
         dir.join("vm"),
         dir.join("secrets"),
+        crate::common::sockets_dir(&dir.join("vm")),
     ] {
         assert_eq!(mode(&d), 0o700, "{}", d.display());
     }
@@ -169,7 +170,9 @@ fn state_on_disk_is_private() {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
     if crate::common::running_as_root("state_on_disk_is_private (as another user)") {
-        for path in [dir.join("workspace.json"), dir.join("vm/control.sock")] {
+        let control = crate::common::sockets_dir(&dir.join("vm")).join("control.sock");
+        assert!(control.exists(), "{}", control.display());
+        for path in [dir.join("workspace.json"), control] {
             let out = Command::new("setpriv")
                 .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
                 .args(["sh", "-c", "cat \"$0\" >/dev/null 2>&1 || test -S \"$0\""])
@@ -184,6 +187,40 @@ fn state_on_disk_is_private() {
         }
     }
     ws(&sb, &["delete", &id]);
+    let sockets = crate::common::sockets_dir(&dir.join("vm"));
+    assert!(!sockets.exists(), "delete left {}", sockets.display());
+}
+
+#[test]
+fn a_deep_home_is_no_problem_for_sockets() {
+    // A UNIX socket's path may not exceed 107 bytes; VM directories under
+    // this home are longer than that, their sockets are not.
+    let sb = Sandbox::new();
+    let deep = sb.home.path().join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&deep).unwrap();
+    let pyro = |args: &[&str]| {
+        let mut c = sb.cmd();
+        c.env("PYRO_HOME", &deep).args(args);
+        c.output().unwrap()
+    };
+    let out = pyro(&["run", "debian:12", "--", "echo", "deep"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "deep\n");
+    let out = pyro(&["workspace", "create", "debian:12", "--id-only"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let vm = deep.join("workspaces").join(&id).join("vm");
+    assert!(vm.join("run/agent.sock").as_os_str().len() > 107, "the home is deep enough");
+    for args in [
+        vec!["workspace", "exec", &id, "--", "true"],
+        vec!["workspace", "stop", &id],
+        vec!["workspace", "start", &id],
+        vec!["workspace", "delete", &id],
+    ] {
+        let out = pyro(&args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(!crate::common::sockets_dir(&vm).exists());
 }
 
 #[test]
@@ -200,7 +237,9 @@ fn a_chatty_guest_console_fills_no_disk() {
     );
     assert_eq!(r["stdout"], "written\n", "{r}");
     std::thread::sleep(Duration::from_secs(3));
-    let run = sb.home.path().join("workspaces").join(&id).join("vm/run");
+    let vm = sb.home.path().join("workspaces").join(&id).join("vm");
+    let run = crate::common::sockets_dir(&vm).join("run");
+    assert!(run.join("console.log").exists(), "{}", run.display());
     let size = |name: &str| std::fs::metadata(run.join(name)).map_or(0, |m| m.len());
     let total = size("console.log") + size("console.log.1");
     assert!(total < 2 << 20, "the console log holds {total} bytes");

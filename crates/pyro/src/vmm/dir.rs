@@ -144,6 +144,50 @@ pub struct Shape {
     pub mem_mib: u32,
 }
 
+/// Where VMs' sockets directories are: `/run/pyro` as root, else
+/// `$XDG_RUNTIME_DIR/pyro`, else `/tmp/pyro-<uid>`.
+pub fn sockets_root() -> PathBuf {
+    if host::is_root() {
+        return PathBuf::from("/run/pyro");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) if Path::new(&dir).is_absolute() && dir.len() < 48 => {
+            Path::new(&dir).join("pyro")
+        }
+        _ => PathBuf::from(format!("/tmp/pyro-{}", host::euid())),
+    }
+}
+
+/// The file of a sockets directory that names its VM's directory.
+const OWNER: &str = "vm";
+
+/// Removes sockets directories whose VM directory is gone (its process was
+/// killed before it could clean up), if they are older than `min_age`.
+pub fn sweep_sockets(min_age: std::time::Duration) {
+    let Ok(entries) = fs::read_dir(sockets_root()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        let gone = match fs::read(path.join(OWNER)) {
+            Ok(owner) => {
+                use std::os::unix::ffi::OsStrExt;
+                !Path::new(std::ffi::OsStr::from_bytes(&owner)).exists()
+            }
+            Err(_) => true,
+        };
+        if old && gone {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VmDir {
     pub id: String,
@@ -174,13 +218,42 @@ impl VmDir {
     pub fn disk(&self) -> PathBuf {
         self.path.join("disk.qcow2")
     }
+    /// The VM's sockets live outside its directory, in a short one of
+    /// their own (`sockets_root()/<key>`, the key a hash of this
+    /// directory's path): a UNIX socket's path may not exceed 107 bytes,
+    /// and a VM directory under a deep `PYRO_HOME` would.
+    pub fn sockets_dir(&self) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let absolute = std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone());
+        let digest = Sha256::digest(absolute.as_os_str().as_encoded_bytes());
+        let key: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        sockets_root().join(key)
+    }
+    /// Where clients reach the VM's supervisor.
     pub fn control_socket(&self) -> PathBuf {
-        self.path.join("control.sock")
+        self.sockets_dir().join("control.sock")
     }
     /// QEMU's own directory: its sockets and console, the only part of
-    /// the VM's directory a jailed QEMU sees (see `vmm::jail`).
+    /// the VM a jailed QEMU sees (see `vmm::jail`).
     pub fn run_dir(&self) -> PathBuf {
-        self.path.join("run")
+        self.sockets_dir().join("run")
+    }
+    /// Creates the sockets directory (private, ours) for a start.
+    pub fn prepare_sockets(&self) -> Result<()> {
+        let root = sockets_root();
+        host::private_dir(&root)?;
+        host::owned_by_us(&root)?;
+        let dir = self.sockets_dir();
+        host::private_dir(&dir)?;
+        // Which VM it serves, so a sweep can tell a leftover.
+        let owner = std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone());
+        fs::write(dir.join(OWNER), owner.as_os_str().as_encoded_bytes())
+            .ctx(|| format!("write {}", dir.join(OWNER).display()))
+    }
+    /// Removes the VM: its sockets directory, then its directory.
+    pub fn remove(&self) -> Result<()> {
+        let _ = fs::remove_dir_all(self.sockets_dir());
+        fs::remove_dir_all(&self.path).ctx(|| format!("remove {}", self.path.display()))
     }
     pub fn agent_socket(&self) -> PathBuf {
         self.run_dir().join("agent.sock")
@@ -372,10 +445,17 @@ mod tests {
         spec.accel = qemu::Accel::Tcg;
         spec.tsc_khz = Some(2_596_128);
         spec.network_socket = Some("/tmp/pyro-net-0123456789ab/passt.sock".into());
+        // Socket paths depend on the user (`sockets_root`); fixed here.
+        spec.agent_socket = "/run/pyro/e53f7ae44d98ad7d/run/agent.sock".into();
+        spec.qmp_socket = "/run/pyro/e53f7ae44d98ad7d/run/qmp.sock".into();
+        spec.console_log = "/run/pyro/e53f7ae44d98ad7d/run/console.log".into();
         spec.snapshot = Some("/c/templates/abc/state.bin".into());
         let mut r = new_record(&dir.id, "debian:12", false, 600, spec);
         r.created_at_unix_ms = 1_700_000_000_000;
         crate::golden::check("vm.json", &r);
+        let deep = VmDir::from_path(&Path::new("/tmp").join("d".repeat(200)).join("vm"));
+        assert!(deep.agent_socket().as_os_str().len() < 64, "{}", deep.agent_socket().display());
+        assert_ne!(deep.sockets_dir(), dir.sockets_dir());
         let back: VmRecord = serde_json::from_slice(&to_json(&r)).unwrap();
         assert_eq!(back, r);
     }

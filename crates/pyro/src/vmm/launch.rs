@@ -102,7 +102,7 @@ pub fn kill(dir: &VmDir) {
 /// Kills whatever is left of a VM and removes its directory.
 pub fn destroy(dir: &VmDir) {
     kill(dir);
-    let _ = fs::remove_dir_all(&dir.path);
+    let _ = dir.remove();
 }
 
 /// Waits until nobody runs the VM; false if someone still does after
@@ -119,9 +119,11 @@ fn wait_gone(dir: &VmDir, limit: Duration) -> bool {
 }
 
 /// Removes the directories of one-shot VMs whose supervisor is gone (it was
-/// killed before it could clean up). A directory without a supervisor pid
+/// killed before it could clean up), and sockets directories of VMs that
+/// are gone. A directory without a supervisor pid
 /// yet is left alone for a minute: its supervisor may still be starting.
 pub fn collect_garbage(paths: &Paths) {
+    crate::vmm::dir::sweep_sockets(Duration::from_secs(60));
     let Ok(entries) = fs::read_dir(paths.vms()) else {
         return;
     };
@@ -145,7 +147,7 @@ pub fn collect_garbage(paths: &Paths) {
         };
         let supervisor_died = dir.supervisor_pid().exists();
         if ephemeral && (supervisor_died || age > Duration::from_secs(60)) {
-            let _ = fs::remove_dir_all(&dir.path);
+            let _ = dir.remove();
         }
     }
 }

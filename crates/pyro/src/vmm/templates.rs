@@ -321,13 +321,13 @@ fn remove_replaced(root: &Path, key: &str, spec: &VmSpec, env: &Installed) {
 /// and stops it. Returns the state's size.
 fn build(dir: &Path, like: &VmSpec, env: &Installed) -> Result<u64> {
     fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-    // The build VM's sockets and logs live in a short private directory of
-    // their own: a UNIX socket's path may not exceed 107 bytes, and the
-    // cache may be deep.
+    // The build VM's records and logs live in a scratch directory of
+    // their own (its sockets, as every VM's, in `VmDir::sockets_dir`).
     let run = std::env::temp_dir().join(format!("pyro-template-{}", host::random_id(6)));
     fs::create_dir(&run).ctx(|| format!("create {}", run.display()))?;
-    let built = build_in(dir, &VmDir::from_path(&run), like, env);
-    let _ = fs::remove_dir_all(&run);
+    let vm_dir = VmDir::from_path(&run);
+    let built = build_in(dir, &vm_dir, like, env);
+    let _ = vm_dir.remove();
     built
 }
 

@@ -153,7 +153,7 @@ pub(super) fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Cl
         }
     }
     if sup.record.ephemeral {
-        let _ = fs::remove_dir_all(&sup.dir.path);
+        let _ = sup.dir.remove();
     } else {
         let _ = sup.dir.write_exit(&exit);
         let _ = fs::remove_file(sup.dir.control_socket());

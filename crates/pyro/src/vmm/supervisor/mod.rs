@@ -55,7 +55,7 @@ pub fn main(dir: &Path) -> ! {
             ..BootReport::default()
         });
         if ephemeral {
-            let _ = fs::remove_dir_all(&dir.path);
+            let _ = dir.remove();
         }
         std::process::exit(1)
     };
@@ -211,6 +211,7 @@ fn activate(agent: &mut UnixStream, record: &VmRecord) -> Result<(), String> {
 }
 
 fn bind_control(dir: &VmDir) -> Result<UnixListener, String> {
+    dir.prepare_sockets().map_err(|e| e.to_string())?;
     let path = dir.control_socket();
     let _ = fs::remove_file(&path);
     UnixListener::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))
