@@ -29,10 +29,21 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(250);
 
 pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: Receiver<Event>) {
     let start = Instant::now();
+    let base = [
+        ("PATH", BASE_PATH),
+        ("HOME", "/root"),
+        ("USER", "root"),
+        ("LOGNAME", "root"),
+        ("LANG", "C.UTF-8"),
+    ];
+    let mut login_env = None;
     let mut cmd = match &req.command {
         pyro_protocol::Command::Shell(s) => {
+            // The login shell's environment, resolved once (`login`); if it
+            // cannot be had, the command runs as a login shell itself.
             let mut c = Command::new("/bin/sh");
-            c.arg("-lc").arg(s);
+            login_env = agent.login.get(&base, &agent.reaper);
+            c.arg(if login_env.is_some() { "-c" } else { "-lc" }).arg(s);
             c
         }
         pyro_protocol::Command::Argv(argv) if !argv.is_empty() => {
@@ -46,11 +57,8 @@ pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: 
         }
     };
     cmd.env_clear()
-        .env("PATH", BASE_PATH)
-        .env("HOME", "/root")
-        .env("USER", "root")
-        .env("LOGNAME", "root")
-        .env("LANG", "C.UTF-8")
+        .envs(base)
+        .envs(login_env.unwrap_or_default())
         .envs(&req.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

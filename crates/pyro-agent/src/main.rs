@@ -17,6 +17,7 @@ mod budget;
 mod cgroup;
 mod exec;
 mod files;
+mod login;
 mod reaper;
 mod redact;
 mod serve;
@@ -34,6 +35,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn main() {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(login::PRINT_ENV_ARG)) {
+        login::print_env();
+    }
     let pid1 = sys::getpid() == 1;
     if pid1 {
         if std::path::Path::new(boot::INITRAMFS_MARKER).exists() {

@@ -75,6 +75,8 @@ pub struct Agent {
     pub streams: Mutex<HashMap<u32, Inflight>>,
     pub shells: shells::Shells,
     pub services: services::Services,
+    /// The login shell's environment, for shell commands.
+    pub login: crate::login::LoginEnv,
     /// The workspace's secret values, kept out of shell output.
     pub secrets: Arc<Mutex<Vec<Vec<u8>>>>,
 }
@@ -98,6 +100,7 @@ impl Agent {
             streams: Mutex::new(HashMap::new()),
             shells: shells::Shells::default(),
             services: services::Services::default(),
+            login: crate::login::LoginEnv::default(),
             secrets: Arc::default(),
         })
     }

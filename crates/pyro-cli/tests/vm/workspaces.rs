@@ -1546,3 +1546,36 @@ fn timeouts_service_stops_and_shell_closes_end_everything_they_started() {
 
     ws(&sb, &["delete", &id]);
 }
+
+#[test]
+fn shell_commands_get_the_login_environment_and_see_profile_changes() {
+    // Shell commands run with the environment a login shell exports,
+    // resolved once per guest and again whenever a profile file changes.
+    let sb = Sandbox::new();
+    let id = ws(&sb, &["create", "debian:12"])["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = exec(&sb, &id, "echo ${PYRO_T:-unset} $0 $(pwd)");
+    assert_eq!(r["stdout"], "unset /bin/sh /workspace\n", "{r}");
+    let r = exec(
+        &sb,
+        &id,
+        "mkdir -p /opt/t/bin && printf '#!/bin/sh\\necho tool\\n' > /opt/t/bin/t-tool && chmod +x /opt/t/bin/t-tool && \
+         printf 'export PYRO_T=one\\nexport PATH=\"$PATH:/opt/t/bin\"\\n' > /etc/profile.d/pyro-t.sh",
+    );
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let r = exec(&sb, &id, "echo $PYRO_T; t-tool");
+    assert_eq!(r["stdout"], "one\ntool\n", "a new profile.d script is seen: {r}");
+    exec(&sb, &id, "sed -i s/one/two/ /etc/profile.d/pyro-t.sh");
+    let r = exec(&sb, &id, "echo $PYRO_T");
+    assert_eq!(r["stdout"], "two\n", "a changed one too: {r}");
+    // Argv commands never pass through a shell or a profile.
+    let out = sb.run(&["workspace", "exec", &id, "--json", "--", "printenv", "PYRO_T"]);
+    assert_eq!(json(&out)["exit_code"], 1);
+    // Removing the script removes its variables.
+    exec(&sb, &id, "rm /etc/profile.d/pyro-t.sh");
+    let r = exec(&sb, &id, "echo ${PYRO_T:-unset}");
+    assert_eq!(r["stdout"], "unset\n", "{r}");
+    ws(&sb, &["delete", &id]);
+}
