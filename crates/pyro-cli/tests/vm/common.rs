@@ -65,10 +65,7 @@ pub fn sockets_dir(vm_dir: &Path) -> PathBuf {
     let root = if euid == 0 {
         PathBuf::from("/run/pyro")
     } else {
-        match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty() && d.len() < 48) {
-            Some(d) => Path::new(&d).join("pyro"),
-            None => PathBuf::from(format!("/tmp/pyro-{euid}")),
-        }
+        PathBuf::from(format!("/tmp/pyro-{euid}"))
     };
     root.join(key)
 }

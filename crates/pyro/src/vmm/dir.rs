@@ -145,16 +145,15 @@ pub struct Shape {
 }
 
 /// Where VMs' sockets directories are: `/run/pyro` as root, else
-/// `$XDG_RUNTIME_DIR/pyro`, else `/tmp/pyro-<uid>`.
+/// `/tmp/pyro-<uid>`. Never from the environment: every process of a user
+/// (a CLI in a terminal, an MCP server a desktop app started, a VM's
+/// supervisor) must find the same sockets, and `XDG_RUNTIME_DIR` differs
+/// between them or vanishes at logout.
 pub fn sockets_root() -> PathBuf {
     if host::is_root() {
-        return PathBuf::from("/run/pyro");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) if Path::new(&dir).is_absolute() && dir.len() < 48 => {
-            Path::new(&dir).join("pyro")
-        }
-        _ => PathBuf::from(format!("/tmp/pyro-{}", host::euid())),
+        PathBuf::from("/run/pyro")
+    } else {
+        PathBuf::from(format!("/tmp/pyro-{}", host::euid()))
     }
 }
 
