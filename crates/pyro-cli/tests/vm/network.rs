@@ -586,7 +586,17 @@ fn published_ports_serve_on_host_loopback_while_the_service_runs() {
     ]));
     let url = format!("http://127.0.0.1:{}/", host_ports(&again)[0]);
     assert!(!net.fetch(&url).starts_with("refused"));
+    // The network's scratch directory (passt's socket) goes with the
+    // workspace, though delete kills the supervisor that would remove it.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sb.home.path().join("workspaces").join(&id).join("vm/vm.json")).unwrap(),
+    )
+    .unwrap();
+    let scratch = std::path::PathBuf::from(record["spec"]["network_socket"].as_str().unwrap());
+    let scratch = scratch.parent().unwrap().to_path_buf();
+    assert!(scratch.is_dir(), "{}", scratch.display());
     ws(&["delete", &id]);
     assert!(net.fetch(&url).starts_with("refused"));
+    assert!(!scratch.exists(), "delete left {}", scratch.display());
     sb.assert_clean_within(Duration::from_secs(10));
 }

@@ -249,9 +249,29 @@ impl VmDir {
         fs::write(dir.join(OWNER), owner.as_os_str().as_encoded_bytes())
             .ctx(|| format!("write {}", dir.join(OWNER).display()))
     }
-    /// Removes the VM: its sockets directory, then its directory.
-    pub fn remove(&self) -> Result<()> {
+    /// Removes what the VM keeps outside its directory: its sockets
+    /// directory and its network's scratch directory (a supervisor that was
+    /// killed could not).
+    pub fn remove_outside(&self) {
         let _ = fs::remove_dir_all(self.sockets_dir());
+        let scratch = self
+            .read_record()
+            .ok()
+            .and_then(|r| r.spec.network_socket)
+            .and_then(|s| s.parent().map(Path::to_path_buf));
+        // Only a directory of the shape pyro makes, where it makes them.
+        if let Some(dir) = scratch.filter(|d| {
+            d.parent() == Some(std::env::temp_dir().as_path())
+                && d.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("pyro-net-"))
+        }) {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    /// Removes the VM: what it keeps outside its directory, then the
+    /// directory.
+    pub fn remove(&self) -> Result<()> {
+        self.remove_outside();
         fs::remove_dir_all(&self.path).ctx(|| format!("remove {}", self.path.display()))
     }
     pub fn agent_socket(&self) -> PathBuf {

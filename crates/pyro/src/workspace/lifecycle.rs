@@ -171,7 +171,7 @@ pub fn create(
     })();
     if result.is_err() {
         let _ = launch::halt(&ws.vm());
-        let _ = fs::remove_dir_all(ws.vm().sockets_dir());
+        ws.vm().remove_outside();
         let _ = fs::remove_dir_all(&ws.dir);
     }
     result
@@ -224,7 +224,7 @@ fn remove_dead_create(ws: &Workspace) {
     if let Ok(Some(_free)) = host::FileLock::try_acquire(&ws.dir.join(".lock")) {
         if !ws.record_path().exists() {
             launch::kill(&ws.vm());
-            let _ = fs::remove_dir_all(ws.vm().sockets_dir());
+            ws.vm().remove_outside();
             let _ = fs::remove_dir_all(&ws.dir);
         }
     }
@@ -314,7 +314,7 @@ pub fn delete(ctx: &Context, id: &str) -> Result<Deleted> {
     let ws = Workspace::locate(&ctx.paths, id)?;
     // Its disk is about to go: no need to stop gently.
     launch::kill(&ws.vm());
-    let _ = fs::remove_dir_all(ws.vm().sockets_dir());
+    ws.vm().remove_outside();
     fs::remove_dir_all(&ws.dir).ctx(|| format!("remove {}", ws.dir.display()))?;
     Ok(Deleted {
         workspace_id: id.into(),
