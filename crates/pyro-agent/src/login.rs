@@ -32,6 +32,9 @@ const MARKER: &[u8] = b"pyro-login-env\0";
 /// `sh -lc` as they always did).
 const CAPTURE_LIMIT: Duration = Duration::from_secs(10);
 
+/// The most of the login shell's output that is read.
+const ENV_LIMIT: u64 = 1 << 20;
+
 /// What the login shell reads (dash and bash as `sh`), by size and time.
 type Fingerprint = Vec<(OsString, Option<(u64, SystemTime)>)>;
 
@@ -100,8 +103,10 @@ fn capture(base: &[(&str, &str)], reaper: &Reaper) -> Option<Env> {
     let mut child = reaper.spawn(&mut cmd, tx, |status| status).ok()?;
     let mut out = child.stdout.take()?;
     let reader = std::thread::spawn(move || {
+        // An environment is small; a profile that prints without end is
+        // cut off here (and then killed at the time limit, its pipe full).
         let mut bytes = Vec::new();
-        let _ = out.read_to_end(&mut bytes);
+        let _ = (&mut out).take(ENV_LIMIT).read_to_end(&mut bytes);
         bytes
     });
     let status = match rx.recv_timeout(CAPTURE_LIMIT) {

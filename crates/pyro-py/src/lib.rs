@@ -54,13 +54,7 @@ fn invalid(message: impl Into<String>) -> Failure {
 
 /// The error and its causes, then what the caller can do, in SDK terms.
 fn message(e: &pyro::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
+    let s = e.with_causes();
     let remedy = match e.remedy() {
         None => return s,
         Some(Remedy::StartWorkspace { workspace_id }) => {
@@ -141,7 +135,12 @@ impl Progress for PyProgress {
 }
 
 /// One façade operation by name.
-fn dispatch(pyro: &Pyro, method: &str, args: &str, progress: &PyProgress) -> Result<String, Failure> {
+fn dispatch(
+    pyro: &Pyro,
+    method: &str,
+    args: &str,
+    progress: &PyProgress,
+) -> Result<String, Failure> {
     let a = match serde_json::from_str(args) {
         Ok(Value::Object(m)) => Args(m),
         _ => return Err(invalid("arguments must be a JSON object")),
@@ -199,7 +198,9 @@ fn dispatch(pyro: &Pyro, method: &str, args: &str, progress: &PyProgress) -> Res
                 seed_path: a.get::<Option<PathBuf>>("seed_path")?,
                 name: a.get("name")?,
                 labels: a.get::<Option<_>>("labels")?.unwrap_or_default(),
-                secrets: a.get::<Option<Vec<SecretInput>>>("secrets")?.unwrap_or_default(),
+                secrets: a
+                    .get::<Option<Vec<SecretInput>>>("secrets")?
+                    .unwrap_or_default(),
                 allow_host_compat: a.get("allow_host_compat")?,
             };
             json(pyro.create_workspace(&p, progress))
@@ -242,11 +243,9 @@ fn dispatch(pyro: &Pyro, method: &str, args: &str, progress: &PyProgress) -> Res
             &a.get::<String>("path")?,
             a.get("recursive")?,
         )),
-        "read_workspace_file" => json(pyro.read_workspace_file(
-            &a.id()?,
-            &a.get::<String>("path")?,
-            a.get("max_bytes")?,
-        )),
+        "read_workspace_file" => {
+            json(pyro.read_workspace_file(&a.id()?, &a.get::<String>("path")?, a.get("max_bytes")?))
+        }
         "write_workspace_file" => json(pyro.write_workspace_file(
             &a.id()?,
             &a.get::<String>("path")?,
@@ -260,19 +259,19 @@ fn dispatch(pyro: &Pyro, method: &str, args: &str, progress: &PyProgress) -> Res
             &a.get::<PathBuf>("output_path")?,
             a.get::<Option<bool>>("force")?.unwrap_or(false),
         )),
-        "list_workspace_disk" => json(pyro.list_workspace_disk(
-            &a.id()?,
-            &a.get::<String>("path")?,
-            a.get("recursive")?,
-        )),
-        "read_workspace_disk" => json(pyro.read_workspace_disk(
-            &a.id()?,
-            &a.get::<String>("path")?,
-            a.get("max_bytes")?,
-        )),
-        "create_snapshot" => json(pyro.create_snapshot(&a.id()?, &a.get::<String>("snapshot_name")?)),
+        "list_workspace_disk" => {
+            json(pyro.list_workspace_disk(&a.id()?, &a.get::<String>("path")?, a.get("recursive")?))
+        }
+        "read_workspace_disk" => {
+            json(pyro.read_workspace_disk(&a.id()?, &a.get::<String>("path")?, a.get("max_bytes")?))
+        }
+        "create_snapshot" => {
+            json(pyro.create_snapshot(&a.id()?, &a.get::<String>("snapshot_name")?))
+        }
         "list_snapshots" => json(pyro.list_snapshots(&a.id()?)),
-        "delete_snapshot" => json(pyro.delete_snapshot(&a.id()?, &a.get::<String>("snapshot_name")?)),
+        "delete_snapshot" => {
+            json(pyro.delete_snapshot(&a.id()?, &a.get::<String>("snapshot_name")?))
+        }
         "reset_workspace" => {
             json(pyro.reset_workspace(&a.id()?, &a.get::<String>("snapshot")?, progress))
         }
@@ -370,7 +369,10 @@ impl Native {
         BTreeMap::from([
             ("home", p.home.display().to_string()),
             ("runtime_cache", p.runtime_cache.display().to_string()),
-            ("environment_cache", p.environment_cache.display().to_string()),
+            (
+                "environment_cache",
+                p.environment_cache.display().to_string(),
+            ),
             ("template_cache", p.template_cache.display().to_string()),
         ])
     }
@@ -401,9 +403,8 @@ impl Native {
         allow_host_paths: Vec<PathBuf>,
         allow_host_compat: bool,
     ) -> PyResult<()> {
-        let profile: pyro_mcp::Profile = profile
-            .parse()
-            .map_err(|m: String| raise(py, invalid(m)))?;
+        let profile: pyro_mcp::Profile =
+            profile.parse().map_err(|m: String| raise(py, invalid(m)))?;
         let access = pyro_mcp::HostAccess::new(allow_host_paths, allow_host_compat)
             .map_err(|m| raise(py, invalid(m)))?;
         let server = pyro_mcp::PyroServer::new(self.pyro.clone(), profile, access);

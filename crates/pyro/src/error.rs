@@ -152,6 +152,19 @@ impl Error {
         }
     }
 
+    /// The message followed by each underlying cause (`a: b: c`), for front
+    /// ends that print one line.
+    pub fn with_causes(&self) -> String {
+        let mut s = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(inner) = source {
+            s.push_str(": ");
+            s.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        s
+    }
+
     pub fn remedy(&self) -> Option<Remedy> {
         match self {
             Error::NotFound { entity, .. } => match entity {

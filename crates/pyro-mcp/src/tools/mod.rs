@@ -79,9 +79,25 @@ impl PyroServer {
 
 /// The formats JSON Schema defines (2020-12, "Defined Formats").
 const JSON_SCHEMA_FORMATS: &[&str] = &[
-    "date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname",
-    "ipv4", "ipv6", "uri", "uri-reference", "iri", "iri-reference", "uuid", "uri-template",
-    "json-pointer", "relative-json-pointer", "regex",
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
 ];
 
 /// Rewrites a schema so that it only uses JSON Schema's own formats:
@@ -144,13 +160,7 @@ where
 /// The error and its causes, then what the client can do about it, in
 /// this server's words.
 pub(crate) fn message(e: &pyro::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
+    let s = e.with_causes();
     let remedy = match e.remedy() {
         None => return s,
         Some(Remedy::StartWorkspace { workspace_id }) => {
@@ -199,12 +209,19 @@ mod tests {
             let mut text = serde_json::to_string(&*tool.input_schema).unwrap();
             text += &serde_json::to_string(&tool.output_schema).unwrap();
             for bad in ["uint", "int32", "int64", "double", "float"] {
-                assert!(!text.contains(&format!("\"format\":\"{bad}")), "{}: {text}", tool.name);
+                assert!(
+                    !text.contains(&format!("\"format\":\"{bad}")),
+                    "{}: {text}",
+                    tool.name
+                );
             }
         }
         let mut s = serde_json::json!({"type": "integer", "format": "uint16", "minimum": 0});
         standard_formats(s.as_object_mut().unwrap());
-        assert_eq!(s, serde_json::json!({"type": "integer", "minimum": 0, "maximum": 65535}));
+        assert_eq!(
+            s,
+            serde_json::json!({"type": "integer", "minimum": 0, "maximum": 65535})
+        );
         let mut s = serde_json::json!({"type": "string", "format": "date-time"});
         standard_formats(s.as_object_mut().unwrap());
         assert_eq!(s["format"], "date-time");
