@@ -99,7 +99,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             demo: Some(DemoCommand::Ollama(a)),
             ..
         } => cmd::ollama::run(&pyro, a),
-        Command::Demo { demo: None, network } => cmd::run::demo(&pyro, network),
+        Command::Demo {
+            demo: None,
+            network,
+        } => cmd::run::demo(&pyro, network),
         Command::Doctor { platform } => {
             if platform != "linux-x86_64" {
                 anyhow::bail!(

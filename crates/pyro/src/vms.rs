@@ -13,7 +13,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{
-    defaults, host_compat_refused, ms_to_s, validate_resources, validate_timeout, Command, ExecutionMode,
+    defaults, host_compat_refused, ms_to_s, validate_resources, validate_timeout, Command,
+    ExecutionMode,
 };
 use crate::error::{Entity, Error, Result};
 use crate::paths::Context;

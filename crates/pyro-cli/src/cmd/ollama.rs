@@ -94,7 +94,10 @@ pub fn run(pyro: &Pyro, a: OllamaArgs) -> anyhow::Result<ExitCode> {
         let status = response.status();
         let body = response.body_mut().read_to_string()?;
         if !status.is_success() {
-            anyhow::bail!("the model server at {url} answered {status}: {}", body.trim());
+            anyhow::bail!(
+                "the model server at {url} answered {status}: {}",
+                body.trim()
+            );
         }
         let reply: Value = serde_json::from_str(&body)
             .map_err(|e| anyhow::anyhow!("the model server at {url} sent no JSON ({e})"))?;
@@ -102,7 +105,10 @@ pub fn run(pyro: &Pyro, a: OllamaArgs) -> anyhow::Result<ExitCode> {
         if !message.is_object() {
             anyhow::bail!("the model server at {url} sent no message: {body}");
         }
-        let tool_calls = message["tool_calls"].as_array().cloned().unwrap_or_default();
+        let tool_calls = message["tool_calls"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         messages.push(message.clone());
         if tool_calls.is_empty() {
             let answer = message["content"].as_str().unwrap_or_default().to_string();
@@ -133,7 +139,9 @@ pub fn run(pyro: &Pyro, a: OllamaArgs) -> anyhow::Result<ExitCode> {
                     let params =
                         RunParams::new(defaults::environment(), pyro::Command::shell(command));
                     match pyro.run_in_vm(&params, &render::Phases::new(), &mut Discard) {
-                        Ok(r) => json!({"exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr}),
+                        Ok(r) => {
+                            json!({"exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr})
+                        }
                         Err(e) => json!({"error": e.to_string()}),
                     }
                 }

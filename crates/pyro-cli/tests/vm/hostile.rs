@@ -8,7 +8,12 @@ use crate::common::{exec, stderr, ws, Sandbox};
 
 /// The pid of the QEMU of workspace `id`.
 fn qemu_of(sb: &Sandbox, id: &str) -> i32 {
-    let needle = sb.home.path().join("workspaces").join(id).join("disk.qcow2");
+    let needle = sb
+        .home
+        .path()
+        .join("workspaces")
+        .join(id)
+        .join("disk.qcow2");
     sb.processes()
         .iter()
         .find(|p| p.contains("qemu-system") && p.contains(&*needle.to_string_lossy()))
@@ -204,13 +209,24 @@ fn a_deep_home_is_no_problem_for_sockets() {
         c.output().unwrap()
     };
     let out = pyro(&["run", "debian:12", "--", "echo", "deep"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "deep\n");
     let out = pyro(&["workspace", "create", "debian:12", "--id-only"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let vm = deep.join("workspaces").join(&id).join("vm");
-    assert!(vm.join("run/agent.sock").as_os_str().len() > 107, "the home is deep enough");
+    assert!(
+        vm.join("run/agent.sock").as_os_str().len() > 107,
+        "the home is deep enough"
+    );
     for args in [
         vec!["workspace", "exec", &id, "--", "true"],
         vec!["workspace", "stop", &id],
@@ -218,7 +234,11 @@ fn a_deep_home_is_no_problem_for_sockets() {
         vec!["workspace", "delete", &id],
     ] {
         let out = pyro(&args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(!crate::common::sockets_dir(&vm).exists());
 }

@@ -10,7 +10,12 @@ use crate::common::{exec, running_as_root, stderr, ws, Sandbox};
 
 /// The pid of the QEMU of workspace `id`.
 fn qemu_of(sb: &Sandbox, id: &str) -> String {
-    let needle = sb.home.path().join("workspaces").join(id).join("disk.qcow2");
+    let needle = sb
+        .home
+        .path()
+        .join("workspaces")
+        .join(id)
+        .join("disk.qcow2");
     sb.processes()
         .iter()
         .find(|p| p.contains("qemu-system") && p.contains(&*needle.to_string_lossy()))

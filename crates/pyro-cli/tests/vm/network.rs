@@ -589,7 +589,14 @@ fn published_ports_serve_on_host_loopback_while_the_service_runs() {
     // The network's scratch directory (passt's socket) goes with the
     // workspace, though delete kills the supervisor that would remove it.
     let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(sb.home.path().join("workspaces").join(&id).join("vm/vm.json")).unwrap(),
+        &std::fs::read(
+            sb.home
+                .path()
+                .join("workspaces")
+                .join(&id)
+                .join("vm/vm.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let scratch = std::path::PathBuf::from(record["spec"]["network_socket"].as_str().unwrap());

@@ -1566,12 +1566,23 @@ fn shell_commands_get_the_login_environment_and_see_profile_changes() {
     );
     assert_eq!(r["exit_code"], 0, "{r}");
     let r = exec(&sb, &id, "echo $PYRO_T; t-tool");
-    assert_eq!(r["stdout"], "one\ntool\n", "a new profile.d script is seen: {r}");
+    assert_eq!(
+        r["stdout"], "one\ntool\n",
+        "a new profile.d script is seen: {r}"
+    );
     exec(&sb, &id, "sed -i s/one/two/ /etc/profile.d/pyro-t.sh");
     let r = exec(&sb, &id, "echo $PYRO_T");
     assert_eq!(r["stdout"], "two\n", "a changed one too: {r}");
     // Argv commands never pass through a shell or a profile.
-    let out = sb.run(&["workspace", "exec", &id, "--json", "--", "printenv", "PYRO_T"]);
+    let out = sb.run(&[
+        "workspace",
+        "exec",
+        &id,
+        "--json",
+        "--",
+        "printenv",
+        "PYRO_T",
+    ]);
     assert_eq!(json(&out)["exit_code"], 1);
     // Removing the script removes its variables.
     exec(&sb, &id, "rm /etc/profile.d/pyro-t.sh");

@@ -473,7 +473,11 @@ mod tests {
         r.created_at_unix_ms = 1_700_000_000_000;
         crate::golden::check("vm.json", &r);
         let deep = VmDir::from_path(&Path::new("/tmp").join("d".repeat(200)).join("vm"));
-        assert!(deep.agent_socket().as_os_str().len() < 64, "{}", deep.agent_socket().display());
+        assert!(
+            deep.agent_socket().as_os_str().len() < 64,
+            "{}",
+            deep.agent_socket().display()
+        );
         assert_ne!(deep.sockets_dir(), dir.sockets_dir());
         let back: VmRecord = serde_json::from_slice(&to_json(&r)).unwrap();
         assert_eq!(back, r);

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use pyro_protocol::{Message, ServiceStatus, WORKSPACE_ROOT};
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{defaults, host_compat_refused, now, valid_name, valid_text, validate_resources, BASELINE};
+use crate::contract::{
+    defaults, host_compat_refused, now, valid_name, valid_text, validate_resources, BASELINE,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::paths::Context;
 use crate::progress::Progress;
