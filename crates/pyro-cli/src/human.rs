@@ -6,8 +6,9 @@
 use pyro::{
     CommandEntry, Deleted, DiffResult, DiskExport, DiskList, DiskRead, DoctorReport,
     EnvironmentInfo, ExportReport, ExportResult, FileEntry, FileListResult, FileReadResult,
-    FileWriteResult, PatchResult, PruneReport, ResetResult, ServiceInfo, ServiceList, ServiceLogs,
-    ShellInfo, SnapshotInfo, SnapshotList, SyncResult, WorkspaceInfo, WorkspaceList, WorkspaceLogs,
+    FileWriteResult, ForkResult, PatchResult, PauseResult, PruneReport, ResetResult, ResumeResult,
+    ServiceInfo, ServiceList, ServiceLogs, ShellInfo, SnapshotInfo, SnapshotList, SyncResult,
+    WorkspaceInfo, WorkspaceList, WorkspaceLogs,
 };
 
 use crate::render::{bytes, safe, yes, Human};
@@ -37,7 +38,10 @@ impl Human for WorkspaceInfo {
         println!("Workspace: {}", w.workspace_path);
         println!("Last activity at: {}", w.last_activity_at);
         if let Some(t) = w.expires_at {
-            println!("Expires at: {t} (idle timeout {}s)", w.ttl_seconds);
+            println!(
+                "Expires at: {t} (idle timeout {}s, then {})",
+                w.ttl_seconds, w.on_idle
+            );
         }
         println!("Network policy: {}", w.network_policy);
         let seed = &w.workspace_seed;
@@ -282,6 +286,50 @@ impl Human for SnapshotList {
             println!(
                 "{} ({}) created_at={}",
                 s.snapshot_name, s.kind, s.created_at
+            );
+        }
+    }
+}
+
+impl Human for PauseResult {
+    fn human(&self) {
+        self.workspace.human();
+        let p = &self.workspace_pause;
+        println!(
+            "Paused: {} of guest state saved in {} ms",
+            bytes(p.state_bytes),
+            p.duration_ms
+        );
+    }
+}
+
+impl Human for ResumeResult {
+    fn human(&self) {
+        self.workspace.human();
+        let r = &self.workspace_resume;
+        match (r.resumed, r.restored) {
+            (false, _) => println!("Resumed: it was not paused"),
+            (true, true) => println!("Resumed in {} ms", r.duration_ms),
+            (true, false) => println!(
+                "Resumed in {} ms by booting its disk: the saved guest could not be restored",
+                r.duration_ms
+            ),
+        }
+    }
+}
+
+impl Human for ForkResult {
+    fn human(&self) {
+        println!(
+            "Forked {} into {} workspace(s) in {} ms (parent paused {} ms):",
+            self.parent_workspace_id, self.count, self.duration_ms, self.parent_pause_ms
+        );
+        for w in &self.workspaces {
+            println!(
+                "  {}  {}  {}",
+                w.workspace_id,
+                w.state,
+                w.name.as_deref().unwrap_or("-")
             );
         }
     }

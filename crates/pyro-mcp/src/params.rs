@@ -95,7 +95,7 @@ pub struct CreateCoreParams {
     pub vcpu_count: u32,
     #[serde(default = "defaults::mem_mib")]
     pub mem_mib: u32,
-    /// Idle timeout: the workspace is stopped (never deleted) after this long without activity.
+    /// Idle timeout: after this long without activity the workspace is paused (full profile: or stopped, per on_idle), never deleted.
     #[serde(default = "defaults::ttl_seconds")]
     pub ttl_seconds: u64,
     /// Refused when true: workspaces always run in a guest (only vm_run may fall back to the host).
@@ -120,6 +120,28 @@ pub struct CreateFullParams {
     /// Secrets: `{name, value}` or `{name, file_path}` (a host file). Values are never shown and are redacted from output.
     #[serde(default)]
     pub secrets: Option<Vec<pyro::SecretInput>>,
+    /// What the idle timeout does: `pause` (memory saved, the next call resumes it with processes, shells and services intact), `stop` or `none`.
+    #[serde(default = "on_idle")]
+    pub on_idle: String,
+}
+
+fn on_idle() -> String {
+    pyro::IdleAction::default().as_str().into()
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ForkParams {
+    pub workspace_id: String,
+    /// How many new workspaces (1 to 16).
+    #[serde(default = "fork_count")]
+    pub count: u32,
+    /// Names of the new workspaces, in order.
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
+}
+
+fn fork_count() -> u32 {
+    pyro::ForkWorkspace::default().count
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -350,6 +372,7 @@ impl From<CreateCoreParams> for CreateWorkspace {
             labels: p.labels.unwrap_or_default(),
             secrets: Vec::new(),
             allow_host_compat: p.allow_host_compat,
+            on_idle: pyro::IdleAction::default(),
         }
     }
 }

@@ -18,7 +18,7 @@ fn tools_list_matches_the_golden_files() {
     for (name, count) in [
         ("vm-run", 1),
         ("workspace-core", 16),
-        ("workspace-full", 43),
+        ("workspace-full", 46),
     ] {
         let profile: Profile = name.parse().unwrap();
         let tools = PyroServer::new(pyro::Pyro::new(), profile, Default::default()).tools();

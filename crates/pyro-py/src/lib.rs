@@ -202,6 +202,10 @@ fn dispatch(
                     .get::<Option<Vec<SecretInput>>>("secrets")?
                     .unwrap_or_default(),
                 allow_host_compat: a.get("allow_host_compat")?,
+                on_idle: match a.get::<Option<String>>("on_idle")? {
+                    Some(s) => s.parse().map_err(Failure::from)?,
+                    None => pyro::IdleAction::default(),
+                },
             };
             json(pyro.create_workspace(&p, progress))
         }
@@ -219,6 +223,15 @@ fn dispatch(
         "logs_workspace" => json(pyro.logs_workspace(&a.id()?)),
         "stop_workspace" => json(pyro.stop_workspace(&a.id()?)),
         "start_workspace" => json(pyro.start_workspace(&a.id()?, progress)),
+        "pause_workspace" => json(pyro.pause_workspace(&a.id()?)),
+        "resume_workspace" => json(pyro.resume_workspace(&a.id()?, progress)),
+        "fork_workspace" => {
+            let p = pyro::ForkWorkspace {
+                count: a.get::<Option<u32>>("count")?.unwrap_or(1),
+                names: a.get::<Option<_>>("names")?.unwrap_or_default(),
+            };
+            json(pyro.fork_workspace(&a.id()?, &p, progress))
+        }
         "delete_workspace" => json(pyro.delete_workspace(&a.id()?)),
         "exec_workspace" => {
             let mut p = WorkspaceExec::new(a.command()?);

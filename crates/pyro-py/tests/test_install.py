@@ -83,7 +83,7 @@ def test_uvx_serves_mcp_with_every_tool_by_default(tmp_path: Path, child_env: Di
     child_env["PATH"] = no_rust_path()
     cmd = uvx(["pyro", "mcp", "serve"], child_env, tmp_path)
     server = StdioServerParameters(command=cmd[0], args=cmd[1:], env=child_env)
-    anyio.run(talk, server, 43)
+    anyio.run(talk, server, 46)
 
 
 def test_create_server_from_python_answers_the_official_client(child_env: Dict[str, str]) -> None:
@@ -94,4 +94,4 @@ def test_create_server_from_python_answers_the_official_client(child_env: Dict[s
     anyio.run(talk, server, 16)
     code = "from pyro_mcp.server import main; main()"
     server = StdioServerParameters(command=sys.executable, args=["-c", code], env=child_env)
-    anyio.run(talk, server, 43)
+    anyio.run(talk, server, 46)

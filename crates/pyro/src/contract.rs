@@ -83,6 +83,47 @@ impl std::fmt::Display for ExecutionMode {
     }
 }
 
+/// What a workspace's idle timeout does.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleAction {
+    /// Save the guest's memory beside its disk and end QEMU: no memory, no
+    /// CPU; the next call resumes it with everything intact.
+    #[default]
+    Pause,
+    /// Shut the guest down (its processes end; the disk stays).
+    Stop,
+    /// Nothing: it runs until stopped.
+    None,
+}
+
+impl IdleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdleAction::Pause => "pause",
+            IdleAction::Stop => "stop",
+            IdleAction::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for IdleAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for IdleAction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        [IdleAction::Pause, IdleAction::Stop, IdleAction::None]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| Error::invalid(format!("on idle {s:?}: use pause, stop or none")))
+    }
+}
+
 /// The reserved name of a workspace's create-time checkpoint.
 pub const BASELINE: &str = "baseline";
 

@@ -174,6 +174,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .ctx(|| format!("write {}", path.display()))
 }
 
+/// Flushes a directory's entries (a rename in it) to the disk.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
 /// Creates `path` (and missing parents) as a directory only its owner may
 /// enter (0700), and makes an existing one so: pyro's state (records,
 /// disks, secrets, sockets) is nobody else's to read.

@@ -42,7 +42,7 @@ mod golden;
 
 use std::path::{Path, PathBuf};
 
-pub use contract::{defaults, Command, ExecutionMode, BASELINE};
+pub use contract::{defaults, Command, ExecutionMode, IdleAction, BASELINE};
 pub use doctor::DoctorReport;
 pub use environments::{
     CatalogEntry, EnvironmentManifest, ExportReport, PruneReport, Pruned, CATALOG, CATALOG_VERSION,
@@ -58,12 +58,13 @@ pub use vms::{CreateVm, Reaped, VmDeleted, VmInfo, VmNetworkInfo, VmState};
 pub use workspace::{
     ArtifactType, ChangeStatus, CommandEntry, CreateWorkspace, Deleted, DiffEntry, DiffResult,
     DiffSummary, DiskExport, DiskList, DiskRead, ExportResult, FileEntry, FileListResult,
-    FileReadResult, FileWriteResult, LastCommand, NetworkPolicy, OpenShell, PatchEntry,
-    PatchResult, PatchSummary, PublishedPort, ReadShell, ReadinessCheck, ResetInfo, ResetResult,
-    SecretInfo, SecretInput, SecretSource, ServiceInfo, ServiceList, ServiceLogs, ShellInfo,
-    SnapshotInfo, SnapshotKind, SnapshotList, SourceMode, StartService, State, StopReason,
-    SyncInfo, SyncResult, UpdateWorkspace, WorkspaceExec, WorkspaceInfo, WorkspaceList,
-    WorkspaceLogs, WorkspaceSeed, MAX_FILE_BYTES,
+    FileReadResult, FileWriteResult, ForkResult, ForkWorkspace, LastCommand, NetworkPolicy,
+    OpenShell, PatchEntry, PatchResult, PatchSummary, PauseReport, PauseResult, PublishedPort,
+    ReadShell, ReadinessCheck, ResetInfo, ResetResult, ResumeReport, ResumeResult, SecretInfo,
+    SecretInput, SecretSource, ServiceInfo, ServiceList, ServiceLogs, ShellInfo, SnapshotInfo,
+    SnapshotKind, SnapshotList, SourceMode, StartService, State, StopReason, SyncInfo, SyncResult,
+    UpdateWorkspace, WorkspaceExec, WorkspaceInfo, WorkspaceList, WorkspaceLogs, WorkspaceSeed,
+    MAX_FILE_BYTES,
 };
 
 /// The entry point of the library.
@@ -281,6 +282,26 @@ impl Pyro {
     }
     pub fn start_workspace(&self, id: &str, progress: &dyn Progress) -> Result<WorkspaceInfo> {
         workspace::lifecycle::start(&self.ctx, id, progress)
+    }
+    /// Saves the running guest's memory beside its disk and ends its VM:
+    /// no memory, no CPU until it resumes, with everything intact. Any
+    /// call that needs the VM resumes it.
+    pub fn pause_workspace(&self, id: &str) -> Result<PauseResult> {
+        workspace::live::pause(&self.ctx, id)
+    }
+    /// Restores a paused workspace's guest (a running one is left be).
+    pub fn resume_workspace(&self, id: &str, progress: &dyn Progress) -> Result<ResumeResult> {
+        workspace::live::resume_workspace(&self.ctx, id, progress)
+    }
+    /// New workspaces from a running one's memory and disk at one instant,
+    /// each with its own id, hostname and random seed.
+    pub fn fork_workspace(
+        &self,
+        id: &str,
+        params: &ForkWorkspace,
+        progress: &dyn Progress,
+    ) -> Result<ForkResult> {
+        workspace::live::fork(&self.ctx, id, params, progress)
     }
     /// Removes the workspace and everything it holds.
     pub fn delete_workspace(&self, id: &str) -> Result<Deleted> {

@@ -21,7 +21,7 @@ from mcp.client.streamable_http import streamablehttp_client
 
 PYRO = os.environ["PYRO_BIN"]
 GOLDEN = os.environ["PYRO_MCP_GOLDEN"]
-EXPECTED_COUNTS = {"vm-run": 1, "workspace-core": 16, "workspace-full": 43}
+EXPECTED_COUNTS = {"vm-run": 1, "workspace-core": 16, "workspace-full": 46}
 
 
 def check(cond, what):
@@ -285,7 +285,7 @@ async def http(tmp):
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 names = await tool_names(session)
-                check(len(names) == 43, "http: workspace-full by default, as in pyro-mcp")
+                check(len(names) == 46, "http: workspace-full by default, as in pyro-mcp")
                 r = ok(await session.call_tool("vm_run", {"environment": "debian:12", "command": "uname -r"}))
                 check(r["stdout"].strip().endswith("cloud-amd64"), "http vm_run")
                 wid = await recipe_r2(session, tmp)

@@ -30,6 +30,7 @@ impl PyroServer {
         call(&self.pyro, move |pyro| {
             let mut params = CreateWorkspace::from(p.core);
             params.network_policy = p.network_policy.parse()?;
+            params.on_idle = p.on_idle.parse()?;
             params.secrets = secrets;
             pyro.create_workspace(&params, &Silent)
         })
@@ -70,6 +71,47 @@ impl PyroServer {
     ) -> Result<Json<pyro::WorkspaceInfo>, String> {
         call(&self.pyro, move |pyro| {
             pyro.start_workspace(&p.workspace_id, &Silent)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Pause a workspace: its guest's memory is saved beside its disk and its VM ends (no memory, no CPU). Any later call on it resumes it with processes, shells, services and published ports intact."
+    )]
+    async fn workspace_pause(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<pyro::PauseResult>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.pause_workspace(&p.workspace_id)
+        })
+        .await
+    }
+
+    #[tool(description = "Resume a paused workspace (a running one is left as it is).")]
+    async fn workspace_resume(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<pyro::ResumeResult>, String> {
+        call(&self.pyro, move |pyro| {
+            pyro.resume_workspace(&p.workspace_id, &Silent)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Fork a running workspace: count new workspaces from its memory and disk at one instant (running processes included), each with its own id, hostname and random seed; the parent runs on."
+    )]
+    async fn workspace_fork(
+        &self,
+        Parameters(p): Parameters<ForkParams>,
+    ) -> Result<Json<pyro::ForkResult>, String> {
+        call(&self.pyro, move |pyro| {
+            let params = pyro::ForkWorkspace {
+                count: p.count,
+                names: p.names.unwrap_or_default(),
+            };
+            pyro.fork_workspace(&p.workspace_id, &params, &Silent)
         })
         .await
     }

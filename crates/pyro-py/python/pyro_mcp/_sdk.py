@@ -312,10 +312,13 @@ class Pyro:
         secrets: Optional[List[Dict[str, str]]] = None,
         name: Optional[str] = None,
         labels: Optional[Dict[str, str]] = None,
+        on_idle: str = "pause",
     ) -> Dict[str, Any]:
         """Creates a persistent workspace, optionally seeded from a host directory or tar archive.
 
-        ``ttl_seconds`` is an idle timeout: the workspace is stopped, never
+        ``ttl_seconds`` is an idle timeout: the workspace is then paused
+        (``on_idle="pause"``: its memory is saved and the next call resumes
+        it), stopped (``"stop"``) or left running (``"none"``); never
         deleted. ``secrets`` are ``{"name", "value"}`` or ``{"name",
         "file_path"}`` dicts.
         """
@@ -332,6 +335,7 @@ class Pyro:
                 secrets=secrets,
                 name=name,
                 labels=labels,
+                on_idle=on_idle,
             )
         )
 
@@ -373,6 +377,22 @@ class Pyro:
     def start_workspace(self, workspace_id: str) -> Dict[str, Any]:
         """Boots a stopped workspace again."""
         return self._ws(self._call("start_workspace", workspace_id=workspace_id))
+
+    def pause_workspace(self, workspace_id: str) -> Dict[str, Any]:
+        """Saves the guest's memory beside its disk and ends its VM; any later call resumes it."""
+        return self._ws(self._call("pause_workspace", workspace_id=workspace_id))
+
+    def resume_workspace(self, workspace_id: str) -> Dict[str, Any]:
+        """Resumes a paused workspace with its processes, shells, services and ports."""
+        return self._ws(self._call("resume_workspace", workspace_id=workspace_id))
+
+    def fork_workspace(
+        self, workspace_id: str, *, count: int = 1, names: Optional[List[str]] = None
+    ) -> Dict[str, Any]:
+        """New workspaces from a running one's memory and disk at one instant."""
+        r = self._call("fork_workspace", workspace_id=workspace_id, count=count, names=names)
+        r["workspaces"] = [self._ws(w) for w in r["workspaces"]]
+        return r
 
     def delete_workspace(self, workspace_id: str) -> Dict[str, Any]:
         """Deletes a workspace with its disk, snapshots and history."""

@@ -91,10 +91,16 @@ pub fn boot(dir: &VmDir, record: &VmRecord) -> Result<Booted, String> {
             }
             Err(e) if record.spec.snapshot.is_some() => {
                 eprintln!(
-                    "supervisor: restoring the template failed: {}; booting instead",
+                    "supervisor: restoring the saved state failed: {}; booting instead",
                     e.message
                 );
-                record.spec.snapshot = None;
+                // The disk is about to move on: a VM's own state would
+                // never match it again.
+                if let Some(state) = record.spec.snapshot.take() {
+                    if record.restore.is_live() {
+                        let _ = fs::remove_file(state);
+                    }
+                }
             }
             Err(e) if attempt < BOOT_ATTEMPTS && e.retry => {
                 eprintln!(
@@ -164,7 +170,12 @@ pub fn boot_once(dir: &VmDir, record: &VmRecord) -> Result<Booted, BootError> {
     // A restored guest stays paused (it was saved paused) until resumed.
     if record.spec.snapshot.is_some() {
         let until = Instant::now() + RESTORE_WATCHDOG;
-        if let Err(why) = resume_restored(dir, &mut child, until) {
+        let consume = record
+            .spec
+            .snapshot
+            .as_deref()
+            .filter(|_| record.restore.is_live());
+        if let Err(why) = resume_restored(dir, &mut child, until, consume) {
             return Err(give_up(&mut child, why, true));
         }
     }
@@ -296,8 +307,14 @@ pub fn boot_once(dir: &VmDir, record: &VmRecord) -> Result<Booted, BootError> {
 }
 
 /// Waits for QEMU to load the saved state it reads on `-incoming`, then
-/// resumes the guest.
-fn resume_restored(dir: &VmDir, child: &mut Child, until: Instant) -> Result<(), String> {
+/// resumes the guest. A VM's own saved state (`consume`) is removed once
+/// loaded, before the guest runs and its disk moves on.
+fn resume_restored(
+    dir: &VmDir,
+    child: &mut Child,
+    until: Instant,
+    consume: Option<&Path>,
+) -> Result<(), String> {
     let exited = |child: &mut Child| match child.try_wait() {
         Ok(Some(status)) => Some(format!("QEMU exited while restoring ({status})")),
         _ => None,
@@ -321,10 +338,17 @@ fn resume_restored(dir: &VmDir, child: &mut Child, until: Instant) -> Result<(),
             RunState::InMigrate => {}
             RunState::Other => match qmp.migration().map_err(|e| why(e, child))? {
                 (MigrationStatus::Completed, _) => {
+                    if let Some(state) = consume {
+                        fs::remove_file(state)
+                            .map_err(|e| format!("consume {}: {e}", state.display()))?;
+                        if let Some(parent) = state.parent() {
+                            host::sync_dir(parent);
+                        }
+                    }
                     return qmp
                         .execute("cont", serde_json::json!({}))
                         .map(|_| ())
-                        .map_err(|e| why(e, child))
+                        .map_err(|e| why(e, child));
                 }
                 (MigrationStatus::Failed, answer) => {
                     return Err(format!("restoring the saved state failed: {answer}"))

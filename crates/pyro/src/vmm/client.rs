@@ -3,13 +3,14 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pyro_protocol::{ExecRequest, ExitStatus, Frame, Kind, Message};
 
 use crate::error::{Error, Result};
 use crate::vmm::channel::{self, stream, ChannelError};
-use crate::vmm::control::{ControlRequest, ControlResponse, ServicePort};
+use crate::vmm::control::{ControlRequest, ControlResponse, ResumeInfo, ServicePort};
 use crate::vmm::dir::VmDir;
 
 pub struct VmClient {
@@ -237,6 +238,29 @@ impl VmClient {
             Err(Error::VmLost(_)) => Ok(()),
             Ok(other) => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Pauses the VM (its state saved beside its disk, QEMU ended) and
+    /// waits until it is; returns the state's size.
+    pub fn pause(mut self) -> Result<u64> {
+        match self.control(&ControlRequest::Pause)? {
+            ControlResponse::Paused { state_bytes } => Ok(state_bytes),
+            ControlResponse::Error { message } => Err(Error::conflict(message)),
+            other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Saves the running guest into `state` and copies its disk to each of
+    /// `disks`, at one instant; the VM continues.
+    pub fn fork(&mut self, state: &Path, disks: &[PathBuf]) -> Result<ResumeInfo> {
+        match self.control(&ControlRequest::Fork {
+            state: state.to_path_buf(),
+            disks: disks.to_vec(),
+        })? {
+            ControlResponse::Forked { resume } => Ok(resume),
+            ControlResponse::Error { message } => Err(Error::conflict(message)),
+            other => Err(Error::VmLost(format!("unexpected reply {other:?}"))),
         }
     }
 

@@ -39,6 +39,17 @@ pub enum ControlRequest {
     },
     /// Every published port.
     Ports,
+    /// Save the guest beside its disk and end: cancels what clients have
+    /// in flight, stops the guest, saves it (`saved::Paused`), quits QEMU;
+    /// answered with `paused` just before the supervisor exits.
+    Pause,
+    /// Save the guest into `state` and copy its disk to each of `disks`
+    /// at that instant, then let it continue (requests in flight are
+    /// cancelled, as for a pause).
+    Fork {
+        state: std::path::PathBuf,
+        disks: Vec<std::path::PathBuf>,
+    },
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -50,7 +61,22 @@ pub enum ControlResponse {
     Deleted,
     Qmp { result: serde_json::Value },
     Ports { ports: Vec<ServicePort> },
+    Paused { state_bytes: u64 },
+    Forked { resume: ResumeInfo },
     Error { message: String },
+}
+
+/// What a VM restored from a live guest's saved state needs besides the
+/// state: the ports that were published, and where the stream numbering
+/// stood (the agent may still answer a stream cancelled at the save; new
+/// ones must not collide with it). `paused/resume.json`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResumeInfo {
+    pub ports: Vec<ServicePort>,
+    pub next_stream: u32,
+    pub saved_at_unix_ms: u64,
+    pub state_bytes: u64,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -13,6 +13,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::assets::RuntimeAssets;
+use crate::contract::IdleAction;
 use crate::error::{Error, IoContext, Result};
 use crate::host;
 use crate::paths::Paths;
@@ -38,6 +39,40 @@ pub struct VmRecord {
     pub idle_timeout: bool,
     pub created_at_unix_ms: u64,
     pub spec: VmSpec,
+    /// What the supervisor does when its time is up (`stop` for one-shot
+    /// and lifecycle VMs; a workspace's choice for its idle timeout).
+    #[serde(default)]
+    pub on_idle: IdleAction,
+    /// What `spec.snapshot` is, if there is one.
+    #[serde(default)]
+    pub restore: Restore,
+}
+
+/// Whose saved state a VM restores.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restore {
+    /// A template's (a guest at its welcome, with no identity yet): the
+    /// VM is activated like a booted one, and a template that fails to
+    /// restore is discarded.
+    #[default]
+    Template,
+    /// Its own, saved by a pause: the guest keeps its network and
+    /// published ports; the state is consumed once loaded.
+    Paused,
+    /// Its parent's, saved by a fork: a new identity (hostname, random
+    /// seed), the parent's ports published again on free host ports; the
+    /// state (this VM's link to it) is consumed once loaded.
+    Fork,
+}
+
+impl Restore {
+    /// The saved state was this VM's (or its parent's) running guest, not
+    /// a template.
+    pub fn is_live(self) -> bool {
+        self != Restore::Template
+    }
 }
 
 /// Why a VM's supervisor tore it down.
@@ -59,6 +94,8 @@ pub enum ExitReason {
     DirectoryRemoved,
     /// The control socket stopped accepting connections.
     ControlClosed,
+    /// Paused: its state is saved beside its disk (`saved::Paused`).
+    Paused,
     /// Written by another version of pyro.
     #[serde(other)]
     Unknown,
@@ -74,6 +111,7 @@ impl ExitReason {
             ExitReason::QemuExited => "QEMU exited",
             ExitReason::DirectoryRemoved => "its directory was removed",
             ExitReason::ControlClosed => "control socket closed",
+            ExitReason::Paused => "paused",
             ExitReason::Unknown => "the VM ended",
         }
     }
@@ -413,6 +451,8 @@ pub fn new_record(
         idle_timeout: !ephemeral,
         created_at_unix_ms: host::now_unix_ms(),
         spec,
+        on_idle: IdleAction::Stop,
+        restore: Restore::Template,
     }
 }
 

@@ -55,8 +55,10 @@ pub fn start_supervisor(program: &Path, dir: &VmDir) -> Result<BootReport> {
         return Err(Error::Boot(report.error.unwrap_or_default()));
     }
     if !report.restored {
-        if let Some(state) = dir.read_record().ok().and_then(|r| r.spec.snapshot) {
-            templates::discard(&state);
+        if let Some(record) = dir.read_record().ok().filter(|r| !r.restore.is_live()) {
+            if let Some(state) = record.spec.snapshot {
+                templates::discard(&state);
+            }
         }
     }
     if !report.guest_cgroups {

@@ -18,8 +18,6 @@
 //! (see `boot`).
 
 use std::fs;
-use std::io;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,7 +35,8 @@ use crate::vmm::channel::{self, stream};
 use crate::vmm::dir::{self, VmDir};
 use crate::vmm::jail::Jail;
 use crate::vmm::qemu::{self, VmSpec};
-use crate::vmm::qmp::{MigrationStatus, Qmp, QmpError};
+use crate::vmm::qmp::{Qmp, QmpError};
+use crate::vmm::saved;
 
 const FORMAT_VERSION: u32 = 2;
 
@@ -409,63 +408,21 @@ fn warm_up(agent: &mut std::os::unix::net::UnixStream) -> Result<()> {
     }
 }
 
-/// Stops the VM and streams its state into `state.bin` through a UNIX
-/// socket (QEMU's sandbox forbids spawning a helper), then quits QEMU
+/// Stops the VM and saves its state into `state.bin`, then quits QEMU
 /// cleanly so the disk's metadata is on the file.
 fn save(dir: &Path, vm_dir: &VmDir, qemu_pid: i32, jail: Option<&Jail>) -> Result<u64> {
     let qmp_err = |e: QmpError| Error::Boot(format!("saving the template: {e}"));
     let mut qmp =
         Qmp::connect(&vm_dir.qmp_socket(), qemu_pid, Duration::from_secs(30)).map_err(qmp_err)?;
-    // The default bandwidth cap (32 MiB/s) is for live migration.
-    qmp.execute(
-        "migrate-set-parameters",
-        json!({ "max-bandwidth": 1u64 << 40 }),
-    )
-    .map_err(qmp_err)?;
     qmp.execute("stop", json!({})).map_err(qmp_err)?;
-    let sock = vm_dir.migrate_socket();
-    let listener = UnixListener::bind(&sock).ctx(|| format!("bind {}", sock.display()))?;
-    if let Some(jail) = jail {
-        // QEMU connects as the jail's uid.
-        host::chown(&sock, jail.ids.qemu_uid, jail.ids.gid)?;
-    }
-    listener
-        .set_nonblocking(true)
-        .ctx(|| "nonblocking listener".into())?;
-    qmp.execute(
-        "migrate",
-        json!({ "uri": format!("unix:{}", sock.display()) }),
-    )
-    .map_err(qmp_err)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut conn = loop {
-        match listener.accept() {
-            Ok((c, _)) => break c,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e).ctx(|| "QEMU never sent its state".into()),
-        }
-    };
-    conn.set_nonblocking(false)
-        .ctx(|| "blocking migration socket".into())?;
     let state = dir.join("state.bin");
-    let mut file = fs::File::create(&state).ctx(|| format!("create {}", state.display()))?;
-    let bytes = io::copy(&mut conn, &mut file).ctx(|| "receive the VM state".into())?;
-    file.sync_all().ctx(|| "sync the VM state".into())?;
-    let _ = fs::remove_file(&sock);
-    loop {
-        match qmp.migration().map_err(qmp_err)? {
-            (MigrationStatus::Completed, _) => break,
-            (MigrationStatus::Failed, answer) => {
-                return Err(Error::Boot(format!("saving the template failed: {answer}")))
-            }
-            _ if Instant::now() > deadline => {
-                return Err(Error::Boot("saving the template timed out".into()))
-            }
-            _ => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
+    let _ = fs::remove_file(&state);
+    let bytes = saved::save_state(
+        &mut qmp,
+        vm_dir,
+        jail.map(|j| (j.ids.qemu_uid, j.ids.gid)),
+        &state,
+    )?;
     // QEMU writes the disk's metadata back as it quits.
     let _ = qmp.execute("quit", json!({}));
     Ok(bytes)

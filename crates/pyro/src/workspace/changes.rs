@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::paths::Context;
 use crate::workspace::archive::Artifact;
 use crate::workspace::files::{self, workspace_path, ArtifactType, MAX_FILE_BYTES};
+use crate::workspace::vm::connect;
 use crate::workspace::{secrets, Workspace};
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -157,7 +158,7 @@ pub fn compare(
 
 pub fn diff(ctx: &Context, id: &str) -> Result<DiffResult> {
     let ws = Workspace::locate(&ctx.paths, id)?;
-    let mut client = ws.connect()?;
+    let mut client = connect(ctx, &ws)?;
     let (base, live) = files::trees(&ws, &mut client)?;
     let (summary, mut entries) = compare(&base, &live);
     let hide = ws.redactions()?;
@@ -293,7 +294,7 @@ pub fn parse(text: &str) -> Result<Vec<FileChange<'_>>> {
 pub fn apply(ctx: &Context, id: &str, text: &str) -> Result<PatchResult> {
     let changes = parse(text)?;
     let ws = Workspace::locate(&ctx.paths, id)?;
-    let mut client = ws.connect()?;
+    let mut client = connect(ctx, &ws)?;
     let mut writes = Vec::new();
     let mut removes = Vec::new();
     let mut summary = PatchSummary::default();

@@ -17,6 +17,7 @@ use crate::paths::Context;
 use crate::vmm::client::{Capture, OutputSink};
 use crate::workspace::record::LastCommand;
 use crate::workspace::secrets;
+use crate::workspace::vm::connect;
 use crate::workspace::Workspace;
 
 /// Parameters of [`Pyro::exec_workspace`](crate::Pyro::exec_workspace).
@@ -85,7 +86,7 @@ pub fn exec(
     let values = ws.secret_values(&record)?;
     let env = secrets::environment(&values, &p.secret_env)?;
     let hide = secrets::redaction_list(&values);
-    let mut client = ws.connect()?;
+    let mut client = connect(ctx, &ws)?;
     let sequence = ws.update(|r| Ok(r.next_command()))?;
     let started_at = now();
     let started = Instant::now();

@@ -16,6 +16,7 @@ use crate::host;
 use crate::paths::Context;
 use crate::vmm::client::VmClient;
 use crate::workspace::archive::{self, SourceMode};
+use crate::workspace::vm::connect;
 use crate::workspace::{secrets, Workspace};
 
 /// Largest file `file read` returns and `file write` or a patch writes.
@@ -151,7 +152,7 @@ pub(crate) fn push(client: &mut VmClient, tar_path: &Path, dest: &str) -> Result
 pub fn sync_push(ctx: &Context, id: &str, source: &Path, dest: &str) -> Result<SyncResult> {
     let ws = Workspace::locate(&ctx.paths, id)?;
     let dest = workspace_path(dest)?;
-    let mut client = ws.connect()?;
+    let mut client = connect(ctx, &ws)?;
     let tmp = ws.dir.join(format!(".sync-{}.tar", host::random_id(4)));
     let result = (|| {
         let f = fs::File::create(&tmp).ctx(|| "create sync archive".into())?;
@@ -253,7 +254,7 @@ pub fn export(
 ) -> Result<ExportResult> {
     let ws = Workspace::locate(&ctx.paths, id)?;
     let path = workspace_path(path)?;
-    let mut client = ws.connect()?;
+    let mut client = connect(ctx, &ws)?;
     let fetched = fetch(&ws, &mut client, &path)?;
     let Message::ArchiveSent {
         artifact_type,
@@ -297,7 +298,7 @@ pub struct FileListResult {
 pub fn file_list(ctx: &Context, id: &str, path: &str, recursive: bool) -> Result<FileListResult> {
     let ws = Workspace::locate(&ctx.paths, id)?;
     let path = workspace_path(path)?;
-    let mut client = ws.connect()?;
+    let mut client = connect(ctx, &ws)?;
     match client.request(&Message::ListFiles { path, recursive }, None, &mut |_| {})? {
         Message::FileList {
             path,
@@ -369,7 +370,7 @@ pub fn file_read(ctx: &Context, id: &str, path: &str, max_bytes: u64) -> Result<
     check_max_bytes(max_bytes)?;
     let ws = Workspace::locate(&ctx.paths, id)?;
     let path = workspace_path(path)?;
-    let mut client = ws.connect()?;
+    let mut client = connect(ctx, &ws)?;
     let (data, size_bytes, truncated) = read_bytes(&mut client, &path, max_bytes)?;
     Ok(FileReadResult {
         workspace_id: id.into(),
@@ -442,7 +443,7 @@ pub fn file_write(ctx: &Context, id: &str, path: &str, text: &str) -> Result<Fil
     if path == WORKSPACE_ROOT {
         return Err(Error::invalid("cannot write the workspace root"));
     }
-    let mut client = ws.connect()?;
+    let mut client = connect(ctx, &ws)?;
     let written = write_files(
         &mut client,
         &[(path.clone(), text.as_bytes().to_vec(), 0o644)],

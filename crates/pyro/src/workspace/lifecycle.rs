@@ -9,7 +9,8 @@ use pyro_protocol::{Message, ServiceStatus, WORKSPACE_ROOT};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{
-    defaults, host_compat_refused, now, valid_name, valid_text, validate_resources, BASELINE,
+    defaults, host_compat_refused, now, valid_name, valid_text, validate_resources, IdleAction,
+    BASELINE,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::paths::Context;
@@ -22,7 +23,7 @@ use crate::workspace::files::push;
 use crate::workspace::record::{Deleted, NewRecord, Record, WorkspaceInfo, WorkspaceSeed};
 use crate::workspace::secrets::{self, SecretInput};
 use crate::workspace::state::{NetworkPolicy, State};
-use crate::workspace::vm::{boot, checkpoint, spec};
+use crate::workspace::vm::{boot, checkpoint, connect, resume, spec};
 use crate::workspace::Workspace;
 use crate::{assets, environments, host};
 
@@ -34,8 +35,8 @@ pub struct CreateWorkspace {
     pub environment: String,
     pub vcpu_count: u32,
     pub mem_mib: u32,
-    /// Idle timeout: the workspace is stopped (never deleted) after this
-    /// long without activity.
+    /// Idle timeout: the workspace is paused (or stopped, per `on_idle`;
+    /// never deleted) after this long without activity.
     pub ttl_seconds: u64,
     pub network_policy: NetworkPolicy,
     /// A host directory, `.tar`, `.tar.gz` or `.tgz` copied into
@@ -47,6 +48,10 @@ pub struct CreateWorkspace {
     /// Accepted for compatibility and refused when set: a workspace always
     /// runs in a guest (only one-shot runs may fall back to the host).
     pub allow_host_compat: bool,
+    /// What the idle timeout does: `pause` (the default: the guest's memory
+    /// is saved and the next call resumes it), `stop` or `none`.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub on_idle: IdleAction,
 }
 
 impl Default for CreateWorkspace {
@@ -62,6 +67,7 @@ impl Default for CreateWorkspace {
             labels: BTreeMap::new(),
             secrets: Vec::new(),
             allow_host_compat: false,
+            on_idle: IdleAction::default(),
         }
     }
 }
@@ -154,6 +160,7 @@ pub fn create(
                     bytes_written: summary.bytes,
                 },
                 secrets: secret_values.iter().map(|(i, _)| i.clone()).collect(),
+                on_idle: p.on_idle,
             },
             now(),
         );
@@ -163,7 +170,7 @@ pub fn create(
         ws.write(&record)?;
         progress.phase("workspace", &format!("phase=start workspace_id={id}"));
         boot(ctx, &ws, &record, template.as_ref(), progress)?;
-        let mut client = ws.connect()?;
+        let mut client = connect(ctx, &ws)?;
         if mode != SourceMode::Empty {
             progress.phase("workspace", &format!("phase=seed workspace_id={id}"));
         }
@@ -182,7 +189,10 @@ pub fn create(
 /// `info` with its services counted, without it counting as activity.
 fn info_with_services(ws: &Workspace, r: &Record) -> WorkspaceInfo {
     let mut info = ws.info(r);
-    let counts = if info.state != State::Started {
+    let counts = if info.state == State::Paused {
+        // Its services are in the saved guest, uncounted until it resumes.
+        return info;
+    } else if info.state != State::Started {
         Ok((0, 0))
     } else {
         (|| -> Result<(usize, usize)> {
@@ -292,6 +302,8 @@ pub fn update(ctx: &Context, id: &str, u: &UpdateWorkspace) -> Result<WorkspaceI
 pub fn stop(ctx: &Context, id: &str) -> Result<WorkspaceInfo> {
     let ws = Workspace::locate(&ctx.paths, id)?;
     launch::halt(&ws.vm())?;
+    // A paused guest's processes end as a running one's would.
+    ws.paused().discard();
     let r = ws.update(|r| {
         r.mark_stopped();
         Ok(r.clone())
@@ -301,6 +313,9 @@ pub fn stop(ctx: &Context, id: &str) -> Result<WorkspaceInfo> {
 
 pub fn start(ctx: &Context, id: &str, progress: &dyn Progress) -> Result<WorkspaceInfo> {
     let ws = Workspace::locate(&ctx.paths, id)?;
+    if ws.state().needs_resume() {
+        resume(ctx, &ws, progress)?;
+    }
     if ws.state().needs_boot() {
         let r = ws.read()?;
         boot(ctx, &ws, &r, None, progress)?;

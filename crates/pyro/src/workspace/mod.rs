@@ -10,14 +10,14 @@
 //! | `baseline.tar` | the seed as it was pushed at create, immutable: what `diff` compares against |
 //! | `commands/NNNNNN.json` | one entry of command history each |
 //! | `secrets/` | secret values, 0600 files in a 0700 directory |
-//! | `vm/` | the running VM's directory (see `vmm::dir`); `vm/exit.json` says why it last stopped |
+//! | `vm/` | the running VM's directory (see `vmm::dir`); `vm/exit.json` says why it last stopped; `vm/paused/` the saved guest of a paused workspace (see `vmm::saved`) |
 //!
 //! The record is the truth; whether the VM runs is derived from its
 //! supervisor being alive (see `state`), so a killed supervisor shows as
 //! stopped with the reason, and `start` brings the same disk back.
 //!
 //! One module per operation group: `lifecycle` (create, list, status,
-//! update, start, stop, delete), `exec` (commands and history), `files`
+//! update, start, stop, delete), `live` (pause, resume, fork), `exec` (commands and history), `files`
 //! (sync, export, file list/read/write), `snapshots` (checkpoints and
 //! reset), `vm` (the workspace's VM: boot, checkpoint), `changes` (diff and patch), `disk` (offline reads of a stopped
 //! disk), `services`, `shells`, `secrets`; `archive` validates what crosses
@@ -29,6 +29,7 @@ pub(crate) mod disk;
 pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod lifecycle;
+pub(crate) mod live;
 pub(crate) mod record;
 pub(crate) mod secrets;
 pub(crate) mod services;
@@ -46,6 +47,7 @@ use crate::host::{self, FileLock};
 use crate::paths::Paths;
 use crate::vmm::client::VmClient;
 use crate::vmm::dir::VmDir;
+use crate::vmm::saved::Paused;
 
 pub use archive::SourceMode;
 pub use changes::{
@@ -58,6 +60,7 @@ pub use files::{
     SyncInfo, SyncResult, MAX_FILE_BYTES,
 };
 pub use lifecycle::{CreateWorkspace, UpdateWorkspace, WorkspaceList};
+pub use live::{ForkResult, ForkWorkspace, PauseReport, PauseResult, ResumeReport, ResumeResult};
 pub use record::{Deleted, LastCommand, Record, SnapshotInfo, WorkspaceInfo, WorkspaceSeed};
 pub use secrets::{SecretInfo, SecretInput, SecretSource};
 pub use services::{
@@ -100,7 +103,7 @@ impl Workspace {
     pub fn disk(&self) -> PathBuf {
         self.dir.join("disk.qcow2")
     }
-    fn baseline(&self) -> PathBuf {
+    pub(crate) fn baseline(&self) -> PathBuf {
         self.dir.join("baseline.tar")
     }
     fn commands(&self) -> PathBuf {
@@ -154,15 +157,32 @@ impl Workspace {
         self.vm().live_supervisor().is_some()
     }
 
+    /// The guest's state saved by a pause.
+    pub(crate) fn paused(&self) -> Paused {
+        Paused::of(&self.vm())
+    }
+
+    /// What is seen of the VM on the host.
+    fn seen(&self) -> state::Vm {
+        if self.running() {
+            state::Vm::Running
+        } else if self.paused().exists() {
+            state::Vm::Paused
+        } else if self.paused().interrupted() {
+            state::Vm::PauseInterrupted
+        } else {
+            state::Vm::Gone
+        }
+    }
+
     /// The record as shown, with what is observed of the VM.
     pub fn info(&self, r: &Record) -> WorkspaceInfo {
-        let vm = self.vm();
         let seen = state::observe(
             r.state,
             r.stop_reason,
             r.last_error.as_deref(),
-            vm.live_supervisor().is_some(),
-            vm.read_exit().as_ref(),
+            self.seen(),
+            self.vm().read_exit().as_ref(),
         );
         WorkspaceInfo::new(r, seen)
     }
@@ -177,16 +197,17 @@ impl Workspace {
         Ok(secrets::redaction_list(&self.secret_values(&self.read()?)?))
     }
 
-    fn state(&self) -> State {
-        if self.running() {
-            State::Started
-        } else {
-            State::Stopped
+    pub(crate) fn state(&self) -> State {
+        match self.seen() {
+            state::Vm::Running => State::Started,
+            state::Vm::Paused => State::Paused,
+            state::Vm::PauseInterrupted | state::Vm::Gone => State::Stopped,
         }
     }
 
-    /// A connection to the running VM, or a clear error if it is stopped.
-    pub fn connect(&self) -> Result<VmClient> {
+    /// A connection to the running VM, or a clear error if it is not
+    /// running (`vm::connect` resumes a paused one first).
+    pub(crate) fn connect_running(&self) -> Result<VmClient> {
         if !self.state().can_exec() {
             return Err(Error::conflict_with(
                 format!("workspace {} is stopped", self.id),

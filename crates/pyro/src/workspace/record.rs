@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{now, ExecutionMode, BASELINE};
+use crate::contract::{now, ExecutionMode, IdleAction, BASELINE};
 use crate::workspace::archive::SourceMode;
 use crate::workspace::secrets::SecretInfo;
 use crate::workspace::state::{NetworkPolicy, Observed, SnapshotKind, State, StopReason};
@@ -84,6 +84,10 @@ pub struct Record {
     pub snapshots: Vec<SnapshotInfo>,
     #[serde(default)]
     pub secrets: Vec<SecretInfo>,
+    /// What the idle timeout does.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub on_idle: IdleAction,
 }
 
 /// The parts of a new record that its creator chooses.
@@ -98,6 +102,7 @@ pub(crate) struct NewRecord {
     pub network_policy: NetworkPolicy,
     pub workspace_seed: WorkspaceSeed,
     pub secrets: Vec<SecretInfo>,
+    pub on_idle: IdleAction,
 }
 
 impl Record {
@@ -130,6 +135,7 @@ impl Record {
                 deletable: false,
             }],
             secrets: n.secrets,
+            on_idle: n.on_idle,
         }
     }
 
@@ -200,7 +206,8 @@ pub struct WorkspaceInfo {
     pub name: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub environment: String,
-    /// `started` while its VM runs, else `stopped`.
+    /// `started` while its VM runs, `paused` while its guest is saved
+    /// (any call resumes it), else `stopped`.
     pub state: State,
     /// Why it is stopped: `stopped` (asked), `ttl_expired`, `crashed`, ...
     #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
@@ -210,11 +217,14 @@ pub struct WorkspaceInfo {
     pub vcpu_count: u32,
     pub mem_mib: u32,
     pub ttl_seconds: u64,
+    /// What the idle timeout does: `pause`, `stop` or `none`.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub on_idle: IdleAction,
     #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub network_policy: NetworkPolicy,
     pub created_at: f64,
     pub last_activity_at: f64,
-    /// When an idle running workspace will be stopped.
+    /// When an idle running workspace will be paused or stopped.
     pub expires_at: Option<f64>,
     pub execution_mode: ExecutionMode,
     pub command_count: u64,
@@ -247,10 +257,12 @@ impl WorkspaceInfo {
             vcpu_count: r.vcpu_count,
             mem_mib: r.mem_mib,
             ttl_seconds: r.ttl_seconds,
+            on_idle: r.on_idle,
             network_policy: r.network_policy,
             created_at: r.created_at,
             last_activity_at: r.last_activity_at,
-            expires_at: running.then_some(r.last_activity_at + r.ttl_seconds as f64),
+            expires_at: (running && r.on_idle != IdleAction::None)
+                .then_some(r.last_activity_at + r.ttl_seconds as f64),
             execution_mode: ExecutionMode::GuestVirtioSerial,
             command_count: r.command_count,
             last_command: r.last_command.clone(),
@@ -295,6 +307,7 @@ mod tests {
                     name: "API_TOKEN".into(),
                     source_kind: SecretSource::Literal,
                 }],
+                on_idle: IdleAction::Pause,
             },
             1_700_000_000.5,
         );

@@ -20,6 +20,7 @@ use crate::paths::Context;
 use crate::vmm::client::VmClient;
 use crate::vmm::control::{PortBinding, ServicePort};
 use crate::workspace::files::workspace_path;
+use crate::workspace::vm::connect;
 use crate::workspace::{secrets, Workspace};
 
 /// When a service counts as ready; probed in the guest.
@@ -224,7 +225,7 @@ pub fn start(ctx: &Context, id: &str, name: &str, p: &StartService) -> Result<Se
     let cwd = workspace_path(&p.cwd)?;
     let env = secrets::environment(&ws.secret_values(&record)?, &p.secret_env)?;
     // The agent answers once the service is ready or has failed.
-    let mut c = ws.connect()?.with_deadline(
+    let mut c = connect(ctx, &ws)?.with_deadline(
         std::time::Duration::from_secs(p.ready_timeout_seconds) + crate::vmm::client::EXEC_GRACE,
     );
     // Ports left by an ended service of the same name are released here;
@@ -271,21 +272,21 @@ pub fn start(ctx: &Context, id: &str, name: &str, p: &StartService) -> Result<Se
 
 pub fn status(ctx: &Context, id: &str, name: &str) -> Result<ServiceInfo> {
     let ws = Workspace::locate(&ctx.paths, id)?;
-    let mut c = ws.connect()?;
+    let mut c = connect(ctx, &ws)?;
     let reply = call(&mut c, Message::ServiceStatus { name: name.into() })?;
     one(&mut c, id, &ws, reply)
 }
 
 pub fn stop(ctx: &Context, id: &str, name: &str) -> Result<ServiceInfo> {
     let ws = Workspace::locate(&ctx.paths, id)?;
-    let mut c = ws.connect()?;
+    let mut c = connect(ctx, &ws)?;
     let reply = call(&mut c, Message::ServiceStop { name: name.into() })?;
     one(&mut c, id, &ws, reply)
 }
 
 pub fn list(ctx: &Context, id: &str) -> Result<ServiceList> {
     let ws = Workspace::locate(&ctx.paths, id)?;
-    let mut c = ws.connect()?;
+    let mut c = connect(ctx, &ws)?;
     match call(&mut c, Message::ServiceList)? {
         Message::Services { services } => {
             let hide = ws.redactions()?;
@@ -315,7 +316,7 @@ pub fn logs(ctx: &Context, id: &str, name: &str, tail_lines: Option<u64>) -> Res
     let ws = Workspace::locate(&ctx.paths, id)?;
     // Reading logs never touches published ports.
     match call(
-        &mut ws.connect()?,
+        &mut connect(ctx, &ws)?,
         Message::ServiceLogs {
             name: name.into(),
             tail_lines,

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::host;
 use crate::paths::Context;
 use crate::workspace::files::workspace_path;
+use crate::workspace::vm::connect;
 use crate::workspace::{secrets, Workspace};
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -104,8 +105,8 @@ fn info(id: &str, s: ShellState, output: String) -> ShellInfo {
     }
 }
 
-fn shell_call(ws: &Workspace, message: Message) -> Result<ShellState> {
-    let mut c = ws.connect()?;
+fn shell_call(ctx: &Context, ws: &Workspace, message: Message) -> Result<ShellState> {
+    let mut c = connect(ctx, ws)?;
     match c.request(&message, None, &mut |_| {})? {
         Message::Shell(s) => Ok(s),
         other => Err(Error::unexpected(&other)),
@@ -129,6 +130,7 @@ pub fn open(ctx: &Context, id: &str, p: &OpenShell) -> Result<ShellInfo> {
     let record = ws.read()?;
     let env = secrets::environment(&ws.secret_values(&record)?, &p.secret_env)?;
     let s = shell_call(
+        ctx,
         &ws,
         Message::ShellOpen(ShellOpen {
             shell_id: host::random_id(6),
@@ -177,6 +179,7 @@ pub fn read(ctx: &Context, id: &str, shell_id: &str, p: &ReadShell) -> Result<Sh
     }
     let read_once = |cursor: u64, max: u64| {
         shell_call(
+            ctx,
             &ws,
             Message::ShellRead {
                 shell_id: shell_id.into(),
@@ -231,6 +234,7 @@ pub fn write(
         data.push('\n');
     }
     let s = shell_call(
+        ctx,
         &ws,
         Message::ShellWrite {
             shell_id: shell_id.into(),
@@ -255,6 +259,7 @@ pub fn signal_number(name: &str) -> Result<i32> {
 pub fn signal(ctx: &Context, id: &str, shell_id: &str, signal_name: &str) -> Result<ShellInfo> {
     let ws = Workspace::locate(&ctx.paths, id)?;
     let s = shell_call(
+        ctx,
         &ws,
         Message::ShellSignal {
             shell_id: shell_id.into(),
@@ -267,6 +272,7 @@ pub fn signal(ctx: &Context, id: &str, shell_id: &str, signal_name: &str) -> Res
 pub fn close(ctx: &Context, id: &str, shell_id: &str) -> Result<ShellInfo> {
     let ws = Workspace::locate(&ctx.paths, id)?;
     let s = shell_call(
+        ctx,
         &ws,
         Message::ShellClose {
             shell_id: shell_id.into(),

@@ -138,6 +138,7 @@ pub fn reset(
         .cloned()
         .ok_or_else(|| Error::not_found(Entity::Snapshot, snapshot))?;
     launch::halt(&ws.vm())?;
+    ws.paused().discard();
     offline(&ws, "-a", snapshot)?;
     let _ = fs::remove_dir_all(ws.commands());
     host::private_dir(&ws.commands())?;

@@ -12,15 +12,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Remedy, Result};
 use crate::vmm::dir::{ExitReason, VmExit};
 
-// A workspace's state: `Started` while its VM runs; `Stopped` keeps the
-// disk, baseline and checkpoints. (Plain comments: doc comments would
-// change the published JSON schema.)
+// A workspace's state: `Started` while its VM runs; `Paused` when its
+// guest's memory is saved beside its disk and no QEMU runs (any call
+// resumes it); `Stopped` keeps the disk, baseline and checkpoints. (Plain
+// comments: doc comments would change the published JSON schema.)
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Started,
     Stopped,
+    Paused,
 }
 
 impl State {
@@ -28,23 +30,30 @@ impl State {
         match self {
             State::Started => "started",
             State::Stopped => "stopped",
+            State::Paused => "paused",
         }
     }
 
     /// Commands, files, shells, services, diffs, patches and exports need
-    /// the VM.
+    /// the VM (a paused one is resumed first).
     pub fn can_exec(self) -> bool {
         self == State::Started
     }
 
-    /// The disk is read offline only while nothing writes it.
+    /// The disk is read offline only while nothing writes it: a paused
+    /// workspace's disk is as its saved guest left it.
     pub fn can_inspect_disk(self) -> bool {
-        self == State::Stopped
+        self != State::Started
     }
 
     /// `start` boots a stopped workspace (and leaves a started one be).
     pub fn needs_boot(self) -> bool {
         self == State::Stopped
+    }
+
+    /// `start`, and any call that needs the VM, resume a paused one.
+    pub fn needs_resume(self) -> bool {
+        self == State::Paused
     }
 }
 
@@ -61,6 +70,9 @@ pub enum StopReason {
     VmExited,
     /// The supervisor died without saying why.
     Crashed,
+    /// It died while saving the guest for a pause; the disk (everything
+    /// acknowledged) is intact and `start` boots it.
+    PauseInterrupted,
 }
 
 impl StopReason {
@@ -70,6 +82,7 @@ impl StopReason {
             StopReason::TtlExpired => "ttl_expired",
             StopReason::VmExited => "vm_exited",
             StopReason::Crashed => "crashed",
+            StopReason::PauseInterrupted => "pause_interrupted",
         }
     }
 }
@@ -185,29 +198,56 @@ pub struct Observed {
     pub last_error: Option<String>,
 }
 
+/// What is seen of a workspace's VM on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vm {
+    /// Its supervisor is alive.
+    Running,
+    /// No supervisor; the guest's state is saved beside the disk.
+    Paused,
+    /// No supervisor; a pause began saving and never finished.
+    PauseInterrupted,
+    /// No supervisor.
+    Gone,
+}
+
 /// What the user asked for (`desired`, with the reason and error stored
-/// beside it), and whether the VM runs, give the state shown.
+/// beside it), and what is seen of the VM, give the state shown.
 pub fn observe(
     desired: State,
     stop_reason: Option<StopReason>,
     last_error: Option<&str>,
-    running: bool,
+    vm: Vm,
     exit: Option<&VmExit>,
 ) -> Observed {
     let last_error = last_error.map(str::to_owned);
-    match (desired, running) {
-        (_, true) => Observed {
+    match (desired, vm) {
+        (_, Vm::Running) => Observed {
             state: State::Started,
             stop_reason: None,
             last_error,
         },
-        (State::Stopped, false) => Observed {
+        // Paused, by a request or by the idle timeout.
+        (State::Started | State::Paused, Vm::Paused) => Observed {
+            state: State::Paused,
+            stop_reason: None,
+            last_error,
+        },
+        (State::Started | State::Paused, Vm::PauseInterrupted) => Observed {
+            state: State::Stopped,
+            stop_reason: Some(StopReason::PauseInterrupted),
+            last_error: Some(match exit {
+                Some(exit) => format!("the VM ended while pausing: {exit}"),
+                None => "the VM ended while pausing (its supervisor died)".into(),
+            }),
+        },
+        (State::Stopped, _) => Observed {
             state: State::Stopped,
             stop_reason,
             last_error,
         },
         // Asked to run, but nothing runs: say why.
-        (State::Started, false) => match exit {
+        (State::Started | State::Paused, Vm::Gone) => match exit {
             Some(exit) if exit.reason == ExitReason::TtlExpired => Observed {
                 state: State::Stopped,
                 stop_reason: Some(StopReason::TtlExpired),
@@ -237,39 +277,56 @@ mod tests {
 
     #[test]
     fn what_is_shown_follows_the_vm_and_the_request() {
-        let shown = |desired, running, e: Option<VmExit>| {
-            let o = observe(desired, None, None, running, e.as_ref());
+        let shown = |desired, vm, e: Option<VmExit>| {
+            let o = observe(desired, None, None, vm, e.as_ref());
             (o.state, o.stop_reason)
         };
         use State::*;
-        assert_eq!(shown(Started, true, None), (Started, None));
+        assert_eq!(shown(Started, Vm::Running, None), (Started, None));
         // A stopped record with a live VM (stop in flight) shows it running.
-        assert_eq!(shown(Stopped, true, None), (Started, None));
-        assert_eq!(shown(Stopped, false, None), (Stopped, None));
+        assert_eq!(shown(Stopped, Vm::Running, None), (Started, None));
+        assert_eq!(shown(Stopped, Vm::Gone, None), (Stopped, None));
         assert_eq!(
-            shown(Started, false, Some(exit(ExitReason::TtlExpired))),
+            shown(Started, Vm::Gone, Some(exit(ExitReason::TtlExpired))),
             (Stopped, Some(StopReason::TtlExpired))
         );
         assert_eq!(
-            shown(Started, false, Some(exit(ExitReason::AgentClosed))),
+            shown(Started, Vm::Gone, Some(exit(ExitReason::AgentClosed))),
             (Stopped, Some(StopReason::VmExited))
         );
         assert_eq!(
-            shown(Started, false, None),
+            shown(Started, Vm::Gone, None),
             (Stopped, Some(StopReason::Crashed))
+        );
+        // The idle timeout pauses a started workspace; a stop wins.
+        assert_eq!(
+            shown(Started, Vm::Paused, Some(exit(ExitReason::Paused))),
+            (Paused, None)
+        );
+        assert_eq!(shown(Paused, Vm::Paused, None), (Paused, None));
+        assert_eq!(shown(Stopped, Vm::Paused, None), (Stopped, None));
+        assert_eq!(
+            shown(Paused, Vm::PauseInterrupted, None),
+            (Stopped, Some(StopReason::PauseInterrupted))
         );
         let o = observe(
             Started,
             None,
             None,
-            false,
+            Vm::Gone,
             Some(&exit(ExitReason::AgentClosed)),
         );
         assert_eq!(
             o.last_error.as_deref(),
             Some("the guest agent connection closed")
         );
-        let o = observe(Stopped, Some(StopReason::Stopped), Some("x"), false, None);
+        let o = observe(
+            Stopped,
+            Some(StopReason::Stopped),
+            Some("x"),
+            Vm::Gone,
+            None,
+        );
         assert_eq!(
             (o.stop_reason, o.last_error.as_deref()),
             (Some(StopReason::Stopped), Some("x"))
@@ -279,7 +336,9 @@ mod tests {
     #[test]
     fn guards() {
         assert!(State::Started.can_exec() && !State::Stopped.can_exec());
+        assert!(!State::Paused.can_exec() && State::Paused.needs_resume());
         assert!(State::Stopped.can_inspect_disk() && !State::Started.can_inspect_disk());
+        assert!(State::Paused.can_inspect_disk());
         assert!(SnapshotKind::Named.deletable() && !SnapshotKind::Baseline.deletable());
         assert!(NetworkPolicy::EgressPublishedPorts
             .check_publishing()
@@ -308,6 +367,7 @@ mod tests {
             StopReason::TtlExpired,
             StopReason::VmExited,
             StopReason::Crashed,
+            StopReason::PauseInterrupted,
         ] {
             assert_eq!(
                 serde_json::to_value(r).unwrap(),
@@ -320,7 +380,7 @@ mod tests {
                 serde_json::json!(k.as_str())
             );
         }
-        for s in [State::Started, State::Stopped] {
+        for s in [State::Started, State::Stopped, State::Paused] {
             assert_eq!(
                 serde_json::to_value(s).unwrap(),
                 serde_json::json!(s.as_str())

@@ -1,4 +1,4 @@
-//! `workspace create/list/update/status/logs/stop/start/delete`.
+//! `workspace create/list/update/status/logs/stop/start/pause/resume/fork/delete`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,9 +17,14 @@ pub struct CreateArgs {
     vcpu_count: u32,
     #[arg(long, default_value_t = defaults::mem_mib())]
     mem_mib: u32,
-    /// Stop (never delete) the workspace after this long without activity.
+    /// Idle timeout: after this long without activity the workspace is
+    /// paused (or stopped, per --on-idle), never deleted.
     #[arg(long, default_value_t = defaults::ttl_seconds())]
     ttl_seconds: u64,
+    /// What the idle timeout does: pause (memory saved; the next call
+    /// resumes it with everything running), stop, or none.
+    #[arg(long, default_value_t = pyro::IdleAction::default())]
+    on_idle: pyro::IdleAction,
     /// off, egress or egress+published-ports.
     #[arg(long, default_value_t = pyro::NetworkPolicy::default())]
     network_policy: pyro::NetworkPolicy,
@@ -79,6 +84,7 @@ pub fn create(pyro: &Pyro, a: CreateArgs, json: bool) -> anyhow::Result<ExitCode
         labels: a.labels.into_iter().collect(),
         secrets: given.chain(files).collect(),
         allow_host_compat: a.allow_host_compat,
+        on_idle: a.on_idle,
     };
     let w = pyro.create_workspace(&params, &render::Phases::new())?;
     if a.id_only {
@@ -117,6 +123,38 @@ pub fn stop(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
 pub fn start(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
     let progress = render::Phases::new();
     show(json, &pyro.start_workspace(&a.workspace_id, &progress)?)
+}
+
+pub fn pause(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
+    show(json, &pyro.pause_workspace(&a.workspace_id)?)
+}
+
+pub fn resume(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {
+    let progress = render::Phases::new();
+    show(json, &pyro.resume_workspace(&a.workspace_id, &progress)?)
+}
+
+#[derive(Args)]
+pub struct ForkArgs {
+    workspace_id: String,
+    /// How many new workspaces (1 to 16).
+    #[arg(long, default_value_t = pyro::ForkWorkspace::default().count)]
+    count: u32,
+    /// A name for the next new workspace (repeatable, in order).
+    #[arg(long = "name")]
+    names: Vec<String>,
+}
+
+pub fn fork(pyro: &Pyro, a: ForkArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let params = pyro::ForkWorkspace {
+        count: a.count,
+        names: a.names,
+    };
+    let progress = render::Phases::new();
+    show(
+        json,
+        &pyro.fork_workspace(&a.workspace_id, &params, &progress)?,
+    )
 }
 
 pub fn delete(pyro: &Pyro, a: Id, json: bool) -> anyhow::Result<ExitCode> {

@@ -27,8 +27,15 @@ pub enum WorkspaceCommand {
     Logs(Id),
     /// Stop the VM; disk, baseline and snapshots stay.
     Stop(Id),
-    /// Boot a stopped workspace again.
+    /// Boot a stopped workspace again (a paused one is resumed).
     Start(Id),
+    /// Save the guest's memory beside its disk and end its VM; any later
+    /// call resumes it with processes, shells, services and ports intact.
+    Pause(Id),
+    /// Resume a paused workspace.
+    Resume(Id),
+    /// New workspaces from a running one's memory and disk at one instant.
+    Fork(lifecycle::ForkArgs),
     /// Delete a workspace and everything in it.
     Delete(Id),
     /// Run a command in /workspace; exits with its exit code.
@@ -78,6 +85,9 @@ pub fn dispatch(pyro: &Pyro, cmd: WorkspaceCommand, json: bool) -> anyhow::Resul
         Logs(a) => lifecycle::logs(pyro, a, json),
         Stop(a) => lifecycle::stop(pyro, a, json),
         Start(a) => lifecycle::start(pyro, a, json),
+        Pause(a) => lifecycle::pause(pyro, a, json),
+        Resume(a) => lifecycle::resume(pyro, a, json),
+        Fork(a) => lifecycle::fork(pyro, a, json),
         Delete(a) => lifecycle::delete(pyro, a, json),
         Exec(a) => exec::exec(pyro, a, json),
         Sync(c) => files::sync(pyro, c, json),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use pyro_protocol::{Frame, Message};
 
 use super::state::{control_frame, Client, Route, Supervisor};
+use crate::contract::IdleAction;
 use crate::host;
 use crate::vmm::boot;
 use crate::vmm::channel::stream;
@@ -46,14 +47,35 @@ pub(super) fn expire(sup: Arc<Supervisor>) {
             sup.record.created_at_unix_ms
         };
         let now = host::now_unix_ms();
-        if now >= since + ttl_ms {
+        let idle = sup.record.idle_timeout;
+        if idle && sup.record.on_idle == IdleAction::None {
+            // Never idle out; only the directory check below applies.
+        } else if idle && sup.busy() {
+            // A command still running is activity.
+            sup.last_activity.store(now, Ordering::SeqCst);
+        } else if now >= since + ttl_ms {
+            if idle && sup.record.on_idle == IdleAction::Pause {
+                match super::pause::pause(&sup, None) {
+                    Ok(never) => match never {},
+                    Err(e) => {
+                        eprintln!("supervisor: idle pause failed: {e}; trying again later");
+                        // Retry after a tenth of the timeout (at least 5 s).
+                        let retry = (ttl_ms / 10).max(5_000);
+                        sup.last_activity
+                            .store((now + retry).saturating_sub(ttl_ms), Ordering::SeqCst);
+                        continue;
+                    }
+                }
+            }
             return teardown(&sup, VmExit::new(ExitReason::TtlExpired, None), None);
         }
         // A VM whose directory was removed has nobody left to serve.
         if !sup.dir.path.exists() {
             return teardown(&sup, VmExit::new(ExitReason::DirectoryRemoved, None), None);
         }
-        std::thread::sleep(Duration::from_millis((since + ttl_ms - now).min(1_000)));
+        std::thread::sleep(Duration::from_millis(
+            (since + ttl_ms).saturating_sub(now).clamp(50, 1_000),
+        ));
     }
 }
 
@@ -147,6 +169,17 @@ pub(super) fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Cl
             .qemu_exited_cv
             .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e);
     }
+    finish(sup, &exit, requester.map(|c| (c, ControlResponse::Deleted)))
+}
+
+/// What every end does once QEMU is gone: the network's scratch directory
+/// goes, a one-shot VM's directory goes, a persistent VM's `exit.json` is
+/// written; the requester gets its answer; the supervisor exits.
+pub(super) fn finish(
+    sup: &Supervisor,
+    exit: &VmExit,
+    reply: Option<(&Arc<Client>, ControlResponse)>,
+) -> ! {
     if let Some(sock) = &sup.record.spec.network_socket {
         if let Some(dir) = sock.parent() {
             let _ = fs::remove_dir_all(dir);
@@ -155,12 +188,12 @@ pub(super) fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Cl
     if sup.record.ephemeral {
         let _ = sup.dir.remove();
     } else {
-        let _ = sup.dir.write_exit(&exit);
+        let _ = sup.dir.write_exit(exit);
         let _ = fs::remove_file(sup.dir.control_socket());
         let _ = fs::remove_file(sup.dir.supervisor_pid());
     }
-    if let Some(client) = requester {
-        client.send(&control_frame(&ControlResponse::Deleted));
+    if let Some((client, response)) = reply {
+        client.send(&control_frame(&response));
     }
     std::process::exit(0)
 }

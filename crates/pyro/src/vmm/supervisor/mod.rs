@@ -26,11 +26,13 @@ use pyro_protocol::{Activation, Frame, Kind, Message};
 use crate::host;
 use crate::vmm::boot;
 use crate::vmm::channel::{self, stream};
-use crate::vmm::control::{ControlRequest, ControlResponse, SupervisorStatus};
-use crate::vmm::dir::{BootReport, ExitReason, VmDir, VmExit, VmRecord};
+use crate::vmm::control::{ControlRequest, ControlResponse, ResumeInfo, SupervisorStatus};
+use crate::vmm::dir::{BootReport, ExitReason, Restore, VmDir, VmExit, VmRecord};
 use crate::vmm::qemu::net;
+use crate::vmm::saved::Paused;
 
 mod ending;
+mod pause;
 mod ports;
 mod state;
 
@@ -81,6 +83,10 @@ pub fn main(dir: &Path) -> ! {
     };
     let welcome = booted.welcome;
 
+    // A guest restored from its own (or its parent's) running state keeps
+    // its network and services; one that had to boot instead has neither.
+    let live = booted.restored && record.restore.is_live();
+    let resume = live.then(|| Paused::of(&dir).read_info());
     let writer = booted.agent.try_clone().expect("clone agent socket");
     let _ = writer.set_write_timeout(Some(AGENT_WRITE_TIMEOUT));
     let sup = Arc::new(Supervisor {
@@ -89,7 +95,9 @@ pub fn main(dir: &Path) -> ! {
         record: record.clone(),
         generation: welcome.generation,
         routes: Mutex::new(HashMap::new()),
-        next_stream: AtomicU32::new(stream::FIRST_ROUTED),
+        next_stream: AtomicU32::new(resume.as_ref().map_or(stream::FIRST_ROUTED, |r| {
+            r.next_stream.max(stream::FIRST_ROUTED)
+        })),
         clients: AtomicU64::new(0),
         qemu_pid: booted.qemu.id() as i32,
         qemu_exited: Mutex::new(false),
@@ -98,10 +106,12 @@ pub fn main(dir: &Path) -> ! {
         last_activity: AtomicU64::new(host::now_unix_ms()),
         qmp: Mutex::new(None),
         ports: ports::Ports::default(),
+        quiesced: AtomicBool::new(false),
+        qemu_ids: booted.jail.as_ref().map(|j| (j.ids.qemu_uid, j.ids.gid)),
     });
 
     let mut agent = booted.agent;
-    if let Err(e) = activate(&mut agent, &record) {
+    if let Err(e) = activate(&mut agent, &record, !live) {
         host::signal(sup.qemu_pid, libc::SIGKILL);
         fail(
             format!("activating the guest failed: {e}"),
@@ -129,6 +139,14 @@ pub fn main(dir: &Path) -> ! {
     {
         let sup = sup.clone();
         std::thread::spawn(move || expire(sup));
+    }
+
+    if let Some(resume) = &resume {
+        republish(&sup, resume);
+    }
+    // The state is consumed; what is left of the pause goes.
+    if record.restore.is_live() {
+        Paused::of(&dir).discard();
     }
 
     report(&BootReport {
@@ -176,9 +194,27 @@ fn hold_lock(dir: &VmDir) -> Result<host::FileLock, String> {
     }
 }
 
-/// Gives the booted guest its identity: hostname, clock, network, a fresh
-/// random seed. Sent before any client is routed.
-fn activate(agent: &mut UnixStream, record: &VmRecord) -> Result<(), String> {
+/// The ports a paused VM had published, published again: on the same host
+/// ports after a pause, on free ones in a fork (its parent holds those).
+fn republish(sup: &Arc<Supervisor>, resume: &ResumeInfo) {
+    let same = sup.record.restore == Restore::Paused;
+    for p in &resume.ports {
+        let host_port = same.then_some(p.binding.host_port);
+        if let Err(e) = sup.ports.publish(
+            p.service.clone(),
+            p.binding.guest_port,
+            host_port,
+            attach(sup),
+        ) {
+            eprintln!("supervisor: publishing {}'s port again: {e}", p.service);
+        }
+    }
+}
+
+/// Gives the guest its identity: hostname, clock, a fresh random seed, and
+/// (`network`) its network, which a guest restored from a running one
+/// already has. Sent before any client is routed.
+fn activate(agent: &mut UnixStream, record: &VmRecord, network: bool) -> Result<(), String> {
     let activation = Message::Activate(Activation {
         hostname: record.hostname.clone(),
         unix_time_ms: host::now_unix_ms(),
@@ -186,6 +222,7 @@ fn activate(agent: &mut UnixStream, record: &VmRecord) -> Result<(), String> {
             .spec
             .network_socket
             .as_ref()
+            .filter(|_| network)
             .map(|_| pyro_protocol::NetworkConfig {
                 interface: net::INTERFACE.into(),
                 address: net::ADDRESS.into(),
@@ -290,6 +327,16 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
                 Ok(ControlRequest::Ports) => ControlResponse::Ports {
                     ports: sup.ports.list(),
                 },
+                Ok(ControlRequest::Pause) => match pause::pause(&sup, Some(&client)) {
+                    Ok(never) => match never {},
+                    Err(message) => ControlResponse::Error { message },
+                },
+                Ok(ControlRequest::Fork { state, disks }) => {
+                    match pause::fork(&sup, &state, &disks) {
+                        Ok(resume) => ControlResponse::Forked { resume },
+                        Err(message) => ControlResponse::Error { message },
+                    }
+                }
                 Err(e) => ControlResponse::Error {
                     message: format!("bad control request: {e}"),
                 },
@@ -297,17 +344,36 @@ fn serve_client(sup: Arc<Supervisor>, stream: UnixStream) {
             client.send(&control_frame(&reply));
             continue;
         }
-        let agent_stream = *streams.entry(frame.stream).or_insert_with(|| {
-            let id = sup.next_stream.fetch_add(1, Ordering::SeqCst);
-            sup.routes.lock().unwrap().insert(
-                id,
-                Route {
-                    client: client.clone(),
-                    client_stream: frame.stream,
-                },
-            );
-            id
-        });
+        let agent_stream = match streams.get(&frame.stream) {
+            Some(id) => *id,
+            None => {
+                let mut routes = sup.routes.lock().unwrap();
+                // A pause or fork is saving the guest: nothing new starts.
+                if sup.quiesced.load(Ordering::SeqCst) {
+                    drop(routes);
+                    if frame.kind == Kind::Message {
+                        client.send(&Frame::message(
+                            frame.stream,
+                            &Message::Error {
+                                message: "the VM is being paused or forked; try again".into(),
+                            },
+                        ));
+                    }
+                    continue;
+                }
+                let id = sup.next_stream.fetch_add(1, Ordering::SeqCst);
+                routes.insert(
+                    id,
+                    Route {
+                        client: client.clone(),
+                        client_stream: frame.stream,
+                        passive,
+                    },
+                );
+                streams.insert(frame.stream, id);
+                id
+            }
+        };
         let forwarded = Frame {
             stream: agent_stream,
             ..frame
@@ -374,6 +440,7 @@ fn read_agent(sup: Arc<Supervisor>, mut agent: UnixStream) {
             routes.get(&frame.stream).map(|r| Route {
                 client: r.client.clone(),
                 client_stream: r.client_stream,
+                passive: r.passive,
             })
         };
         drop(routes);

@@ -55,6 +55,9 @@ impl Client {
 pub(super) struct Route {
     pub(super) client: Arc<Client>,
     pub(super) client_stream: u32,
+    /// Opened by a passive client (a published port's connection): does
+    /// not keep the VM from being idle.
+    pub(super) passive: bool,
 }
 
 pub(super) struct Supervisor {
@@ -73,9 +76,19 @@ pub(super) struct Supervisor {
     pub(super) last_activity: AtomicU64,
     pub(super) qmp: Mutex<Option<Qmp>>,
     pub(super) ports: ports::Ports,
+    /// No new guest requests are routed (a pause or fork is saving the
+    /// guest). Set and read under `routes`' lock.
+    pub(super) quiesced: AtomicBool,
+    /// The jailed QEMU's uid and gid, which must reach a migration socket.
+    pub(super) qemu_ids: Option<(u32, u32)>,
 }
 
 impl Supervisor {
+    /// Guest requests of active clients are in flight.
+    pub(super) fn busy(&self) -> bool {
+        self.routes.lock().unwrap().values().any(|r| !r.passive)
+    }
+
     pub(super) fn qmp(
         &self,
         command: &str,
