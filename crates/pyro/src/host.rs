@@ -335,14 +335,22 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Has the child of `cmd` receive `signal` when its parent dies.
+/// Has the child of `cmd` receive `signal` when its parent dies. A parent
+/// that died before the child asked (a killed supervisor, while its child
+/// was still entering the jail) never sends it: the child then does not
+/// execute at all.
 pub(crate) fn die_with_parent(cmd: &mut Command, signal: i32) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure only calls prctl and getppid, which are
+    // async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::other("the parent died"));
             }
             Ok(())
         });

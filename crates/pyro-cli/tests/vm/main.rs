@@ -13,6 +13,7 @@ mod doctor;
 mod environments;
 mod hostile;
 mod jail;
+mod live;
 mod mcp;
 mod network;
 mod run;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::common::{hermetic, running_as_root, stderr, stdout, Sandbox};
 
-struct Netns {
+pub(crate) struct Netns {
     host: String,
     web: String,
     servers: Vec<Child>,
@@ -28,7 +28,7 @@ fn ip(args: &[&str]) {
 }
 
 impl Netns {
-    fn new() -> Netns {
+    pub(crate) fn new() -> Netns {
         // Tests run in parallel: each gets its own pair of namespaces.
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let tag = format!(
@@ -114,7 +114,7 @@ impl Netns {
         n
     }
 
-    fn pyro(&self, sb: &Sandbox, args: &[&str]) -> std::process::Output {
+    pub(crate) fn pyro(&self, sb: &Sandbox, args: &[&str]) -> std::process::Output {
         self.pyro_with(sb, &[], args)
     }
 
@@ -141,7 +141,7 @@ impl Netns {
 
     /// GETs `url` from the inner host (where pyro runs): the body, or
     /// `refused` when nothing listens.
-    fn fetch(&self, url: &str) -> String {
+    pub(crate) fn fetch(&self, url: &str) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.host, "python3", "-c"])
             .arg(
@@ -315,7 +315,7 @@ fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 
-fn host_ports(service: &serde_json::Value) -> Vec<u64> {
+pub(crate) fn host_ports(service: &serde_json::Value) -> Vec<u64> {
     service["published_ports"]
         .as_array()
         .unwrap()

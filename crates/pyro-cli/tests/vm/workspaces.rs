@@ -722,8 +722,19 @@ fn crashes_and_idle_timeouts_stop_but_never_delete() {
     assert_eq!(exec(&sb, &id, "cat kept.txt")["stdout"], "kept\n");
     ws(&sb, &["delete", &id]);
 
-    // Idle past its TTL: stopped, with disk and snapshots.
-    let w = ws(&sb, &["create", "debian:12", "--ttl-seconds", "8"]);
+    // Idle past its TTL with `--on-idle stop`: stopped, with disk and
+    // snapshots (the default, a pause, is `live`'s to test).
+    let w = ws(
+        &sb,
+        &[
+            "create",
+            "debian:12",
+            "--ttl-seconds",
+            "8",
+            "--on-idle",
+            "stop",
+        ],
+    );
     let id = w["workspace_id"].as_str().unwrap().to_string();
     assert!(w["expires_at"].as_f64().is_some());
     exec(&sb, &id, "echo idle > idle.txt");

@@ -109,7 +109,7 @@ pub fn destroy(dir: &VmDir) {
 
 /// Waits until nobody runs the VM; false if someone still does after
 /// `limit`.
-fn wait_gone(dir: &VmDir, limit: Duration) -> bool {
+pub fn wait_gone(dir: &VmDir, limit: Duration) -> bool {
     let start = Instant::now();
     while dir.live_supervisor().is_some() {
         if start.elapsed() > limit {

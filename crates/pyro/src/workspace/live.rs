@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +112,12 @@ pub fn pause(ctx: &Context, id: &str) -> Result<PauseResult> {
                 },
             ))
         }
-        State::Started => VmClient::connect(&ws.vm())?.pause()?,
+        State::Started => {
+            let bytes = VmClient::connect(&ws.vm())?.pause()?;
+            // It answers just before it exits.
+            launch::wait_gone(&ws.vm(), Duration::from_secs(10));
+            bytes
+        }
     };
     let r = ws.update(|r| {
         r.touch();
