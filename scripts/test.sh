@@ -18,6 +18,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 threads="${PYRO_TEST_THREADS:-2}"
+# No warm pool of one-shot runs unless a test asks for one (a pooled guest
+# outlives the run that started its filler).
+export PYRO_POOL_SIZE=0
 
 echo "[test] building"
 cargo build --locked --workspace --all-targets

@@ -62,12 +62,27 @@ enum Command {
     /// The per-VM supervisor (internal).
     #[command(name = "__supervise", hide = true)]
     Supervise { dir: PathBuf },
+    /// Fills the warm pool of one-shot runs (internal).
+    #[command(name = "__pool-fill", hide = true)]
+    PoolFill {
+        environment: String,
+        vcpu_count: u32,
+        mem_mib: u32,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Supervise { dir } = &cli.command {
         pyro::supervise(dir);
+    }
+    if let Command::PoolFill {
+        environment,
+        vcpu_count,
+        mem_mib,
+    } = &cli.command
+    {
+        pyro::fill_pool(environment.clone(), *vcpu_count, *mem_mib);
     }
     // rmcp logs tool arguments (secret values among them) at debug level:
     // whatever PYRO_LOG asks, it says no more than info.
@@ -114,7 +129,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Env(c) => cmd::env::dispatch(&pyro, c, json),
         Command::Mcp(c) => cmd::mcp::dispatch(pyro, c),
         Command::Workspace(c) => cmd::workspace::dispatch(&pyro, c, json),
-        Command::Supervise { .. } => unreachable!("handled before dispatch"),
+        Command::Supervise { .. } | Command::PoolFill { .. } => {
+            unreachable!("handled before dispatch")
+        }
     }
 }
 

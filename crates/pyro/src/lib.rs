@@ -31,6 +31,7 @@ mod environments;
 mod error;
 mod host;
 mod paths;
+mod pool;
 mod progress;
 mod run;
 mod vmm;
@@ -468,4 +469,20 @@ pub fn random_token() -> String {
 /// Never returns.
 pub fn supervise(dir: &Path) -> ! {
     vmm::supervisor::main(dir)
+}
+
+/// The hidden run-pool filler of the `pyro` binary: `pyro __pool-fill ENV
+/// VCPUS MEM` starts warm guests of that shape until the pool is full.
+/// Never returns.
+pub fn fill_pool(environment: String, vcpu_count: u32, mem_mib: u32) -> ! {
+    let pyro = Pyro::new();
+    pool::fill_main(
+        pyro.ctx.paths.clone(),
+        pyro.ctx.program.clone(),
+        pool::FillRequest {
+            environment,
+            vcpu_count,
+            mem_mib,
+        },
+    )
 }

@@ -14,7 +14,7 @@ use crate::progress::Progress;
 use crate::vmm::client::{Capture, OutputSink, VmClient};
 use crate::vmm::dir::{self, Shape, VmDir};
 use crate::vmm::{admission, launch, templates};
-use crate::{assets, environments, host};
+use crate::{assets, environments, host, pool};
 
 /// Parameters of [`Pyro::run_in_vm`](crate::Pyro::run_in_vm).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -119,16 +119,36 @@ impl RunResult {
     }
 }
 
+/// How a run's guest came to be.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartKind {
+    /// Claimed from the warm pool: restored and warmed before the run.
+    Pooled,
+    /// Restored from the template for this run.
+    Restored,
+    /// Booted.
+    #[default]
+    Booted,
+}
+
 /// Where a run's time went, in milliseconds.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunTimings {
-    /// Resolving assets and the environment, creating the VM's disk.
+    /// `pooled`, `restored` or `booted`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub start: StartKind,
+    /// Resolving assets and the environment, creating the VM's disk (or
+    /// claiming a warm guest).
     pub prepare_ms: u64,
     /// From starting the supervisor to the agent's welcome (QEMU start,
     /// kernel, agent; or restoring a template).
     pub boot_ms: u64,
-    /// The guest was restored from a template snapshot instead of booted.
+    /// The guest was restored from a template snapshot instead of booted
+    /// (for this run, or for the pool it was claimed from).
     pub restored: bool,
     /// The guest's own clock at the agent's welcome: kernel start to agent
     /// ready (0 when restored).
@@ -202,33 +222,92 @@ pub(crate) fn run_in_vm(
         vcpu_count: p.vcpu_count,
         mem_mib: p.mem_mib,
     };
-    let mut spec = dir.spec(&assets, shape, dir.disk(), false, p.network);
+    let spec = dir.spec(&assets, shape, dir.disk(), false, p.network);
     // Restore a saved guest when there is (or can be) one; boot otherwise.
     let template = templates::usable(&ctx.paths, &spec, &env, progress);
-    let base = match &template {
+    // A warm guest of exactly that template, if one waits (never with a
+    // network: each networked guest has its own).
+    let poolable = template
+        .as_ref()
+        .filter(|_| !p.network && pool::pool_size() > 0);
+    // After this run (so the filler does not slow it down), the next one
+    // finds a guest waiting.
+    let _top_up = poolable.map(|_| {
+        pool::TopUp::after(
+            ctx,
+            pool::FillRequest {
+                environment: entry.name.into(),
+                vcpu_count: p.vcpu_count,
+                mem_mib: p.mem_mib,
+            },
+        )
+    });
+    if let Some(claimed) = poolable.and_then(|t| pool::claim(&ctx.paths, &templates::key_of(t))) {
+        let timings = RunTimings {
+            start: StartKind::Pooled,
+            prepare_ms: started.elapsed().as_millis() as u64,
+            restored: true,
+            ..RunTimings::default()
+        };
+        let (dir, client) = (claimed.dir, claimed.client);
+        return finish(
+            entry.name, p, &dir, client, started, timings, progress, sink,
+        );
+    }
+    create_and_run(
+        ctx,
+        p,
+        &dir,
+        &spec,
+        template.as_ref(),
+        &env.rootfs,
+        started,
+        progress,
+        sink,
+    )
+}
+
+/// Creates the run's VM (restoring `template` if there is one) and runs
+/// the command on it.
+#[allow(clippy::too_many_arguments)]
+fn create_and_run(
+    ctx: &Context,
+    p: &RunParams,
+    dir: &VmDir,
+    spec: &crate::vmm::qemu::VmSpec,
+    template: Option<&templates::Template>,
+    image: &std::path::Path,
+    started: Instant,
+    progress: &dyn Progress,
+    sink: &mut dyn OutputSink,
+) -> Result<RunResult> {
+    let entry = environments::lookup(&p.environment)?;
+    let id = dir.id.clone();
+    let mut spec = spec.clone();
+    let base = match template {
         Some(t) => {
             spec.snapshot = Some(t.state.clone());
             t.disk.clone()
         }
-        None => env.rootfs.clone(),
+        None => image.to_path_buf(),
     };
     let record = dir::new_record(&id, entry.name, true, p.ttl_seconds, spec);
     let mut timings = RunTimings::default();
     let mut boot_started = started;
     let created = (|| {
         let _admission = admission::admit(ctx, p.mem_mib)?;
-        dir::create(&dir, &record, &base)?;
+        dir::create(dir, &record, &base)?;
         boot_started = Instant::now();
         progress.phase("run", &format!("phase=start vm_id={id}"));
-        let report = launch::start_supervisor(&ctx.program, &dir)?;
-        let mut client = VmClient::connect(&dir)?;
+        let report = launch::start_supervisor(&ctx.program, dir)?;
+        let mut client = VmClient::connect(dir)?;
         client.attach(true)?;
         Ok((report, client))
     })();
-    let (report, mut client) = match created {
+    let (report, client) = match created {
         Ok(v) => v,
         Err(e) => {
-            launch::destroy(&dir);
+            launch::destroy(dir);
             return Err(e);
         }
     };
@@ -236,11 +315,32 @@ pub(crate) fn run_in_vm(
     timings.prepare_ms = (boot_started - started).as_millis() as u64;
     timings.boot_ms = report.boot_ms;
     timings.restored = report.restored;
+    timings.start = if report.restored {
+        StartKind::Restored
+    } else {
+        StartKind::Booted
+    };
     timings.guest_boot_ms = if report.restored {
         0
     } else {
         report.guest_boot_ms
     };
+    finish(entry.name, p, dir, client, started, timings, progress, sink)
+}
+
+/// Runs the command on the VM `client` owns, then deletes the VM.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    environment: &str,
+    p: &RunParams,
+    dir: &VmDir,
+    mut client: VmClient,
+    started: Instant,
+    mut timings: RunTimings,
+    progress: &dyn Progress,
+    sink: &mut dyn OutputSink,
+) -> Result<RunResult> {
+    let id = dir.id.clone();
     progress.phase("run", &format!("phase=execute vm_id={id}"));
     let exec_started = Instant::now();
     let mut capture = Capture::new(sink);
@@ -254,7 +354,7 @@ pub(crate) fn run_in_vm(
         },
         Err(_) => {
             drop(client);
-            launch::destroy(&dir);
+            launch::destroy(dir);
             Cleanup {
                 deleted: true,
                 reason: CleanupReason::RunVmErrorCleanup,
@@ -264,7 +364,13 @@ pub(crate) fn run_in_vm(
     timings.cleanup_ms = cleanup_started.elapsed().as_millis() as u64;
     let status = outcome?;
     Ok(RunResult::guest(
-        entry.name, &id, status, capture, started, timings, cleanup,
+        environment,
+        &id,
+        status,
+        capture,
+        started,
+        timings,
+        cleanup,
     ))
 }
 

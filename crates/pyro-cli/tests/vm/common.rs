@@ -38,6 +38,9 @@ pub fn hermetic(cmd: &mut Command) -> &mut Command {
     ] {
         cmd.env_remove(var);
     }
+    // No warm pool unless a test asks for one: a pooled guest outlives the
+    // run that started its filler.
+    cmd.env("PYRO_POOL_SIZE", "0");
     cmd.env("PYRO_CACHE_DIR", test_cache())
 }
 

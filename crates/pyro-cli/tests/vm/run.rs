@@ -325,3 +325,98 @@ fn runs_restore_a_template_and_every_guest_is_its_own() {
     );
     sb.assert_clean_within(Duration::from_secs(10));
 }
+
+/// Warm guests waiting in the sandbox's run pool.
+fn pooled(sb: &Sandbox) -> Vec<String> {
+    let mut ids = Vec::new();
+    for key in std::fs::read_dir(sb.home.path().join("pool"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for e in std::fs::read_dir(key.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !id.starts_with('.') {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+fn wait_for_pool(sb: &Sandbox, what: &str, ready: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let ids = pooled(sb);
+        if ready(&ids) {
+            return ids;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{what}: pool is {ids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_warm_pool_serves_each_run_a_fresh_guest_once() {
+    let sb = Sandbox::new();
+    let run = |extra: &[(&str, &str)], command: &str| {
+        let out = sb
+            .cmd()
+            .env("PYRO_POOL_SIZE", "1")
+            .env("PYRO_POOL_TTL", "120")
+            .envs(extra.iter().copied())
+            .args(["run", "--json", "debian:12", "--", "sh", "-c", command])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let probe = "test -e /tmp/used && echo reused || echo fresh; touch /tmp/used; hostname";
+    let first = run(&[], probe);
+    assert_ne!(first["timings"]["start"], "pooled", "{first}");
+    // The run's filler leaves one warm guest waiting.
+    let waiting = wait_for_pool(&sb, "after the first run", |ids| ids.len() == 1);
+    let second = run(&[], probe);
+    assert_eq!(second["timings"]["start"], "pooled", "{second}");
+    assert_eq!(second["vm_id"], waiting[0].as_str());
+    let (a, b) = (
+        first["stdout"].as_str().unwrap(),
+        second["stdout"].as_str().unwrap(),
+    );
+    assert!(b.starts_with("fresh\n"), "{b}");
+    assert_ne!(a.lines().nth(1), b.lines().nth(1), "the same hostname");
+    // Used once, then gone: the next guest is another one.
+    assert!(!sb.home.path().join("vms").join(&waiting[0]).exists());
+    let next = wait_for_pool(&sb, "after the pooled run", |ids| {
+        ids.len() == 1 && ids[0] != waiting[0]
+    });
+    let third = run(&[], probe);
+    assert_eq!(third["timings"]["start"], "pooled", "{third}");
+    assert_eq!(third["vm_id"], next[0].as_str());
+    assert!(third["stdout"].as_str().unwrap().starts_with("fresh\n"));
+
+    // A waiting guest makes room for a VM someone asks for.
+    wait_for_pool(&sb, "before the workspace", |ids| ids.len() == 1);
+    let out = sb
+        .cmd()
+        .env("PYRO_MAX_RUNNING_VMS", "1")
+        .args(["workspace", "create", "debian:12", "--id-only"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(pooled(&sb).is_empty(), "{:?}", pooled(&sb));
+    let id = stdout(&out).trim().to_string();
+    assert!(sb.run(&["workspace", "delete", &id]).status.success());
+
+    // An unclaimed guest ends after its idle time.
+    run(&[("PYRO_POOL_TTL", "2")], "true");
+    wait_for_pool(&sb, "short-lived", |ids| ids.len() == 1);
+    sb.assert_clean_within(Duration::from_secs(30));
+}

@@ -81,12 +81,52 @@ pub struct Admission {
 }
 
 /// Takes the capacity lock and checks there is room for one more running
-/// VM with `mem_mib` of memory.
+/// VM with `mem_mib` of memory. Warm guests waiting in the run pool make
+/// room when there is none.
 pub fn admit(ctx: &Context, mem_mib: u32) -> Result<Admission> {
+    admit_with(ctx, mem_mib, true)
+}
+
+/// [`admit`] for a guest of the run pool: it never makes room by ending
+/// other pooled guests.
+pub fn admit_spare(ctx: &Context, mem_mib: u32) -> Result<Admission> {
+    admit_with(ctx, mem_mib, false)
+}
+
+fn admit_with(ctx: &Context, mem_mib: u32, evict: bool) -> Result<Admission> {
     let paths = &ctx.paths;
     host::private_dir(&paths.home)?;
     let lock = FileLock::acquire(&paths.home.join(".capacity.lock"))?;
-    let running = running(paths);
+    let check = || -> Result<()> { fits(ctx, &running(paths), mem_mib) };
+    match check() {
+        Err(Error::Capacity(_)) if evict && evict_pooled(paths) > 0 => check()?,
+        other => other?,
+    }
+    Ok(Admission { _lock: lock })
+}
+
+/// Ends every warm guest waiting in the run pool (`$PYRO_HOME/pool/KEY/ID`
+/// markers; see `pool`), claiming each first so no run takes it meanwhile.
+fn evict_pooled(paths: &Paths) -> usize {
+    let mut ended = 0;
+    for key in fs::read_dir(paths.home.join("pool"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for marker in fs::read_dir(key.path()).into_iter().flatten().flatten() {
+            let id = marker.file_name().to_string_lossy().into_owned();
+            if id.starts_with('.') || fs::remove_file(marker.path()).is_err() {
+                continue;
+            }
+            crate::vmm::launch::destroy(&VmDir::new(paths, &id));
+            ended += 1;
+        }
+    }
+    ended
+}
+
+fn fits(ctx: &Context, running: &[Running], mem_mib: u32) -> Result<()> {
     let names = || {
         running
             .iter()
@@ -117,5 +157,5 @@ pub fn admit(ctx: &Context, mem_mib: u32) -> Result<Admission> {
             }
         )));
     }
-    Ok(Admission { _lock: lock })
+    Ok(())
 }

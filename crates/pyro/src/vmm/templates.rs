@@ -99,6 +99,15 @@ fn key(spec: &VmSpec, env: &Installed) -> String {
     digest[..10].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The key of a ready template: everything its saved guest depends on.
+pub fn key_of(t: &Template) -> String {
+    t.disk
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 fn ready(dir: &Path) -> Option<Template> {
     dir.join("template.json").exists().then(|| Template {
         disk: dir.join("base.qcow2"),
