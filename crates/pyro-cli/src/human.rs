@@ -505,6 +505,25 @@ impl Human for DoctorReport {
                 .as_deref()
                 .unwrap_or("not installed")
         );
+        let d = &r.density;
+        println!(
+            "Memory: {} running VMs hold {} MiB (PSS {} MiB); run pool {} waiting of {} per shape",
+            d.running_vms, d.qemu_rss_mib, d.qemu_pss_mib, d.pooled_vms, d.pool_size
+        );
+        println!(
+            "KSM: {}",
+            match (d.ksm_available, d.ksm_running) {
+                (false, _) => "not available".to_string(),
+                (true, true) => format!("on, saving {} MiB", d.ksm_saved_mib),
+                (true, false) => match d.ksm_estimated_saving_mib {
+                    Some(mib) => format!("off (turning it on would save about {mib} MiB)"),
+                    None => "off".to_string(),
+                },
+            }
+        );
+        if let Some(h) = &d.hint {
+            println!("  {h}");
+        }
         if r.issues.is_empty() {
             println!("Issues: none");
         } else {

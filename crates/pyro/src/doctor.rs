@@ -101,6 +101,8 @@ pub struct DoctorReport {
     pub tools: Tools,
     /// How each VM's QEMU is confined on this host (`vmm::jail`).
     pub protections: jail::Protections,
+    /// The memory running guests hold, and what KSM saves or would save.
+    pub density: crate::density::Density,
 }
 
 fn which(p: &str) -> Option<String> {
@@ -218,5 +220,6 @@ pub(crate) fn doctor(paths: &Paths) -> DoctorReport {
         },
         tools,
         protections: jail::protections(),
+        density: crate::density::report(paths),
     }
 }

@@ -26,6 +26,7 @@
 
 mod assets;
 mod contract;
+mod density;
 mod doctor;
 mod environments;
 mod error;
