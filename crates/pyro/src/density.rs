@@ -63,10 +63,10 @@ fn pyro_qemus() -> Vec<i32> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.starts_with("/usr/bin/qemu-system") || cmdline.starts_with("qemu-system") {
-            if cmdline.contains(&format!("path={root}/")) {
-                pids.push(pid);
-            }
+        let qemu =
+            cmdline.starts_with("/usr/bin/qemu-system") || cmdline.starts_with("qemu-system");
+        if qemu && cmdline.contains(&format!("path={root}/")) {
+            pids.push(pid);
         }
     }
     pids
@@ -156,7 +156,7 @@ pub(crate) fn report(paths: &Paths) -> Density {
                 sampled += sample(*pid, &mut hashes)?;
             }
             let distinct = hashes.len() as u64;
-            Some((sampled - distinct) * SAMPLE_EVERY * PAGE >> 20)
+            Some(((sampled - distinct) * SAMPLE_EVERY * PAGE) >> 20)
         })
         .flatten();
     let pool_size = crate::pool::pool_size();
@@ -180,7 +180,7 @@ pub(crate) fn report(paths: &Paths) -> Density {
     Density {
         ksm_available,
         ksm_running,
-        ksm_saved_mib: sharing * PAGE >> 20,
+        ksm_saved_mib: (sharing * PAGE) >> 20,
         ksm_estimated_saving_mib: estimate,
         running_vms: qemus.len(),
         qemu_rss_mib: rss >> 10,
