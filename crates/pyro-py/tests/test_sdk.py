@@ -347,3 +347,30 @@ def test_long_steps_are_logged(pyro: Pyro, caplog: pytest.LogCaptureFixture) -> 
     caplog.clear()
     pyro.run_in_vm(environment="debian:12", command="true")
     assert not [r for r in caplog.records if r.name == "pyro_mcp"], "logged below the enabled level"
+
+
+def test_pause_resume_and_fork_keep_what_ran(pyro: Pyro) -> None:
+    wid = pyro.create_workspace(environment="debian:12", on_idle="stop")["workspace_id"]
+    assert pyro.status_workspace(wid)["on_idle"] == "stop"
+    # A process that keeps a count in memory.
+    pyro.exec_workspace(
+        wid,
+        command="setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > n; sleep 0.1; done' "
+        ">/dev/null 2>&1 < /dev/null & sleep 0.3",
+    )
+    paused = pyro.pause_workspace(wid)
+    assert paused["state"] == "paused"
+    assert paused["workspace_pause"]["state_bytes"] > 0
+    before = int(pyro.read_workspace_file(wid, "n")["content"])  # resumes it
+    assert pyro.status_workspace(wid)["state"] == "started"
+    resumed = pyro.resume_workspace(wid)
+    assert resumed["workspace_resume"]["resumed"] is False  # it was running
+    forks = pyro.fork_workspace(wid, count=2, names=["left"])
+    assert forks["count"] == 2
+    assert forks["workspaces"][0]["name"] == "left"
+    for child in forks["workspaces"]:
+        cid = child["workspace_id"]
+        n = int(pyro.exec_workspace(cid, command="sleep 0.5; cat n")["stdout"])
+        assert n > before, (cid, n, before)
+        pyro.delete_workspace(cid)
+    pyro.delete_workspace(wid)
