@@ -39,6 +39,6 @@ def test_the_typescript_client_validates_every_result_without_a_warning(child_en
     report = json.loads(out.stdout)
     assert report["warnings"] == [], report["warnings"][:5]
     assert report["errors"] == [], report["errors"]
-    assert report["tools"] == 43
+    assert report["tools"] == 46
     assert report["run"]["stdout"].startswith("git version 2.")
     assert report["status"]["state"] == "started"

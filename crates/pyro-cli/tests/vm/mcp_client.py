@@ -208,6 +208,13 @@ async def stdio_profile(profile, tmp):
                 check(r["stdout"] == "up\n", "full: service logs")
                 r = ok(await session.call_tool("service_stop", {"workspace_id": wid, "service_name": "app"}))
                 check(r["state"] == "stopped", "full: service stopped")
+                r = ok(await session.call_tool("workspace_pause", {"workspace_id": wid}))
+                check(r["state"] == "paused" and r["workspace_pause"]["state_bytes"] > 0, "full: paused")
+                r = ok(await session.call_tool("workspace_resume", {"workspace_id": wid}))
+                check(r["state"] == "started" and r["workspace_resume"]["restored"], "full: resumed")
+                r = ok(await session.call_tool("workspace_fork", {"workspace_id": wid, "count": 1}))
+                check(r["count"] == 1 and r["workspaces"][0]["state"] == "started", "full: forked")
+                ok(await session.call_tool("workspace_delete", {"workspace_id": r["workspaces"][0]["workspace_id"]}))
                 r = await session.call_tool("service_start", {
                     "workspace_id": wid, "service_name": "web", "command": "sleep 300",
                     "published_ports": [{"guest_port": 8080}],

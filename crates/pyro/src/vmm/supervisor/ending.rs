@@ -54,20 +54,20 @@ pub(super) fn expire(sup: Arc<Supervisor>) {
             // A command still running is activity.
             sup.last_activity.store(now, Ordering::SeqCst);
         } else if now >= since + ttl_ms {
+            let mut why = None;
             if idle && sup.record.on_idle == IdleAction::Pause {
                 match super::pause::pause(&sup, None) {
                     Ok(never) => match never {},
+                    // A guest that cannot be saved (frozen, or not
+                    // answering) is stopped instead: the idle timeout
+                    // always ends it.
                     Err(e) => {
-                        eprintln!("supervisor: idle pause failed: {e}; trying again later");
-                        // Retry after a tenth of the timeout (at least 5 s).
-                        let retry = (ttl_ms / 10).max(5_000);
-                        sup.last_activity
-                            .store((now + retry).saturating_sub(ttl_ms), Ordering::SeqCst);
-                        continue;
+                        eprintln!("supervisor: idle pause failed: {e}; stopping instead");
+                        why = Some(format!("pausing failed: {e}"));
                     }
                 }
             }
-            return teardown(&sup, VmExit::new(ExitReason::TtlExpired, None), None);
+            return teardown(&sup, VmExit::new(ExitReason::TtlExpired, why), None);
         }
         // A VM whose directory was removed has nobody left to serve.
         if !sup.dir.path.exists() {
