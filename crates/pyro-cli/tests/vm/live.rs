@@ -444,3 +444,47 @@ fn kill_9_during_pause_or_resume_loses_nothing_acknowledged() {
     ws(&sb, &["delete", &id]);
     sb.assert_clean_within(Duration::from_secs(10));
 }
+
+/// QEMU's resident memory, MiB.
+fn rss_mib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+#[test]
+fn memory_a_guest_frees_goes_back_to_the_host() {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &["create", "debian:12"]);
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    let qemu = qemu_of(&workspace_dir(&sb, &id));
+    let idle = rss_mib(qemu);
+    // 400 MiB written by a process that then exits.
+    let r = exec(&sb, &id, "dd if=/dev/zero of=/dev/null bs=400M count=1");
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let peak = rss_mib(qemu);
+    assert!(
+        peak > idle + 300,
+        "the guest never held it: {idle} -> {peak} MiB"
+    );
+    // The guest reports the freed pages; QEMU lets them go.
+    let start = Instant::now();
+    loop {
+        let now = rss_mib(qemu);
+        if now < idle + 100 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still {now} MiB (idle {idle}, peak {peak})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    ws(&sb, &["delete", &id]);
+    sb.assert_clean_within(Duration::from_secs(10));
+}

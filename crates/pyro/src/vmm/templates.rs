@@ -38,7 +38,8 @@ use crate::vmm::qemu::{self, VmSpec};
 use crate::vmm::qmp::{Qmp, QmpError};
 use crate::vmm::saved;
 
-const FORMAT_VERSION: u32 = 2;
+/// 3: guests have a balloon device (free page reporting).
+const FORMAT_VERSION: u32 = 3;
 
 /// A ready template: the disk to layer on and the state to restore.
 #[derive(Debug, Clone)]
