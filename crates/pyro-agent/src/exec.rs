@@ -120,10 +120,12 @@ pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: 
     let mut open_pipes = 0;
     if let Some(out) = child.stdout.take() {
         open_pipes += 1;
+        crate::sys::grow_pipe(&out, PIPE_BYTES);
         pump(agent, stream, Kind::Stdout, out, tx.clone(), closed.clone());
     }
     if let Some(err) = child.stderr.take() {
         open_pipes += 1;
+        crate::sys::grow_pipe(&err, PIPE_BYTES);
         pump(agent, stream, Kind::Stderr, err, tx.clone(), closed.clone());
     }
     drop(tx);
@@ -179,6 +181,12 @@ pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: 
     agent.send(&Frame::message(stream, &Message::Exited(status)));
 }
 
+/// A command's output pipes hold this much (Linux's default is 64 KiB):
+/// under TCG every switch between the writer and the agent is dear.
+const PIPE_BYTES: i32 = 1 << 20;
+/// The most one output frame carries.
+const CHUNK: usize = 256 * 1024;
+
 fn pump(
     agent: &Agent,
     stream: u32,
@@ -189,7 +197,7 @@ fn pump(
 ) {
     let link = agent.link.clone();
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; CHUNK];
         loop {
             match pipe.read(&mut buf) {
                 Ok(0) => break,

@@ -351,6 +351,13 @@ pub fn controlling_terminal_on_spawn(cmd: &mut std::process::Command) {
 }
 
 /// The foreground process group of the terminal `fd` is the master of.
+/// Grows a pipe's buffer (best effort), so a command's output crosses in
+/// fewer, larger reads.
+pub fn grow_pipe(fd: &impl AsRawFd, bytes: i32) {
+    // SAFETY: fcntl on an fd the caller owns; failure changes nothing.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
+}
+
 pub fn foreground_group(fd: &impl AsRawFd) -> Option<i32> {
     // SAFETY: tcgetpgrp on an fd we own.
     let pgrp = unsafe { libc::tcgetpgrp(fd.as_raw_fd()) };
