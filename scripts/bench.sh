@@ -93,7 +93,9 @@ row "  booted (PYRO_FAST_START=0)" "$boot_p50" "$boot_p95"
 if [ $have_runsc = 1 ]; then
     echo "  ratios to runsc (p50): pooled $(ratio "$pool_p50" "$runsc_p50")x  restored $(ratio "$rest_p50" "$runsc_p50")x  booted $(ratio "$boot_p50" "$runsc_p50")x"
 fi
-# Drain the pool: what follows measures workspaces alone.
+# Drain the pool (once its last filler is done): what follows measures
+# workspaces alone.
+while pgrep -f "pyro __pool-fill" >/dev/null; do sleep 0.2; done
 find "$home/pool" -mindepth 2 -maxdepth 2 ! -name '.*' -printf '%f\n' 2>/dev/null \
     | while read -r id; do pkill -9 -f "__supervise $home/vms/$id" || true; done
 
