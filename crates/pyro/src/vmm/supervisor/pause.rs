@@ -60,14 +60,27 @@ pub(super) fn pause(
         Err(e) => {
             let _ = std::fs::remove_file(paused.partial());
             resume_routing(sup);
-            sup.tearing_down.store(false, Ordering::SeqCst);
-            if *sup.qemu_exited.lock().unwrap() {
-                super::ending::teardown(
+            // A QEMU that died under the save ends the VM (its end was
+            // not torn down while the pause held `tearing_down`): the
+            // requester hears why, then the VM ends, before anyone can see
+            // it running without a QEMU.
+            let gone = qemu_gone(sup.qemu_pid) && {
+                let exited = sup.qemu_exited.lock().unwrap();
+                let (exited, _) = sup
+                    .qemu_exited_cv
+                    .wait_timeout_while(exited, Duration::from_secs(5), |e| !*e)
+                    .unwrap();
+                *exited
+            };
+            if gone {
+                // The end is recorded before the requester hears of it.
+                finish(
                     sup,
-                    VmExit::new(ExitReason::QemuExited, Some(format!("while pausing: {e}"))),
-                    None,
+                    &VmExit::new(ExitReason::QemuExited, Some(format!("while pausing: {e}"))),
+                    requester.map(|c| (c, ControlResponse::Error { message: e })),
                 );
             }
+            sup.tearing_down.store(false, Ordering::SeqCst);
             return Err(e);
         }
     };
@@ -92,6 +105,17 @@ pub(super) fn pause(
         &VmExit::new(ExitReason::Paused, None),
         requester.map(|c| (c, ControlResponse::Paused { state_bytes: bytes })),
     )
+}
+
+/// QEMU has exited (or is a zombie its waiter has yet to reap).
+fn qemu_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
 }
 
 /// Saves the guest into `state` and copies its disk to each of `disks` while
