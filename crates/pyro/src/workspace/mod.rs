@@ -153,8 +153,12 @@ impl Workspace {
         Ok(out)
     }
 
+    /// Its VM runs: a supervisor is alive and has not yet recorded how
+    /// the VM ended (it writes `exit.json` before it tells anyone and
+    /// exits, so a caller told of the end never sees it running).
     pub fn running(&self) -> bool {
-        self.vm().live_supervisor().is_some()
+        let vm = self.vm();
+        vm.live_supervisor().is_some() && !vm.exit_record().exists()
     }
 
     /// The guest's state saved by a pause.

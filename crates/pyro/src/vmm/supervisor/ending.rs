@@ -129,15 +129,6 @@ pub(super) fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Cl
     }
     let why = exit.to_string();
     eprintln!("supervisor: tearing down: {why}");
-    let orphaned: Vec<Route> = sup.routes.lock().unwrap().drain().map(|(_, r)| r).collect();
-    for route in orphaned {
-        route.client.send(&Frame::message(
-            route.client_stream,
-            &Message::Error {
-                message: format!("the VM stopped: {why}"),
-            },
-        ));
-    }
     if !*sup.qemu_exited.lock().unwrap() {
         // A stopped QEMU (SIGSTOP) cannot shut down gently.
         if !sup.record.ephemeral && !host::process_stopped(sup.qemu_pid) {
@@ -168,6 +159,20 @@ pub(super) fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Cl
         let _ = sup
             .qemu_exited_cv
             .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e);
+    }
+    // How it ended is on record before anyone waiting hears of it: a
+    // caller told of the end never sees the VM running.
+    if !sup.record.ephemeral {
+        let _ = sup.dir.write_exit(&exit);
+    }
+    let orphaned: Vec<Route> = sup.routes.lock().unwrap().drain().map(|(_, r)| r).collect();
+    for route in orphaned {
+        route.client.send(&Frame::message(
+            route.client_stream,
+            &Message::Error {
+                message: format!("the VM stopped: {why}"),
+            },
+        ));
     }
     finish(sup, &exit, requester.map(|c| (c, ControlResponse::Deleted)))
 }
