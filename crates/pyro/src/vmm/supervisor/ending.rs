@@ -138,13 +138,7 @@ pub(super) fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Cl
                 let shutdown = Frame::message(stream::SHUTDOWN, &Message::Shutdown);
                 let _ = agent.write_all(&shutdown.encode());
             }
-            let exited = sup.qemu_exited.lock().unwrap();
-            let (exited, _) = sup
-                .qemu_exited_cv
-                .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e)
-                .unwrap();
-            if !*exited {
-                drop(exited);
+            if !sup.wait_qemu_exit(Duration::from_secs(10)) {
                 // A connection of its own: the shared one may be stuck.
                 if let Ok(mut q) =
                     Qmp::connect(&sup.dir.qmp_socket(), sup.qemu_pid, Duration::from_secs(2))
@@ -155,10 +149,7 @@ pub(super) fn teardown(sup: &Supervisor, exit: VmExit, requester: Option<&Arc<Cl
         }
         // One-shot VMs' disks are thrown away: no need to be gentle.
         host::signal(sup.qemu_pid, libc::SIGKILL);
-        let exited = sup.qemu_exited.lock().unwrap();
-        let _ = sup
-            .qemu_exited_cv
-            .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e);
+        sup.wait_qemu_exit(Duration::from_secs(10));
     }
     // How it ended is on record before anyone waiting hears of it: a
     // caller told of the end never sees the VM running.

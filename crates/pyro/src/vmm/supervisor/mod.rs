@@ -453,14 +453,8 @@ fn read_agent(sup: Arc<Supervisor>, mut agent: UnixStream) {
     }
     // A QEMU that died closed the connection: its exit says more (a
     // signal, the memory limit), and `watch_qemu` reports it.
-    let exited = sup.qemu_exited.lock().unwrap();
-    let (exited, _) = sup
-        .qemu_exited_cv
-        .wait_timeout_while(exited, Duration::from_secs(2), |e| !*e)
-        .unwrap();
-    if *exited {
+    if sup.wait_qemu_exit(Duration::from_secs(2)) {
         return;
     }
-    drop(exited);
     teardown(&sup, VmExit::new(ExitReason::AgentClosed, None), None);
 }

@@ -64,14 +64,7 @@ pub(super) fn pause(
             // not torn down while the pause held `tearing_down`): the
             // requester hears why, then the VM ends, before anyone can see
             // it running without a QEMU.
-            let gone = qemu_gone(sup.qemu_pid) && {
-                let exited = sup.qemu_exited.lock().unwrap();
-                let (exited, _) = sup
-                    .qemu_exited_cv
-                    .wait_timeout_while(exited, Duration::from_secs(5), |e| !*e)
-                    .unwrap();
-                *exited
-            };
+            let gone = qemu_gone(sup.qemu_pid) && sup.wait_qemu_exit(Duration::from_secs(5));
             if gone {
                 // The end is recorded before the requester hears of it.
                 finish(
@@ -86,15 +79,9 @@ pub(super) fn pause(
     };
     // The migration released the disk; QEMU ends with nothing to write.
     let _ = qmp.execute("quit", json!({}));
-    let exited = sup.qemu_exited.lock().unwrap();
-    let (exited, _) = sup
-        .qemu_exited_cv
-        .wait_timeout_while(exited, Duration::from_secs(10), |e| !*e)
-        .unwrap();
-    if !*exited {
+    if !sup.wait_qemu_exit(Duration::from_secs(10)) {
         host::signal(sup.qemu_pid, libc::SIGKILL);
     }
-    drop(exited);
     eprintln!(
         "supervisor: paused in {} ms ({} MiB saved)",
         started.elapsed().as_millis(),

@@ -84,6 +84,16 @@ pub(super) struct Supervisor {
 }
 
 impl Supervisor {
+    /// Waits up to `limit` for QEMU to have exited; whether it has.
+    pub(super) fn wait_qemu_exit(&self, limit: Duration) -> bool {
+        let exited = self.qemu_exited.lock().unwrap();
+        let (exited, _) = self
+            .qemu_exited_cv
+            .wait_timeout_while(exited, limit, |e| !*e)
+            .unwrap();
+        *exited
+    }
+
     /// Guest requests of active clients are in flight.
     pub(super) fn busy(&self) -> bool {
         self.routes.lock().unwrap().values().any(|r| !r.passive)
