@@ -22,20 +22,17 @@ pub enum Event {
     OutputClosed,
 }
 
-const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long output may keep flowing after the command itself exited, from
 /// background processes that inherited its pipes.
 const OUTPUT_GRACE: Duration = Duration::from_millis(250);
 
 pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: Receiver<Event>) {
     let start = Instant::now();
-    let base = [
-        ("PATH", BASE_PATH),
-        ("HOME", "/root"),
-        ("USER", "root"),
-        ("LOGNAME", "root"),
-        ("LANG", "C.UTF-8"),
-    ];
+    let base_env = agent.image.base_env();
+    let base: Vec<(&str, &str)> = base_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut login_env = None;
     let mut cmd = match &req.command {
         pyro_protocol::Command::Shell(s) => {
@@ -57,7 +54,7 @@ pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: 
         }
     };
     cmd.env_clear()
-        .envs(base)
+        .envs(base.iter().copied())
         .envs(login_env.unwrap_or_default())
         .envs(&req.env)
         .stdin(Stdio::null())
@@ -73,6 +70,7 @@ pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: 
     if let Some(cg) = &cgroup {
         sys::join_cgroup_on_spawn(&mut cmd, cg.procs_path());
     }
+    agent.image.apply(&mut cmd);
     let kill_tree = |pid: i32| {
         if let Some(cg) = &cgroup {
             cg.kill();

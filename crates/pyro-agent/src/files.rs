@@ -24,11 +24,27 @@ fn err(context: &str, e: impl std::fmt::Display) -> String {
 /// symlink on the way leads outside). In a guest the two are the same path.
 pub struct Jail {
     root: PathBuf,
+    /// Who owns what the host writes (an image's user), if not root.
+    owner: Option<(u32, u32)>,
 }
 
 impl Jail {
-    pub fn new(root: PathBuf) -> Jail {
-        Jail { root }
+    pub fn new(root: PathBuf, owner: Option<(u32, u32)>) -> Jail {
+        Jail { root, owner }
+    }
+
+    /// Gives `path`, and the directories between the workspace and it, to
+    /// the owner (if there is one).
+    fn give(&self, path: &Path) {
+        let Some((uid, gid)) = self.owner else { return };
+        let mut p = Some(path);
+        while let Some(at) = p {
+            if !at.starts_with(&self.root) || at == self.root {
+                break;
+            }
+            let _ = crate::sys::lchown(at, uid, gid);
+            p = at.parent();
+        }
     }
 
     /// The directory a guest path names, without looking at the
@@ -216,6 +232,9 @@ fn put_direct(jail: &Jail, req: &PutArchive, input: &mut InputReader) -> Result<
         if !entry.unpack_in(&dest).map_err(|e| err(&name, e))? {
             return Err(format!("archive entry {name}: outside the destination"));
         }
+        if let Ok(rel) = entry.path() {
+            jail.give(&dest.join(rel));
+        }
         count += 1;
     }
     remove_paths(jail, &req.remove)?;
@@ -267,6 +286,7 @@ fn put_atomic(jail: &Jail, req: &PutArchive, input: &mut InputReader) -> Result<
             bytes += io::copy(&mut entry, &mut out).map_err(|e| err("write", e))?;
             out.sync_all().map_err(|e| err("sync", e))?;
             let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(mode & 0o7777));
+            jail.give(&tmp);
         }
         for path in &req.remove {
             let p = jail.confine(path, false)?;

@@ -17,6 +17,7 @@ mod budget;
 mod cgroup;
 mod exec;
 mod files;
+mod image;
 mod login;
 mod reaper;
 mod redact;

@@ -33,6 +33,8 @@ pub struct Config {
     /// and hostname, freeze the root filesystem, power off, and must reap
     /// every orphan.
     pub system: bool,
+    /// An image's defaults for commands, if the root filesystem has them.
+    pub image_config: Option<PathBuf>,
 }
 
 impl Config {
@@ -43,6 +45,7 @@ impl Config {
             secrets: "/run/pyro-secrets".into(),
             cgroups: Some(crate::cgroup::ROOT.into()),
             system: pid1,
+            image_config: Some(crate::image::CONFIG.into()),
         }
     }
 }
@@ -79,6 +82,8 @@ pub struct Agent {
     pub login: crate::login::LoginEnv,
     /// The workspace's secret values, kept out of shell output.
     pub secrets: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The image's defaults for every command.
+    pub image: crate::image::Image,
 }
 
 impl Agent {
@@ -90,8 +95,18 @@ impl Agent {
             let r = reaper.clone();
             std::thread::spawn(move || r.run());
         }
+        let image = config
+            .image_config
+            .as_ref()
+            .map(|p| crate::image::Image::load(&p.to_string_lossy(), "/etc"))
+            .unwrap_or_default();
+        if let (Some((uid, gid)), true) = (image.owner(), config.system) {
+            let _ = std::fs::create_dir_all(&config.workspace);
+            let _ = crate::sys::lchown(&config.workspace, uid, gid);
+        }
         Arc::new(Agent {
-            jail: files::Jail::new(config.workspace.clone()),
+            jail: files::Jail::new(config.workspace.clone(), image.owner()),
+            image,
             config,
             link: Arc::new(Link {
                 out: Mutex::new(out),

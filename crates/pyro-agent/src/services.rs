@@ -175,12 +175,7 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
         pyro_protocol::Command::Argv(_) => return Err("empty command".into()),
     };
     cmd.env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("HOME", "/root")
-        .env("LANG", "C.UTF-8")
+        .envs(agent.image.base_env())
         .envs(&spec.env)
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
@@ -194,6 +189,7 @@ pub fn start(agent: &Arc<Agent>, spec: ServiceSpec) -> Result<ServiceState, Stri
     if let Some(cg) = &cgroup {
         sys::join_cgroup_on_spawn(&mut cmd, cg.procs_path());
     }
+    agent.image.apply(&mut cmd);
     let (tx, rx) = std::sync::mpsc::channel();
     let child = agent.reaper.spawn(&mut cmd, tx, |s| s).map_err(|e| {
         let program = match &spec.command {

@@ -97,13 +97,7 @@ pub fn open(agent: &Arc<Agent>, req: ShellOpen) -> Result<ShellState, String> {
     let slave_file = File::from(slave);
     cmd.args(&program[1..])
         .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("HOME", "/root")
-        .env("USER", "root")
-        .env("LANG", "C.UTF-8")
+        .envs(agent.image.base_env())
         .env("TERM", "xterm-256color")
         .env("PS1", "pyro$ ")
         .envs(&req.env)
@@ -123,6 +117,7 @@ pub fn open(agent: &Arc<Agent>, req: ShellOpen) -> Result<ShellState, String> {
     if let Some(cg) = &cgroup {
         sys::join_cgroup_on_spawn(&mut cmd, cg.procs_path());
     }
+    agent.image.apply(&mut cmd);
     let (tx, rx) = std::sync::mpsc::channel();
     let child = agent
         .reaper

@@ -63,6 +63,7 @@ fn host() -> Host {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("workspace")).unwrap();
     let config = Config {
+        image_config: None,
         workspace: dir.path().join("workspace"),
         service_logs: dir.path().join("logs"),
         secrets: dir.path().join("secrets"),
@@ -483,7 +484,7 @@ proptest! {
         parts in prop::collection::vec(component(), 0..6),
     ) {
         let root = PathBuf::from("/srv/jail/workspace");
-        let jail = Jail::new(root.clone());
+        let jail = Jail::new(root.clone(), None);
         let path = format!("/{}", parts.join("/"));
         let normal: Vec<&String> = parts.iter().filter(|p| *p != ".").collect();
         let inside = !parts.iter().any(|p| p == "..")

@@ -6,9 +6,9 @@
 use pyro::{
     CommandEntry, Deleted, DiffResult, DiskExport, DiskList, DiskRead, DoctorReport,
     EnvironmentInfo, ExportReport, ExportResult, FileEntry, FileListResult, FileReadResult,
-    FileWriteResult, ForkResult, PatchResult, PauseResult, PruneReport, ResetResult, ResumeResult,
-    ServiceInfo, ServiceList, ServiceLogs, ShellInfo, SnapshotInfo, SnapshotList, SyncResult,
-    WorkspaceInfo, WorkspaceList, WorkspaceLogs,
+    FileWriteResult, ForkResult, PatchResult, PauseResult, PruneReport, PublishReport, ResetResult,
+    ResumeResult, ServiceInfo, ServiceList, ServiceLogs, ShellInfo, SnapshotInfo, SnapshotList,
+    SyncResult, WorkspaceInfo, WorkspaceList, WorkspaceLogs,
 };
 
 use crate::render::{bytes, safe, yes, Human};
@@ -551,7 +551,16 @@ impl Human for EnvironmentList {
             } else {
                 "not installed"
             };
-            println!("{} [{state}] {}", e.name, e.description);
+            match &e.image {
+                Some(i) => println!(
+                    "{} [{state}] container image {} ({}, last used {})",
+                    e.name,
+                    short_digest(&i.digest),
+                    bytes(i.disk_bytes),
+                    i.last_used_unix_ms.map_or("never".into(), ago),
+                ),
+                None => println!("{} [{state}] {}", e.name, e.description),
+            }
         }
     }
 }
@@ -569,6 +578,50 @@ pub fn environment(heading: &str, e: &EnvironmentInfo) {
         println!("Image size: {} bytes", m.image_size_bytes);
         println!("Image sha256: {}", m.image_sha256);
         println!("Installed packages: {}", m.installed_packages.len());
+    }
+    if let Some(r) = e.image.as_ref().and_then(|i| i.record.as_ref()) {
+        println!("Source: {}", r.source);
+        println!("Layers: {}", r.layers.len());
+        println!("Image size: {} bytes", r.image_size_bytes);
+        println!("Image sha256: {}", r.image_sha256);
+        println!("User: {}", r.defaults.user.as_deref().unwrap_or("root"));
+        println!(
+            "Working dir: {}",
+            r.defaults.working_dir.as_deref().unwrap_or("/workspace")
+        );
+        println!("Env: {}", r.defaults.env.join(" "));
+        if !r.skipped_entries.is_empty() {
+            println!("Left out: {}", r.skipped_entries.join(", "));
+        }
+    }
+}
+
+fn short_digest(d: &str) -> &str {
+    &d[..d.len().min("sha256:".len() + 12)]
+}
+
+fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        7200..=172_799 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+impl Human for PublishReport {
+    fn human(&self) {
+        println!("Published {} to {}", self.environment, self.reference);
+        println!("Manifest digest: {}", self.manifest_digest);
+        println!(
+            "Pushed: {} (kernel included: {})",
+            bytes(self.bytes),
+            yes(self.includes_kernel)
+        );
     }
 }
 

@@ -228,8 +228,20 @@ fn cached_debian_kernel(paths: &Paths, progress: &dyn Progress) -> Result<Kernel
             return Ok(source);
         }
     }
-    progress.phase("kernel", &format!("fetching {KERNEL_PACKAGE}"));
-    fetch_debian_kernel(&paths.runtime_cache, &dir)?;
+    match crate::registry::environment_registry() {
+        Some(registry) => {
+            let reference = format!("{registry}/{}", crate::contract::defaults::environment());
+            progress.phase(
+                "kernel",
+                &format!("fetching the guest kernel from {reference}"),
+            );
+            fetch_registry_kernel(paths, &reference)?;
+        }
+        None => {
+            progress.phase("kernel", &format!("fetching {KERNEL_PACKAGE}"));
+            fetch_debian_kernel(&paths.runtime_cache, &dir)?;
+        }
+    }
     let m = read_kernel_manifest(&dir).expect("manifest just written");
     debian_source(&dir, m)
 }
@@ -465,6 +477,41 @@ pub fn import_kernel(paths: &Paths, staged: &Path) -> Result<()> {
     if current.is_some() {
         return Ok(());
     }
+    fs::create_dir_all(&paths.runtime_cache)
+        .ctx(|| format!("create {}", paths.runtime_cache.display()))?;
+    let _lock = FileLock::acquire(&paths.runtime_cache.join(".kernel.lock"))?;
+    install_kernel(paths, staged)
+}
+
+/// The kernel layer of a published environment artifact (`env publish`
+/// carries the kernel it was built with), installed as `import_kernel`
+/// does. The caller holds the kernel lock.
+fn fetch_registry_kernel(paths: &Paths, reference: &str) -> Result<()> {
+    use crate::registry::{artifact, artifact_layer, artifact_manifest};
+    let (session, manifest, _) = artifact_manifest(reference, &[])?;
+    let stage = paths
+        .runtime_cache
+        .join(format!(".partial-kernel-pull-{}", host::random_id(4)));
+    fs::create_dir_all(&stage).ctx(|| format!("create {}", stage.display()))?;
+    let result = (|| {
+        let tarball = stage.join("kernel.tar.gz");
+        artifact_layer(&session, &manifest, artifact::KERNEL, &tarball)?;
+        let file = fs::File::open(&tarball).ctx(|| "open the kernel layer".into())?;
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        // Paths inside the destination only (the tar crate refuses `..`).
+        archive
+            .unpack(stage.join("unpacked"))
+            .ctx(|| "unpack the kernel layer".into())?;
+        install_kernel(paths, &stage.join("unpacked/kernel"))
+    })();
+    let _ = host::remove_tree(&stage);
+    result
+}
+
+/// Checks a staged kernel directory and moves a copy into place. The
+/// caller holds the kernel lock.
+fn install_kernel(paths: &Paths, staged: &Path) -> Result<()> {
+    let dest = paths.runtime_cache.join("kernel");
     let bad = |why: &str| Error::InvalidArgument(format!("the archived kernel is unusable: {why}"));
     let m = read_kernel_manifest(staged).ok_or_else(|| bad("no valid kernel.json"))?;
     if host::sha256_file(&staged.join("vmlinuz"))? != m.vmlinuz_sha256 {
@@ -476,9 +523,6 @@ pub fn import_kernel(paths: &Paths, staged: &Path) -> Result<()> {
     {
         return Err(bad("modules are missing"));
     }
-    fs::create_dir_all(&paths.runtime_cache)
-        .ctx(|| format!("create {}", paths.runtime_cache.display()))?;
-    let _lock = FileLock::acquire(&paths.runtime_cache.join(".kernel.lock"))?;
     if dest.exists() {
         host::remove_tree(&dest)?;
     }

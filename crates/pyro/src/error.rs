@@ -125,6 +125,15 @@ pub enum Error {
         remedy: Option<Remedy>,
     },
 
+    /// A registry refused or failed a request, sorted by what it means to
+    /// the caller (`kind`).
+    #[error("{reference}: {detail}")]
+    Registry {
+        reference: String,
+        detail: String,
+        kind: ErrorKind,
+    },
+
     #[error("{context}")]
     Io {
         context: String,
@@ -146,6 +155,7 @@ impl Error {
             | Error::Boot(_)
             | Error::VmLost(_) => ErrorKind::Unavailable,
             Error::Guest(_) => ErrorKind::Guest,
+            Error::Registry { kind, .. } => *kind,
             Error::Tool { .. } | Error::Environment { .. } | Error::Io { .. } => {
                 ErrorKind::Internal
             }

@@ -16,6 +16,26 @@ use crate::error::{Error, IoContext, Result};
 /// Runs a host tool to completion, with stdin closed; a non-zero exit is an
 /// error carrying the tail of its stderr.
 pub fn tool(cmd: &mut Command) -> Result<String> {
+    let none: Option<fn(&mut std::process::ChildStdin) -> io::Result<()>> = None;
+    tool_fed(cmd, none).map(|(out, _)| out)
+}
+
+/// Runs a host tool whose standard input `feed` writes (from this thread,
+/// while the tool runs); the tool's failure is reported before the
+/// feeder's, which is usually only the broken pipe it caused.
+pub fn tool_with_input<T>(
+    cmd: &mut Command,
+    feed: impl FnOnce(&mut std::process::ChildStdin) -> io::Result<T>,
+) -> Result<(String, T)> {
+    let (out, fed) = tool_fed(cmd, Some(feed))?;
+    Ok((out, fed.expect("fed")))
+}
+
+fn tool_fed<T>(
+    cmd: &mut Command,
+    feed: Option<impl FnOnce(&mut std::process::ChildStdin) -> io::Result<T>>,
+) -> Result<(String, Option<T>)> {
+    use std::io::Read;
     let name = cmd.get_program().to_string_lossy().into_owned();
     // Resolve through `which`, which also looks in the sbin directories.
     let mut resolved = Command::new(which(&name).unwrap_or_else(|| PathBuf::from(&name)));
@@ -32,25 +52,63 @@ pub fn tool(cmd: &mut Command) -> Result<String> {
     // If pyro dies, the tool is asked to stop (and can clean up after
     // itself, as mmdebstrap unmounts what it mounted).
     die_with_parent(&mut resolved, libc::SIGTERM);
-    let out = resolved
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Tool {
-            tool: name.clone(),
-            detail: if e.kind() == io::ErrorKind::NotFound {
-                format!("{name} is not installed (run scripts/setup.sh)")
-            } else {
-                e.to_string()
-            },
-        })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+    let failed = |e: io::Error| Error::Tool {
+        tool: name.clone(),
+        detail: if e.kind() == io::ErrorKind::NotFound {
+            format!("{name} is not installed (run scripts/setup.sh)")
+        } else {
+            e.to_string()
+        },
+    };
+    let mut child = resolved
+        .stdin(if feed.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(failed)?;
+    // Both outputs are drained while the input is written, so a chatty
+    // tool never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let fed = feed.map(|f| {
+        let mut stdin = child.stdin.take().expect("piped");
+        f(&mut stdin)
+    });
+    let status = child.wait().map_err(failed)?;
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&stderr);
         return Err(Error::Tool {
             tool: name,
-            detail: format!("{}: {}", out.status, tail(&stderr, 15)),
+            detail: format!("{status}: {}", tail(&stderr, 15)),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let fed = fed.transpose().ctx(|| format!("feed {name}"))?;
+    Ok((String::from_utf8_lossy(&stdout).into_owned(), fed))
 }
 
 /// The last `lines` lines of `text`.
@@ -333,6 +391,41 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Copies `from` into the new file `to`, leaving holes where the data is
+/// zeros (a disk image stays sparse); returns the bytes copied.
+pub fn write_sparse(mut from: impl io::Read, to: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut out = File::create(to).ctx(|| format!("create {}", to.display()))?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match from.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).ctx(|| format!("read what goes into {}", to.display())),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        if buf[..filled].iter().all(|b| *b == 0) {
+            out.seek(SeekFrom::Current(filled as i64))
+                .ctx(|| format!("seek {}", to.display()))?;
+        } else {
+            out.write_all(&buf[..filled])
+                .ctx(|| format!("write {}", to.display()))?;
+        }
+        total += filled as u64;
+    }
+    out.set_len(total)
+        .ctx(|| format!("size {}", to.display()))?;
+    out.sync_all().ctx(|| format!("sync {}", to.display()))?;
+    Ok(total)
 }
 
 /// Has the child of `cmd` receive `signal` when its parent dies. A parent

@@ -34,6 +34,7 @@ mod host;
 mod paths;
 mod pool;
 mod progress;
+mod registry;
 mod run;
 mod vmm;
 mod vms;
@@ -46,8 +47,10 @@ use std::path::{Path, PathBuf};
 
 pub use contract::{defaults, Command, ExecutionMode, IdleAction, BASELINE};
 pub use doctor::DoctorReport;
+pub use environments::oci::{ImageDefaults, ImageInfo, ImageRecord, LayerRecord, PruneLimits};
 pub use environments::{
-    CatalogEntry, EnvironmentManifest, ExportReport, PruneReport, Pruned, CATALOG, CATALOG_VERSION,
+    CatalogEntry, EnvironmentManifest, ExportReport, PruneReport, Pruned, PublishReport, CATALOG,
+    CATALOG_VERSION,
 };
 pub use error::{Entity, Error, ErrorKind, Remedy, Result};
 pub use paths::Paths;
@@ -87,6 +90,10 @@ pub struct EnvironmentInfo {
     pub installed: bool,
     pub install_dir: String,
     pub manifest: Option<EnvironmentManifest>,
+    /// For a container image: its reference, digest, size, defaults and
+    /// last use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
 }
 
 impl Pyro {
@@ -192,28 +199,70 @@ impl Pyro {
         doctor::doctor(&self.ctx.paths)
     }
 
+    /// The catalog, then every image environment (pulled or imported).
     pub fn list_environments(&self) -> Vec<EnvironmentInfo> {
-        CATALOG.iter().map(|e| self.info(e)).collect()
+        let images = environments::oci::list(&self.ctx.paths);
+        CATALOG
+            .iter()
+            .map(|e| self.info(e))
+            .chain(images.into_iter().map(image_info))
+            .collect()
     }
 
     pub fn inspect_environment(&self, name: &str) -> Result<EnvironmentInfo> {
-        Ok(self.info(environments::lookup(name)?))
+        match environments::resolve(&self.ctx.paths, name)? {
+            environments::Named::Catalog(e) => Ok(self.info(e)),
+            environments::Named::Image(r) => environments::oci::inspect(&self.ctx.paths, &r)
+                .map(image_info)
+                .ok_or_else(|| Error::not_found(Entity::Environment, name)),
+        }
     }
 
-    /// Installs an environment (and the guest kernel), building it from
-    /// Debian packages if it is not installed yet.
+    /// Installs an environment (and the guest kernel): a catalog one is
+    /// pulled from `PYRO_ENVIRONMENT_REGISTRY` if that is set and built
+    /// from Debian packages otherwise; an image reference is pulled from
+    /// its registry (again, so a moved tag is followed).
     pub fn pull_environment(&self, name: &str, progress: &dyn Progress) -> Result<EnvironmentInfo> {
-        let entry = environments::lookup(name)?;
         assets::ensure(&self.ctx.paths, progress)?;
-        environments::ensure(&self.ctx.paths, entry, true, progress)?;
-        Ok(self.info(entry))
+        match environments::resolve(&self.ctx.paths, name)? {
+            environments::Named::Catalog(entry) => {
+                environments::ensure(&self.ctx.paths, entry, true, progress)?;
+                Ok(self.info(entry))
+            }
+            environments::Named::Image(r) => {
+                environments::oci::pull(&self.ctx.paths, &r, &[], progress)?;
+                self.inspect_environment(&r)
+            }
+        }
     }
 
-    /// Removes partial builds, incomplete installs and directories that
-    /// belong to no catalog entry from the environment cache.
+    /// Pushes an installed catalog environment, with the guest kernel, to
+    /// a registry as an OCI artifact (`registry/repo:tag`).
+    pub fn publish_environment(
+        &self,
+        name: &str,
+        destination: &str,
+        progress: &dyn Progress,
+    ) -> Result<PublishReport> {
+        let entry = environments::lookup(name)?;
+        environments::publish(&self.ctx.paths, entry, destination, &[], progress)
+    }
+
+    /// Removes partial builds and pulls, incomplete installs, directories
+    /// that belong to no catalog entry, and images and layers nothing
+    /// refers to from the environment cache.
     pub fn prune_environments(&self) -> Result<PruneReport> {
+        self.prune_environments_with(PruneLimits::default())
+    }
+
+    /// `prune_environments`, and also image environments unused for
+    /// `limits.unused_for` or beyond `limits.max_bytes` (least recently
+    /// used first). An image a workspace's or VM's disk is built on stays.
+    pub fn prune_environments_with(&self, limits: PruneLimits) -> Result<PruneReport> {
         let mut report = environments::prune(&self.ctx.paths)?;
         vmm::templates::prune(&self.ctx.paths, &mut report)?;
+        let in_use = vmm::dir::images_in_use(&self.ctx.paths);
+        environments::oci::prune(&self.ctx.paths, limits, &in_use, &mut report)?;
         Ok(report)
     }
 
@@ -227,12 +276,21 @@ impl Pyro {
         environments::export(&self.ctx.paths, environments::lookup(name)?, output, force)
     }
 
-    /// Installs an environment from an archive made by `export_environment`.
+    /// Installs an environment from an archive made by
+    /// `export_environment`, or a container image from a `docker save`
+    /// tarball or an OCI layout (directory or tarball), named `name` or as
+    /// the archive names it.
     pub fn import_environment(
         &self,
         archive: &Path,
+        name: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<EnvironmentInfo> {
+        if archive.is_dir() || environments::oci::is_image_archive(archive) {
+            let (_, record) =
+                environments::oci::import_image(&self.ctx.paths, archive, name, progress)?;
+            return self.inspect_environment(&record.reference);
+        }
         let entry = environments::import(&self.ctx.paths, archive, progress)?;
         Ok(self.info(entry))
     }
@@ -250,7 +308,23 @@ impl Pyro {
                 .display()
                 .to_string(),
             manifest: installed.map(|i| i.manifest),
+            image: None,
         }
+    }
+}
+
+fn image_info(i: ImageInfo) -> EnvironmentInfo {
+    let record = i.record.as_ref();
+    EnvironmentInfo {
+        name: i.reference.clone(),
+        version: i.digest.clone(),
+        description: "container image".into(),
+        distribution: record.map_or_else(String::new, |r| format!("{}/{}", r.os, r.architecture)),
+        default_packages: Vec::new(),
+        installed: i.installed,
+        install_dir: i.install_dir.clone(),
+        manifest: None,
+        image: Some(i),
     }
 }
 

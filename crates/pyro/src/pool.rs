@@ -145,9 +145,8 @@ pub fn fill_main(ctx_paths: Paths, program: PathBuf, req: FillRequest) -> ! {
 }
 
 fn fill(ctx: &Context, req: &FillRequest) -> Result<()> {
-    let entry = environments::lookup(&req.environment)?;
     let assets = assets::ensure(&ctx.paths, &Silent)?;
-    let env = environments::ensure(&ctx.paths, entry, false, &Silent)?;
+    let env = environments::ensure_named(&ctx.paths, &req.environment, &Silent)?;
     let shape = Shape {
         vcpu_count: req.vcpu_count,
         mem_mib: req.mem_mib,
@@ -166,7 +165,7 @@ fn fill(ctx: &Context, req: &FillRequest) -> Result<()> {
     };
     while waiting(&ctx.paths, &root) < pool_size() {
         let id = host::random_id(6);
-        start_one(ctx, &assets, entry.name, shape, &template, &id)?;
+        start_one(ctx, &assets, &env.name, shape, &template, &id)?;
         host::write_atomic(&root.join(&id), b"")?;
     }
     Ok(())

@@ -170,6 +170,7 @@ pub(crate) fn validate(p: &RunParams) -> Result<()> {
 pub(crate) fn exec_once(
     client: &mut VmClient,
     command: &Command,
+    cwd: Option<&str>,
     timeout_seconds: u64,
     capture: &mut Capture<'_>,
 ) -> Result<ExitStatus> {
@@ -177,7 +178,7 @@ pub(crate) fn exec_once(
         ExecRequest {
             command: command.clone().into(),
             env: BTreeMap::new(),
-            cwd: Some(WORKSPACE_ROOT.into()),
+            cwd: Some(cwd.unwrap_or(WORKSPACE_ROOT).into()),
             timeout_ms: Some(timeout_seconds * 1000),
             // The disk is thrown away after the command.
             sync_after: false,
@@ -193,7 +194,9 @@ pub(crate) fn run_in_vm(
     sink: &mut dyn OutputSink,
 ) -> Result<RunResult> {
     validate(p)?;
-    let entry = environments::lookup(&p.environment)?;
+    // Only a name (no network, nothing built) before the host-compat
+    // decision below.
+    environments::canonical_name(&ctx.paths, &p.environment)?;
     let started = Instant::now();
     progress.phase(
         "run",
@@ -213,7 +216,7 @@ pub(crate) fn run_in_vm(
         }
         Err(e) => return Err(e),
     };
-    let env = environments::ensure(&ctx.paths, entry, false, progress)?;
+    let env = environments::ensure_named(&ctx.paths, &p.environment, progress)?;
     launch::collect_garbage(&ctx.paths);
 
     let id = host::random_id(6);
@@ -236,7 +239,7 @@ pub(crate) fn run_in_vm(
         pool::TopUp::after(
             ctx,
             pool::FillRequest {
-                environment: entry.name.into(),
+                environment: env.name.clone(),
                 vcpu_count: p.vcpu_count,
                 mem_mib: p.mem_mib,
             },
@@ -250,9 +253,7 @@ pub(crate) fn run_in_vm(
             ..RunTimings::default()
         };
         let (dir, client) = (claimed.dir, claimed.client);
-        return finish(
-            entry.name, p, &dir, client, started, timings, progress, sink,
-        );
+        return finish(&env, p, &dir, client, started, timings, progress, sink);
     }
     create_and_run(
         ctx,
@@ -260,7 +261,7 @@ pub(crate) fn run_in_vm(
         &dir,
         &spec,
         template.as_ref(),
-        &env.rootfs,
+        &env,
         started,
         progress,
         sink,
@@ -276,12 +277,11 @@ fn create_and_run(
     dir: &VmDir,
     spec: &crate::vmm::qemu::VmSpec,
     template: Option<&templates::Template>,
-    image: &std::path::Path,
+    env: &environments::Installed,
     started: Instant,
     progress: &dyn Progress,
     sink: &mut dyn OutputSink,
 ) -> Result<RunResult> {
-    let entry = environments::lookup(&p.environment)?;
     let id = dir.id.clone();
     let mut spec = spec.clone();
     let base = match template {
@@ -289,9 +289,9 @@ fn create_and_run(
             spec.snapshot = Some(t.state.clone());
             t.disk.clone()
         }
-        None => image.to_path_buf(),
+        None => env.rootfs.clone(),
     };
-    let record = dir::new_record(&id, entry.name, true, p.ttl_seconds, spec);
+    let record = dir::new_record(&id, &env.name, true, p.ttl_seconds, spec);
     let mut timings = RunTimings::default();
     let mut boot_started = started;
     let created = (|| {
@@ -325,13 +325,13 @@ fn create_and_run(
     } else {
         report.guest_boot_ms
     };
-    finish(entry.name, p, dir, client, started, timings, progress, sink)
+    finish(env, p, dir, client, started, timings, progress, sink)
 }
 
 /// Runs the command on the VM `client` owns, then deletes the VM.
 #[allow(clippy::too_many_arguments)]
 fn finish(
-    environment: &str,
+    env: &environments::Installed,
     p: &RunParams,
     dir: &VmDir,
     mut client: VmClient,
@@ -344,7 +344,13 @@ fn finish(
     progress.phase("run", &format!("phase=execute vm_id={id}"));
     let exec_started = Instant::now();
     let mut capture = Capture::new(sink);
-    let outcome = exec_once(&mut client, &p.command, p.timeout_seconds, &mut capture);
+    let outcome = exec_once(
+        &mut client,
+        &p.command,
+        env.working_dir.as_deref(),
+        p.timeout_seconds,
+        &mut capture,
+    );
     timings.exec_ms = exec_started.elapsed().as_millis() as u64;
     let cleanup_started = Instant::now();
     let cleanup = match &outcome {
@@ -364,13 +370,7 @@ fn finish(
     timings.cleanup_ms = cleanup_started.elapsed().as_millis() as u64;
     let status = outcome?;
     Ok(RunResult::guest(
-        environment,
-        &id,
-        status,
-        capture,
-        started,
-        timings,
-        cleanup,
+        &env.name, &id, status, capture, started, timings, cleanup,
     ))
 }
 

@@ -199,10 +199,10 @@ pub fn create(ctx: &Context, p: &CreateVm, progress: &dyn Progress) -> Result<Vm
         return Err(host_compat_refused("a VM"));
     }
     validate_resources(p.vcpu_count, p.mem_mib, p.ttl_seconds)?;
-    let entry = environments::lookup(&p.environment)?;
+    environments::canonical_name(&ctx.paths, &p.environment)?;
     reap_expired(ctx);
     let assets = assets::ensure(&ctx.paths, progress)?;
-    let env = environments::ensure(&ctx.paths, entry, false, progress)?;
+    let env = environments::ensure_named(&ctx.paths, &p.environment, progress)?;
     let id = host::random_id(6);
     let dir = VmDir::new(&ctx.paths, &id);
     let shape = Shape {
@@ -211,7 +211,7 @@ pub fn create(ctx: &Context, p: &CreateVm, progress: &dyn Progress) -> Result<Vm
     };
     // The disk is kept across stop and start.
     let spec = dir.spec(&assets, shape, dir.disk(), true, p.network);
-    let mut record = dir::new_record(&id, entry.name, false, p.ttl_seconds, spec);
+    let mut record = dir::new_record(&id, &env.name, false, p.ttl_seconds, spec);
     record.idle_timeout = false;
     let created = host::private_dir(&dir.path)
         .and_then(|()| templates::first_disk(&ctx.paths, &record.spec, &env, progress))
@@ -271,7 +271,7 @@ pub fn exec(
     client.attach(false)?;
     progress.phase("vm", &format!("phase=execute vm_id={id}"));
     let mut capture = Capture::new(sink);
-    let outcome = exec_once(&mut client, command, timeout_seconds, &mut capture);
+    let outcome = exec_once(&mut client, command, None, timeout_seconds, &mut capture);
     drop(client);
     launch::destroy(&dir);
     let cleanup = Cleanup {

@@ -26,7 +26,9 @@ pub(super) fn build(paths: &Paths, entry: &CatalogEntry, progress: &dyn Progress
         paths
             .environment_cache
             .join(format!(".partial-{}-{}", slug(entry), host::random_id(4)));
-    fs::create_dir_all(&partial).ctx(|| format!("create {}", partial.display()))?;
+    // Only its owner may enter: the tree holds setuid files and device
+    // nodes on their way into the image.
+    host::private_dir(&partial)?;
     let result = (|| -> Result<()> {
         let tree = partial.join("tree");
         progress.phase(
@@ -96,34 +98,9 @@ pub(super) fn build(paths: &Paths, entry: &CatalogEntry, progress: &dyn Progress
 
         progress.phase("pull", &format!("phase=image environment={}", entry.name));
         let image = partial.join("rootfs.ext4");
-        let used_mib: u64 = host::tool(
-            Command::new("du")
-                .args(["-s", "-x", "--block-size=1M"])
-                .arg(&tree),
-        )?
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1024);
-        let size_mib = used_mib + used_mib / 4 + IMAGE_HEADROOM_MIB;
-        let mut mkfs = if rootless {
-            let mut c = Command::new("fakeroot");
-            c.arg("-i").arg(&fakeroot_state).args(["--", "mkfs.ext4"]);
-            c
-        } else {
-            Command::new("mkfs.ext4")
-        };
-        host::tool(
-            mkfs.args(["-q", "-F", "-L", "pyro-root", "-E", "root_owner=0:0", "-d"])
-                .arg(&tree)
-                .arg(&image)
-                .arg(format!("{size_mib}M")),
-        )?;
-        if rootless {
-            // Unpacked as this user, some directories are read-only to it.
-            host::tool(Command::new("chmod").args(["-R", "u+rwX"]).arg(&tree))?;
-        }
+        make_image(&tree, &image, rootless.then_some(fakeroot_state.as_path()))?;
         fs::remove_dir_all(&tree).ctx(|| "remove build tree".into())?;
+        open_up(&partial)?;
         progress.phase("pull", &format!("phase=verify environment={}", entry.name));
         let manifest = EnvironmentManifest {
             format_version: MANIFEST_VERSION,
@@ -150,6 +127,49 @@ pub(super) fn build(paths: &Paths, entry: &CatalogEntry, progress: &dyn Progress
         let _ = host::remove_tree(&partial);
     }
     result
+}
+
+/// Turns `tree` into a sparse ext4 image with room to grow. A rootless
+/// build runs `mkfs.ext4` in the fakeroot session (`fakeroot_state`) that
+/// unpacked the tree, so the image records the ownership the tree has
+/// there, and leaves the tree removable by this user.
+pub(super) fn make_image(tree: &Path, image: &Path, fakeroot_state: Option<&Path>) -> Result<()> {
+    let used_mib: u64 = host::tool(
+        Command::new("du")
+            .args(["-s", "-x", "--block-size=1M"])
+            .arg(tree),
+    )?
+    .split_whitespace()
+    .next()
+    .and_then(|n| n.parse().ok())
+    .unwrap_or(1024);
+    let size_mib = used_mib + used_mib / 4 + IMAGE_HEADROOM_MIB;
+    let mut mkfs = match fakeroot_state {
+        Some(state) => {
+            let mut c = Command::new("fakeroot");
+            c.arg("-i").arg(state).args(["--", "mkfs.ext4"]);
+            c
+        }
+        None => Command::new("mkfs.ext4"),
+    };
+    host::tool(
+        mkfs.args(["-q", "-F", "-L", "pyro-root", "-E", "root_owner=0:0", "-d"])
+            .arg(tree)
+            .arg(image)
+            .arg(format!("{size_mib}M")),
+    )?;
+    if fakeroot_state.is_some() {
+        // Unpacked as this user, some directories are read-only to it.
+        host::tool(Command::new("chmod").args(["-R", "u+rwX"]).arg(tree))?;
+    }
+    Ok(())
+}
+
+/// Makes an install directory readable again once its tree is gone.
+pub(super) fn open_up(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        .ctx(|| format!("chmod {}", dir.display()))
 }
 
 /// Moves a finished build into place, replacing an old install.

@@ -88,9 +88,9 @@ pub struct EnvironmentManifest {
     pub built_at_unix_ms: u64,
 }
 
-/// An installed environment, ready to boot.
+/// An installed catalog environment.
 #[derive(Debug, Clone)]
-pub struct Installed {
+pub struct CatalogInstall {
     pub rootfs: PathBuf,
     pub manifest: EnvironmentManifest,
 }
@@ -104,7 +104,7 @@ pub fn install_dir(paths: &Paths, entry: &CatalogEntry) -> PathBuf {
 }
 
 /// The install, if there is a complete one.
-pub fn installed(paths: &Paths, entry: &CatalogEntry) -> Option<Installed> {
+pub fn installed(paths: &Paths, entry: &CatalogEntry) -> Option<CatalogInstall> {
     let dir = install_dir(paths, entry);
     let manifest: EnvironmentManifest =
         serde_json::from_slice(&fs::read(dir.join("environment.json")).ok()?).ok()?;
@@ -113,7 +113,7 @@ pub fn installed(paths: &Paths, entry: &CatalogEntry) -> Option<Installed> {
     }
     let rootfs = dir.join("rootfs.ext4");
     let size = fs::metadata(&rootfs).ok()?.len();
-    (size == manifest.image_size_bytes).then_some(Installed { rootfs, manifest })
+    (size == manifest.image_size_bytes).then_some(CatalogInstall { rootfs, manifest })
 }
 
 /// What identifies the image file as last verified: any write to it, or a
@@ -154,28 +154,38 @@ pub(crate) fn write_stamp(dir: &Path, rootfs: &Path) -> Result<()> {
 /// Checks an install's image against its manifest. The full sha256 is
 /// computed only when the file changed since it was last verified; an
 /// unchanged file costs one `stat`.
-pub fn verify(install: &Installed, dir: &Path) -> Result<()> {
+pub fn verify(install: &CatalogInstall, dir: &Path) -> Result<()> {
+    verify_image(
+        &install.manifest.name,
+        &install.rootfs,
+        &install.manifest.image_sha256,
+        dir,
+    )
+}
+
+/// Checks an image file against the sha256 its install recorded, as
+/// `verify` does, for any kind of environment.
+pub(crate) fn verify_image(name: &str, rootfs: &Path, sha256: &str, dir: &Path) -> Result<()> {
     let recorded: Option<Stamp> = fs::read(stamp_path(dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    if recorded.is_some() && recorded == stamp(&install.rootfs) {
+    if recorded.is_some() && recorded == stamp(rootfs) {
         return Ok(());
     }
-    let actual = host::sha256_file(&install.rootfs)?;
-    if actual != install.manifest.image_sha256 {
+    let actual = host::sha256_file(rootfs)?;
+    if actual != sha256 {
         return Err(Error::Environment {
-            name: install.manifest.name.clone(),
+            name: name.into(),
             detail: format!(
-                "the image {} is corrupted (sha256 {actual}, expected {})",
-                install.rootfs.display(),
-                install.manifest.image_sha256,
+                "the image {} is corrupted (sha256 {actual}, expected {sha256})",
+                rootfs.display(),
             ),
             remedy: Some(Remedy::PullEnvironment {
-                environment: install.manifest.name.clone(),
+                environment: name.into(),
             }),
         });
     }
-    write_stamp(dir, &install.rootfs)
+    write_stamp(dir, rootfs)
 }
 
 pub(crate) fn lock_path(paths: &Paths, entry: &CatalogEntry) -> PathBuf {
@@ -200,8 +210,9 @@ pub(crate) fn partials(paths: &Paths) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// The image sha256 of the installed environment `name`, if it is.
-pub fn installed_sha256(paths: &Paths, name: &str) -> Option<String> {
+/// The image sha256 of the installed catalog environment `name`, if it
+/// is.
+pub(crate) fn catalog_sha256(paths: &Paths, name: &str) -> Option<String> {
     let entry = CATALOG.iter().find(|e| e.name == name)?;
     installed(paths, entry).map(|i| i.manifest.image_sha256)
 }

@@ -1,17 +1,22 @@
-//! The environment catalog and the installed images.
+//! The environment catalog, container images, and the installed images.
 //!
-//! An environment is a Debian root filesystem built locally with
-//! `mmdebstrap` from Debian's packages and turned into a sparse ext4 image
-//! with `mkfs.ext4 -d`. Installs are built in a `.partial-*` directory under
-//! a per-environment lock and renamed into place, so a killed build never
-//! looks installed and two concurrent pulls end with one install.
+//! A catalog environment is a Debian root filesystem built locally with
+//! `mmdebstrap` from Debian's packages (or pulled as an artifact from
+//! `PYRO_ENVIRONMENT_REGISTRY`, `publish`) and turned into a sparse ext4
+//! image with `mkfs.ext4 -d`. Any other environment name that reads as an
+//! image reference is a container image (`oci`). Installs are built in a
+//! `.partial-*` directory under a lock and renamed into place, so a killed
+//! build never looks installed and two concurrent pulls end with one
+//! install.
 
 mod build;
 mod catalog;
+pub mod oci;
+mod publish;
 mod transfer;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -22,11 +27,101 @@ use crate::progress::Progress;
 
 use build::build;
 pub use catalog::{
-    install_dir, installed, installed_sha256, lookup, verify, CatalogEntry, EnvironmentManifest,
-    Installed, CATALOG, CATALOG_VERSION,
+    install_dir, installed, lookup, verify, CatalogEntry, CatalogInstall, EnvironmentManifest,
+    CATALOG, CATALOG_VERSION,
 };
 use catalog::{lock_path, partials, slug};
+pub use publish::{publish, PublishReport};
 pub use transfer::{export, import, ExportReport};
+
+/// An environment ready to boot: a catalog install or an image's.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// The name it was asked for (a catalog name, or a canonical image
+    /// reference).
+    pub name: String,
+    pub rootfs: PathBuf,
+    pub image_sha256: String,
+    /// The image's working directory, for one-shot commands.
+    pub working_dir: Option<String>,
+}
+
+impl Installed {
+    fn catalog(i: CatalogInstall) -> Installed {
+        Installed {
+            name: i.manifest.name,
+            rootfs: i.rootfs,
+            image_sha256: i.manifest.image_sha256,
+            working_dir: None,
+        }
+    }
+
+    fn image(dir: &Path, r: oci::ImageRecord, name: String) -> Installed {
+        Installed {
+            name,
+            rootfs: oci::image_rootfs(dir),
+            image_sha256: r.image_sha256,
+            working_dir: r.defaults.working_dir,
+        }
+    }
+}
+
+/// What an environment name means.
+pub enum Named {
+    Catalog(&'static CatalogEntry),
+    /// An image reference, in canonical form.
+    Image(String),
+}
+
+/// Resolves a name: the catalog's own names first, then an image installed
+/// under that name (imported or pulled), then any image reference.
+pub fn resolve(paths: &Paths, name: &str) -> Result<Named> {
+    if let Ok(entry) = lookup(name) {
+        return Ok(Named::Catalog(entry));
+    }
+    if let Ok(canonical) = oci::canonical(name) {
+        if oci::is_reference(name) || oci::installed(paths, name).is_some() {
+            return Ok(Named::Image(canonical));
+        }
+    }
+    Err(Error::not_found(crate::error::Entity::Environment, name))
+}
+
+/// The canonical name of `name` (as records and templates keep it).
+pub fn canonical_name(paths: &Paths, name: &str) -> Result<String> {
+    Ok(match resolve(paths, name)? {
+        Named::Catalog(e) => e.name.to_string(),
+        Named::Image(r) => r,
+    })
+}
+
+/// Returns the verified install of any environment, installing it first
+/// if it is missing (building or pulling a catalog environment, pulling an
+/// image from its registry).
+pub fn ensure_named(paths: &Paths, name: &str, progress: &dyn Progress) -> Result<Installed> {
+    match resolve(paths, name)? {
+        Named::Catalog(entry) => ensure(paths, entry, false, progress),
+        Named::Image(reference) => {
+            let (dir, record) = match oci::installed(paths, &reference) {
+                Some(found) => found,
+                None => oci::pull(paths, &reference, &[], progress)?,
+            };
+            catalog::verify_image(
+                &reference,
+                &oci::image_rootfs(&dir),
+                &record.image_sha256,
+                &dir,
+            )?;
+            Ok(Installed::image(&dir, record, reference))
+        }
+    }
+}
+
+/// The image sha256 of the installed environment `name`, if it is.
+pub fn installed_sha256(paths: &Paths, name: &str) -> Option<String> {
+    catalog::catalog_sha256(paths, name)
+        .or_else(|| oci::installed(paths, name).map(|f| f.1.image_sha256))
+}
 
 /// Returns the verified install, building it first if it is missing. A
 /// corrupted install is an error, unless `repair` is set: then it is
@@ -37,6 +132,15 @@ pub fn ensure(
     repair: bool,
     progress: &dyn Progress,
 ) -> Result<Installed> {
+    ensure_catalog(paths, entry, repair, progress).map(Installed::catalog)
+}
+
+fn ensure_catalog(
+    paths: &Paths,
+    entry: &CatalogEntry,
+    repair: bool,
+    progress: &dyn Progress,
+) -> Result<CatalogInstall> {
     let dir = install_dir(paths, entry);
     if let Some(i) = installed(paths, entry) {
         match verify(&i, &dir) {
@@ -63,7 +167,23 @@ pub fn ensure(
     {
         host::remove_tree(&partial.1)?;
     }
-    build(paths, entry, progress)?;
+    match crate::registry::environment_registry() {
+        Some(registry) => {
+            let partial = paths.environment_cache.join(format!(
+                ".partial-{}-{}",
+                slug(entry),
+                host::random_id(4)
+            ));
+            fs::create_dir_all(&partial).ctx(|| format!("create {}", partial.display()))?;
+            let reference = format!("{registry}/{}", entry.name);
+            let r = publish::pull_artifact(paths, entry, &reference, &partial, progress);
+            if r.is_err() {
+                let _ = host::remove_tree(&partial);
+            }
+            r?
+        }
+        None => build(paths, entry, progress)?,
+    }
     installed(paths, entry).ok_or_else(|| Error::Environment {
         name: entry.name.into(),
         detail: "the build finished but left no usable install".into(),
@@ -117,7 +237,7 @@ pub fn prune(paths: &Paths) -> Result<PruneReport> {
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        if name.ends_with(".lock") && name.starts_with('.') {
+        if (name.ends_with(".lock") && name.starts_with('.')) || name == "oci" {
             continue;
         }
         if let Some(rest) = name.strip_prefix(".partial-") {

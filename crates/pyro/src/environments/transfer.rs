@@ -14,8 +14,8 @@ use crate::progress::Progress;
 
 use super::build::install;
 use super::catalog::{
-    install_dir, installed, lock_path, slug, verify, CatalogEntry, EnvironmentManifest, Installed,
-    CATALOG,
+    install_dir, installed, lock_path, slug, verify, CatalogEntry, CatalogInstall,
+    EnvironmentManifest, CATALOG,
 };
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -130,7 +130,7 @@ pub fn import(
             "import",
             &format!("phase=verify environment={}", entry.name),
         );
-        let inst = Installed { rootfs, manifest };
+        let inst = CatalogInstall { rootfs, manifest };
         verify(&inst, &staged)?;
         if partial.join("kernel").is_dir() {
             crate::assets::import_kernel(paths, &partial.join("kernel"))?;

@@ -434,6 +434,32 @@ fn to_json(v: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec_pretty(v).expect("records serialize")
 }
 
+/// Every image some disk under `PYRO_HOME` or the template cache is built
+/// on (the backing chains of the qcow2 files there), so pruning leaves it.
+pub fn images_in_use(paths: &Paths) -> std::collections::HashSet<PathBuf> {
+    fn walk(dir: &Path, depth: usize, out: &mut std::collections::HashSet<PathBuf>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            let path = e.path();
+            if t.is_dir() && depth > 0 {
+                walk(&path, depth - 1, out);
+            } else if t.is_file() && path.extension().is_some_and(|x| x == "qcow2") {
+                if let Ok(chain) = crate::vmm::jail::backing_chain(&path) {
+                    out.extend(chain.into_iter().skip(1));
+                }
+            }
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    for root in [&paths.home, &paths.template_cache] {
+        walk(root, 4, &mut out);
+    }
+    out
+}
+
 pub fn new_record(
     id: &str,
     environment: &str,

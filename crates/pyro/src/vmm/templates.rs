@@ -93,7 +93,7 @@ fn key(spec: &VmSpec, env: &Installed) -> String {
         "kernel": stamp(&spec.kernel),
         "initramfs": stamp(&spec.initramfs),
         "image": env.rootfs,
-        "image_sha256": env.manifest.image_sha256,
+        "image_sha256": env.image_sha256,
         "qemu": stamp(&qemu),
     });
     let digest = Sha256::digest(facts.to_string().as_bytes());
@@ -155,22 +155,19 @@ pub fn ensure(
             }
         }
     }
-    progress.phase(
-        "template",
-        &format!("phase=build environment={}", env.manifest.name),
-    );
+    progress.phase("template", &format!("phase=build environment={}", env.name));
     let partial = root.join(format!(".partial-{key}-{}", host::random_id(4)));
     let started = Instant::now();
     let built = build(&partial, spec, env).and_then(|state_bytes| {
         let info = TemplateInfo {
             format_version: FORMAT_VERSION,
             key: key.clone(),
-            environment: env.manifest.name.clone(),
+            environment: env.name.clone(),
             vcpu_count: spec.vcpu_count,
             mem_mib: spec.mem_mib,
             network: spec.network_socket.is_some(),
             image: env.rootfs.clone(),
-            image_sha256: env.manifest.image_sha256.clone(),
+            image_sha256: env.image_sha256.clone(),
             built_at_unix_ms: host::now_unix_ms(),
             build_ms: started.elapsed().as_millis() as u64,
             state_bytes,
@@ -309,7 +306,7 @@ fn remove_replaced(root: &Path, key: &str, spec: &VmSpec, env: &Installed) {
             continue;
         };
         if info.key != key
-            && info.environment == env.manifest.name
+            && info.environment == env.name
             && info.vcpu_count == spec.vcpu_count
             && info.mem_mib == spec.mem_mib
             && info.network == spec.network_socket.is_some()
@@ -360,7 +357,7 @@ fn build_in(dir: &Path, vm_dir: &VmDir, like: &VmSpec, env: &Installed) -> Resul
         snapshot: None,
         ..like.clone()
     };
-    let record = dir::new_record("template", &env.manifest.name, true, 600, spec);
+    let record = dir::new_record("template", &env.name, true, 600, spec);
     let booted = boot::boot_once(vm_dir, &record)
         .map_err(|e| Error::Boot(format!("the template VM did not boot: {}", e.message)))?;
     let (mut child, mut agent, passt, jail) =

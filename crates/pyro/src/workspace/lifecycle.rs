@@ -113,7 +113,7 @@ pub fn create(
     if p.allow_host_compat {
         return Err(host_compat_refused("a workspace"));
     }
-    let entry = environments::lookup(&p.environment)?;
+    environments::canonical_name(&ctx.paths, &p.environment)?;
     validate_resources(p.vcpu_count, p.mem_mib, p.ttl_seconds)?;
     if let Some(n) = &p.name {
         valid_text("name", n)?;
@@ -141,13 +141,13 @@ pub fn create(
                 (SourceMode::Empty, archive::Summary::default())
             }
         };
-        let base = environments::ensure(&ctx.paths, entry, false, progress)?;
+        let base = environments::ensure_named(&ctx.paths, &p.environment, progress)?;
         let record = Record::new(
             NewRecord {
                 workspace_id: id.clone(),
                 name: p.name.clone(),
                 labels: p.labels.clone(),
-                environment: entry.name.into(),
+                environment: base.name.clone(),
                 vcpu_count: p.vcpu_count,
                 mem_mib: p.mem_mib,
                 ttl_seconds: p.ttl_seconds,

@@ -42,9 +42,8 @@ pub(crate) fn boot(
     template: Option<&Template>,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let entry = environments::lookup(&r.environment)?;
     let assets = assets::ensure(&ctx.paths, progress)?;
-    environments::ensure(&ctx.paths, entry, false, progress)?;
+    environments::ensure_named(&ctx.paths, &r.environment, progress)?;
     let _admission = admission::admit(ctx, r.mem_mib)?;
     // A boot starts over: a saved guest would not match the disk after it.
     ws.paused().discard();
@@ -110,9 +109,8 @@ pub(crate) fn resume_as(
         return Ok(Resumed::default());
     }
     let r = ws.read()?;
-    let entry = environments::lookup(&r.environment)?;
     let assets = assets::ensure(&ctx.paths, progress)?;
-    environments::ensure(&ctx.paths, entry, false, progress)?;
+    environments::ensure_named(&ctx.paths, &r.environment, progress)?;
     let _admission = admission::admit(ctx, r.mem_mib)?;
     progress.phase("workspace", &format!("phase=resume workspace_id={}", ws.id));
     let started = Instant::now();

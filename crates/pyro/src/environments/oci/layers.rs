@@ -1,0 +1,509 @@
+//! An image's layers flattened into one tar stream: each path as the top
+//! layer that has it leaves it, whiteouts and opaque directories applied,
+//! in an order GNU tar can extract without following anything the image
+//! put there.
+//!
+//! Two passes over the layers: the first works out which layer's entry
+//! each surviving path comes from, the second copies exactly those entries.
+//! What the stream can hold is checked here, because the host extracts it:
+//! no absolute names or `..`, no entry beneath something that is not a
+//! directory in the final tree (so extraction never passes through a
+//! symlink), no device nodes (the guest's `/dev` is the kernel's), hard
+//! links only to regular files that are themselves in the stream.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Component, Path};
+
+use tar::{Archive, EntryType, Header};
+
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// What the flattening left out, for the caller to report.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Flattened {
+    pub entries: u64,
+    pub skipped: Vec<String>,
+}
+
+/// A hard link waiting for the end of the stream: its header, PAX
+/// records, name and target.
+type PendingLink = (Header, Vec<(String, Vec<u8>)>, String, String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Other,
+}
+
+/// Opens a layer blob, gzip- or zstd-compressed or plain (by its first
+/// bytes: registries and `docker save` disagree on media types).
+pub(crate) fn open(path: &Path) -> io::Result<Box<dyn Read>> {
+    let mut file = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut magic = [0u8; 4];
+    let n = read_up_to(&mut file, &mut magic)?;
+    let head = io::Cursor::new(magic[..n].to_vec());
+    let whole = head.chain(file);
+    Ok(match &magic[..n] {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(whole)),
+        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(
+            ruzstd::decoding::StreamingDecoder::new(whole)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?,
+        ),
+        _ => Box::new(whole),
+    })
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// A layer's name for an entry: relative, without `.`, or `None` for the
+/// root itself and for names that climb out (`..`).
+fn clean(p: &Path) -> Option<String> {
+    let mut parts = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str()?.to_owned()),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+fn kind_of(t: EntryType) -> Kind {
+    match t {
+        EntryType::Directory => Kind::Dir,
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
+        _ => Kind::Other,
+    }
+}
+
+fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+/// Which layer each surviving path comes from.
+#[derive(Default)]
+struct Plan {
+    paths: BTreeMap<String, (usize, Kind)>,
+}
+
+impl Plan {
+    /// Removes `path`'s descendants that came from layers below `layer`.
+    fn remove_below(&mut self, dir: &str, layer: usize) {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let doomed: Vec<String> = self
+            .paths
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, (l, _))| *l < layer)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            self.paths.remove(&k);
+        }
+    }
+
+    fn add(&mut self, layer: usize, path: &str, kind: Kind) {
+        let (dir, name) = split(path);
+        if name == OPAQUE {
+            self.remove_below(dir, layer);
+        } else if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            let hidden = if dir.is_empty() {
+                hidden.to_owned()
+            } else {
+                format!("{dir}/{hidden}")
+            };
+            if self.paths.get(&hidden).is_some_and(|(l, _)| *l < layer) {
+                self.paths.remove(&hidden);
+            }
+            self.remove_below(&hidden, layer);
+        } else {
+            // A directory replaced by anything else takes its contents with it.
+            if kind != Kind::Dir && self.paths.get(path).is_some_and(|(_, k)| *k == Kind::Dir) {
+                self.remove_below(path, layer + 1);
+            }
+            self.paths.insert(path.to_owned(), (layer, kind));
+        }
+    }
+
+    /// Every ancestor of `path` is a directory in the final tree, or absent
+    /// (tar creates it as one).
+    fn reachable(&self, path: &str) -> bool {
+        let mut at = 0;
+        while let Some(i) = path[at..].find('/') {
+            let ancestor = &path[..at + i];
+            if self
+                .paths
+                .get(ancestor)
+                .is_some_and(|(_, k)| *k != Kind::Dir)
+            {
+                return false;
+            }
+            at += i + 1;
+        }
+        true
+    }
+}
+
+/// Something the stream gets beside the layers' contents, owned by root: a
+/// directory where the image has nothing at that path, or a file that
+/// replaces whatever the image has there.
+pub(crate) struct Extra {
+    path: &'static str,
+    mode: u32,
+    file: Option<Vec<u8>>,
+}
+
+impl Extra {
+    pub fn dir(path: &'static str, mode: u32) -> Extra {
+        Extra {
+            path,
+            mode,
+            file: None,
+        }
+    }
+
+    pub fn file(path: &'static str, mode: u32, content: Vec<u8>) -> Extra {
+        Extra {
+            path,
+            mode,
+            file: Some(content),
+        }
+    }
+}
+
+/// Writes the flattened image of `layers` (bottom first), then `extras`,
+/// to `out` as one tar stream.
+pub(crate) fn flatten(
+    layers: &[&Path],
+    extras: &[Extra],
+    out: impl Write,
+) -> io::Result<Flattened> {
+    let mut plan = Plan::default();
+    for (i, layer) in layers.iter().enumerate() {
+        let mut archive = Archive::new(open(layer)?);
+        for entry in archive.entries()? {
+            let entry = entry?;
+            let Some(path) = clean(&entry.path()?) else {
+                continue;
+            };
+            plan.add(i, &path, kind_of(entry.header().entry_type()));
+        }
+    }
+
+    // The image's own copies of the extra files are left out.
+    for extra in extras.iter().filter(|e| e.file.is_some()) {
+        if plan
+            .paths
+            .get(extra.path)
+            .is_some_and(|(_, k)| *k != Kind::Dir)
+        {
+            plan.paths.remove(extra.path);
+        }
+    }
+
+    let mut result = Flattened::default();
+    let mut builder = tar::Builder::new(out);
+    let mut links: Vec<PendingLink> = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let mut archive = Archive::new(open(layer)?);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let Some(path) = clean(&entry.path()?) else {
+                continue;
+            };
+            if split(&path).1.starts_with(WHITEOUT) || plan.paths.get(&path).map(|p| p.0) != Some(i)
+            {
+                continue;
+            }
+            let t = entry.header().entry_type();
+            if matches!(t, EntryType::Block | EntryType::Char) || !plan.reachable(&path) {
+                result.skipped.push(path);
+                continue;
+            }
+            let pax = pax_records(&mut entry)?;
+            let mut header = entry.header().clone();
+            if t == EntryType::Link {
+                let target = entry.link_name()?.as_deref().and_then(clean);
+                match target {
+                    Some(target) => links.push((header, pax, path, target)),
+                    None => result.skipped.push(path),
+                }
+                continue;
+            }
+            write_pax(&mut builder, &pax)?;
+            if t == EntryType::Symlink {
+                let target = entry.link_name()?.unwrap_or_default().into_owned();
+                builder.append_link(&mut header, &path, target)?;
+            } else {
+                if t == EntryType::GNUSparse {
+                    // The reader expanded the holes; write it as a plain file.
+                    header.set_entry_type(EntryType::Regular);
+                }
+                header.set_size(entry.size());
+                builder.append_data(&mut header, &path, &mut entry)?;
+            }
+            result.entries += 1;
+        }
+    }
+    // Hard links last, to targets that are regular files in the stream.
+    for (mut header, pax, path, target) in links {
+        let ok = plan
+            .paths
+            .get(&target)
+            .is_some_and(|(_, k)| *k == Kind::File)
+            && plan.reachable(&target);
+        if !ok {
+            result.skipped.push(path);
+            continue;
+        }
+        write_pax(&mut builder, &pax)?;
+        header.set_size(0);
+        builder.append_link(&mut header, &path, &target)?;
+        result.entries += 1;
+    }
+    for extra in extras {
+        if plan.paths.contains_key(extra.path) || !plan.reachable(extra.path) {
+            continue;
+        }
+        let mut header = Header::new_gnu();
+        header.set_mode(extra.mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        match &extra.file {
+            None => {
+                header.set_entry_type(EntryType::Directory);
+                header.set_size(0);
+                builder.append_data(&mut header, extra.path, io::empty())?;
+                plan.paths
+                    .insert(extra.path.to_owned(), (layers.len(), Kind::Dir));
+            }
+            Some(content) => {
+                header.set_size(content.len() as u64);
+                builder.append_data(&mut header, extra.path, content.as_slice())?;
+            }
+        }
+    }
+    builder.finish()?;
+    Ok(result)
+}
+
+/// An entry's PAX records other than its names and size (which the copy
+/// writes itself): ownership, times, extended attributes.
+fn pax_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let Some(exts) = entry.pax_extensions()? else {
+        return Ok(Vec::new());
+    };
+    let mut records = Vec::new();
+    for ext in exts {
+        let ext = ext?;
+        let Ok(key) = ext.key() else { continue };
+        if matches!(key, "path" | "linkpath" | "size") {
+            continue;
+        }
+        records.push((key.to_owned(), ext.value_bytes().to_vec()));
+    }
+    Ok(records)
+}
+
+fn write_pax<W: Write>(
+    builder: &mut tar::Builder<W>,
+    records: &[(String, Vec<u8>)],
+) -> io::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut data = Vec::new();
+    for (key, value) in records {
+        // "LEN key=value\n", LEN counting its own digits.
+        let body = key.len() + value.len() + 3;
+        let mut len = body + 1;
+        while len != body + len.to_string().len() {
+            len = body + len.to_string().len();
+        }
+        data.extend_from_slice(format!("{len} {key}=").as_bytes());
+        data.extend_from_slice(value);
+        data.push(b'\n');
+    }
+    let mut header = Header::new_ustar();
+    header.set_entry_type(EntryType::XHeader);
+    header.set_path("PaxHeaders/entry")?;
+    header.set_mode(0o644);
+    header.set_size(data.len() as u64);
+    header.set_cksum();
+    builder.append(&header, data.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    enum E<'a> {
+        Dir(&'a str),
+        File(&'a str, &'a str),
+        Link(&'a str, &'a str),
+        Sym(&'a str, &'a str),
+        Char(&'a str),
+    }
+
+    fn layer(dir: &Path, n: usize, entries: &[E]) -> std::path::PathBuf {
+        let path = dir.join(format!("layer{n}.tar"));
+        let mut b = tar::Builder::new(File::create(&path).unwrap());
+        for e in entries {
+            let mut h = Header::new_gnu();
+            h.set_mode(0o755);
+            match e {
+                E::Dir(p) => {
+                    h.set_entry_type(EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, p, io::empty()).unwrap();
+                }
+                E::File(p, body) => {
+                    h.set_size(body.len() as u64);
+                    h.set_mode(0o4755);
+                    b.append_data(&mut h, p, body.as_bytes()).unwrap();
+                }
+                E::Link(p, t) => {
+                    h.set_entry_type(EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+                E::Sym(p, t) => {
+                    h.set_entry_type(EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+                E::Char(p) => {
+                    h.set_entry_type(EntryType::Char);
+                    h.set_size(0);
+                    b.append_data(&mut h, p, io::empty()).unwrap();
+                }
+            }
+        }
+        b.finish().unwrap();
+        path
+    }
+
+    fn flat(layers: &[std::path::PathBuf]) -> (Vec<(String, String)>, Flattened) {
+        let refs: Vec<&Path> = layers.iter().map(|p| p.as_path()).collect();
+        let mut out = Vec::new();
+        let report = flatten(&refs, &[], &mut out).unwrap();
+        let mut listing = Vec::new();
+        for e in Archive::new(out.as_slice()).entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let what = match e.header().entry_type() {
+                EntryType::Directory => "dir".to_string(),
+                EntryType::Link => format!("link {}", e.link_name().unwrap().unwrap().display()),
+                EntryType::Symlink => format!("sym {}", e.link_name().unwrap().unwrap().display()),
+                _ => {
+                    let mut s = String::new();
+                    e.read_to_string(&mut s).unwrap();
+                    format!("{s} {:o}", e.header().mode().unwrap())
+                }
+            };
+            listing.push((path, what));
+        }
+        (listing, report)
+    }
+
+    #[test]
+    fn upper_layers_win_and_whiteouts_hide() {
+        let d = tempfile::tempdir().unwrap();
+        let l0 = layer(
+            d.path(),
+            0,
+            &[
+                E::Dir("etc/"),
+                E::File("etc/a", "old"),
+                E::File("etc/gone", "x"),
+                E::Dir("opq/"),
+                E::File("opq/lower", "x"),
+                E::Dir("tree/"),
+                E::File("tree/deep", "x"),
+            ],
+        );
+        let l1 = layer(
+            d.path(),
+            1,
+            &[
+                E::File("./etc/a", "new"),
+                E::File("etc/.wh.gone", ""),
+                E::File("opq/upper", "kept"),
+                E::File("opq/.wh..wh..opq", ""),
+                E::File(".wh.tree", ""),
+            ],
+        );
+        let (listing, report) = flat(&[l0, l1]);
+        let names: Vec<&str> = listing.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(names, ["etc", "opq", "etc/a", "opq/upper"], "{listing:?}");
+        assert_eq!(listing[2].1, "new 4755");
+        assert_eq!(listing[3].1, "kept 4755");
+        assert!(report.skipped.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_symlink_or_outside_the_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let l0 = layer(d.path(), 0, &[E::Sym("etc", "/etc"), E::Char("dev/sda")]);
+        let l1 = layer(
+            d.path(),
+            1,
+            &[E::File("etc/passwd", "pwned"), E::File("ok", "fine")],
+        );
+        let (listing, report) = flat(&[l0, l1]);
+        assert_eq!(
+            listing,
+            [
+                ("etc".to_string(), "sym /etc".to_string()),
+                ("ok".to_string(), "fine 4755".to_string())
+            ]
+        );
+        assert_eq!(report.skipped, ["dev/sda", "etc/passwd"]);
+    }
+
+    #[test]
+    fn hard_links_follow_their_targets_and_a_file_can_replace_a_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let l0 = layer(
+            d.path(),
+            0,
+            &[
+                E::File("bin/tool", "t"),
+                E::Link("bin/alias", "bin/tool"),
+                E::Dir("was-dir/"),
+                E::File("was-dir/child", "c"),
+                E::Link("bin/dangling", "bin/missing"),
+            ],
+        );
+        let l1 = layer(d.path(), 1, &[E::File("was-dir", "now a file")]);
+        let (listing, report) = flat(&[l0, l1]);
+        assert_eq!(
+            listing,
+            [
+                ("bin/tool".to_string(), "t 4755".to_string()),
+                ("was-dir".to_string(), "now a file 4755".to_string()),
+                ("bin/alias".to_string(), "link bin/tool".to_string()),
+            ]
+        );
+        assert_eq!(report.skipped, ["bin/dangling"]);
+    }
+}
