@@ -27,6 +27,9 @@ packages=(
     fakeroot uidmap   # building environments as a regular user
     python3 python3-venv  # the test suite's MCP client (the official Python SDK)
     dnsmasq-base      # the network tests' DNS server (no system service)
+    # The image tests: a registry on loopback, images built and pushed by
+    # the tests, a test CA and basic auth, a static busybox to fill them.
+    docker-registry umoci skopeo openssl apache2-utils busybox-static
 )
 # The guest kernel is fetched with `apt-get download`, which needs fresh lists.
 echo "[setup] apt-get update"
@@ -56,6 +59,8 @@ tools=(
     qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mmdebstrap:mmdebstrap
     mkfs.ext4:e2fsprogs cpio:cpio depmod:kmod passt:passt fakeroot:fakeroot
     newuidmap:uidmap python3:python3 dnsmasq:dnsmasq-base nft:nftables
+    docker-registry:docker-registry umoci:umoci skopeo:skopeo openssl:openssl
+    htpasswd:apache2-utils busybox:busybox-static
 )
 absent=()
 for t in "${tools[@]}"; do
@@ -64,6 +69,12 @@ done
 if [ ${#absent[@]} -gt 0 ]; then
     echo "[setup] missing after install: ${absent[*]}" >&2
     exit 1
+fi
+# The registry is started by the tests, on loopback, when they need it; a
+# service the package may have started (where systemd runs) would listen
+# on every address.
+if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
+    $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 python3 -c 'import venv' 2>/dev/null || { echo "[setup] python3-venv is missing" >&2; exit 1; }
 echo "[setup] verified: $(qemu-system-x86_64 --version | head -1); $(qemu-img --version | head -1)"

@@ -260,9 +260,10 @@ impl Pyro {
     /// used first). An image a workspace's or VM's disk is built on stays.
     pub fn prune_environments_with(&self, limits: PruneLimits) -> Result<PruneReport> {
         let mut report = environments::prune(&self.ctx.paths)?;
-        vmm::templates::prune(&self.ctx.paths, &mut report)?;
         let in_use = vmm::dir::images_in_use(&self.ctx.paths);
         environments::oci::prune(&self.ctx.paths, limits, &in_use, &mut report)?;
+        // Templates of what is gone go with it.
+        vmm::templates::prune(&self.ctx.paths, &mut report)?;
         Ok(report)
     }
 

@@ -35,9 +35,16 @@ pub fn hermetic(cmd: &mut Command) -> &mut Command {
         "PYRO_ACCEL",
         "XDG_CACHE_HOME",
         "XDG_DATA_HOME",
+        "PYRO_ENVIRONMENT_REGISTRY",
+        "PYRO_INSECURE_REGISTRIES",
+        "PYRO_REGISTRY_CA",
+        "REGISTRY_AUTH_FILE",
+        "XDG_RUNTIME_DIR",
     ] {
         cmd.env_remove(var);
     }
+    // No registry credentials of the machine's.
+    cmd.env("DOCKER_CONFIG", "/nonexistent/pyro-test");
     // No warm pool unless a test asks for one: a pooled guest outlives the
     // run that started its filler.
     cmd.env("PYRO_POOL_SIZE", "0");

@@ -12,6 +12,7 @@ mod bounds;
 mod doctor;
 mod environments;
 mod hostile;
+mod images;
 mod jail;
 mod live;
 mod mcp;

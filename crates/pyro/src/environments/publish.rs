@@ -126,12 +126,7 @@ pub fn publish(
     if let Some(k) = kernel {
         session.push_blob(k, &layers[1].digest)?;
     }
-    let url = session.push_manifest(&manifest)?;
-    let manifest_digest = format!(
-        "sha256:{}",
-        hex(&Sha256::digest(serde_json::to_vec(&manifest).unwrap()))
-    );
-    tracing::debug!(%url, "published");
+    let manifest_digest = session.push_manifest(&manifest)?;
     progress.phase(
         "publish",
         &format!("phase=done reference={}", reference.whole()),

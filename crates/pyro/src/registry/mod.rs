@@ -94,11 +94,15 @@ impl Session {
             runtime,
         };
         match session.authenticate(op) {
-            Err(e) if e.connection && insecure_allowed(&registry, insecure) => {
+            Err(https) if https.connection && insecure_allowed(&registry, insecure) => {
                 session.client = Client::new(config(&registry, true)?);
-                session
-                    .authenticate(op)
-                    .map_err(|e| e.into_error(reference))?;
+                if let Err(http) = session.authenticate(op) {
+                    // Neither answered: what HTTPS said is the likelier
+                    // story (a certificate this host does not trust).
+                    let mut e = if http.connection { https } else { http };
+                    e.detail.push_str(" (tried HTTPS, then plain HTTP)");
+                    return Err(e.into_error(reference));
+                }
             }
             r => r.map_err(|e| e.into_error(reference))?,
         }
@@ -203,10 +207,16 @@ impl Session {
             .map_err(|e| self.fail(e))
     }
 
+    /// Pushes the manifest; returns its digest as the registry names it.
     pub fn push_manifest(&self, manifest: &OciImageManifest) -> Result<String> {
         self.block(
             self.client
                 .push_manifest(&self.reference, &OciManifest::Image(manifest.clone())),
+        )
+        .map_err(|e| self.fail(e))?;
+        self.block(
+            self.client
+                .fetch_manifest_digest(&self.reference, &self.auth),
         )
         .map_err(|e| self.fail(e))
     }

@@ -434,8 +434,9 @@ fn to_json(v: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec_pretty(v).expect("records serialize")
 }
 
-/// Every image some disk under `PYRO_HOME` or the template cache is built
-/// on (the backing chains of the qcow2 files there), so pruning leaves it.
+/// Every image some disk under `PYRO_HOME` (a workspace's, a VM's) is
+/// built on: the backing chains of the qcow2 files there. Templates do not
+/// count: they are rebuilt, and go when their image goes.
 pub fn images_in_use(paths: &Paths) -> std::collections::HashSet<PathBuf> {
     fn walk(dir: &Path, depth: usize, out: &mut std::collections::HashSet<PathBuf>) {
         let Ok(entries) = fs::read_dir(dir) else {
@@ -454,9 +455,7 @@ pub fn images_in_use(paths: &Paths) -> std::collections::HashSet<PathBuf> {
         }
     }
     let mut out = std::collections::HashSet::new();
-    for root in [&paths.home, &paths.template_cache] {
-        walk(root, 4, &mut out);
-    }
+    walk(&paths.home, 4, &mut out);
     out
 }
 
