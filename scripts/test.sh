@@ -60,7 +60,7 @@ if [ "${PYRO_TEST_FAST_ONLY:-0}" != 1 ]; then
     wheel=$(ls dist/pyro_mcp-*.whl 2>/dev/null || true)
     [ -n "$wheel" ] && "$py/bin/pip" install --quiet --force-reinstall --no-deps "$wheel"
     [ -n "$wheel" ] && (
-        unset PYRO_ENVIRONMENT_CACHE_DIR PYRO_TEMPLATE_CACHE_DIR PYRO_KERNEL_IMAGE PYRO_FAST_START \
+        unset PYRO_ENVIRONMENT_CACHE_DIR PYRO_TEMPLATE_CACHE_DIR PYRO_KERNEL_IMAGE PYRO_FAST_START PYRO_ENVIRONMENT_REGISTRY \
             PYRO_MAX_RUNNING_VMS PYRO_MAX_GUEST_MEMORY_MIB PYRO_ACCEL PYRO_HOME PYRO_BIN XDG_CACHE_HOME XDG_DATA_HOME
         export PYRO_CACHE_DIR="$PWD/target/test-cache" PYRO_TEST_WHEEL="$PWD/$wheel" PYTHONDONTWRITEBYTECODE=1
         cd crates/pyro-py/tests

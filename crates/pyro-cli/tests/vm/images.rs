@@ -372,8 +372,13 @@ fn base_layer(bb: &[u8]) -> Vec<E<'_>> {
     l
 }
 
+/// `pyro ARGS` with an image store and templates of the sandbox's own
+/// (the kernel stays the test run's), then `env` on top.
 fn run(sb: &Sandbox, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = sb.cmd();
+    let own = sb.home.path().join("cache");
+    c.env("PYRO_ENVIRONMENT_CACHE_DIR", own.join("environments"));
+    c.env("PYRO_TEMPLATE_CACHE_DIR", own.join("templates"));
     c.envs(env.iter().copied());
     c.args(args).output().unwrap()
 }

@@ -128,6 +128,18 @@ class Pyro:
         e.setdefault("platform", "linux-x86_64")
         e.setdefault("catalog_version", _native.CATALOG_VERSION)
         e.setdefault("cache_dir", str(self._manager.cache_dir))
+        image = e.get("image")
+        if image:
+            # registry/repository:tag (or @digest) of a container image.
+            registry, _, rest = image["reference"].partition("/")
+            repository, sep, ref = rest.partition("@")
+            if not sep:
+                repository, _, ref = rest.rpartition(":")
+            e.setdefault("oci_registry", registry)
+            e.setdefault("oci_repository", repository)
+            e.setdefault("oci_reference", ref)
+            e["distribution_version"] = None
+            e.setdefault("source_digest", image["digest"])
         e.setdefault("oci_registry", None)
         e.setdefault("oci_repository", None)
         e.setdefault("oci_reference", None)

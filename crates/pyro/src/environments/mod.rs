@@ -13,12 +13,11 @@ mod build;
 mod catalog;
 pub mod oci;
 mod publish;
+pub(crate) mod report;
 mod transfer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-
-use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::host::{self, FileLock};
@@ -32,6 +31,7 @@ pub use catalog::{
 };
 use catalog::{lock_path, partials, slug};
 pub use publish::{publish, PublishReport};
+pub use report::{PruneReport, Pruned};
 pub use transfer::{export, import, ExportReport};
 
 /// An environment ready to boot: a catalog install or an image's.
@@ -189,39 +189,6 @@ fn ensure_catalog(
         detail: "the build finished but left no usable install".into(),
         remedy: None,
     })
-}
-
-/// One directory `prune` removed.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Serialize)]
-pub struct Pruned {
-    pub path: String,
-    pub reason: String,
-    pub bytes: u64,
-}
-
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PruneReport {
-    pub deleted: Vec<Pruned>,
-    pub count: usize,
-    pub freed_bytes: u64,
-}
-
-impl PruneReport {
-    /// Removes `path` (a file or a tree) and records it.
-    pub(crate) fn remove(&mut self, path: PathBuf, reason: &str) -> Result<()> {
-        let bytes = host::disk_usage(&path);
-        host::remove_tree(&path)?;
-        self.count += 1;
-        self.freed_bytes += bytes;
-        self.deleted.push(Pruned {
-            path: path.display().to_string(),
-            reason: reason.to_string(),
-            bytes,
-        });
-        Ok(())
-    }
 }
 
 /// Removes partial builds nobody is running, incomplete installs and

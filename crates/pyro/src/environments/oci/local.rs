@@ -13,8 +13,10 @@ use crate::host::{self, FileLock};
 use crate::paths::Paths;
 use crate::progress::Progress;
 
+use super::record::{
+    canonical, parse_config, wrong_platform, ImageRecord, LayerRecord, ARCH, FORMAT_VERSION,
+};
 use super::store::{digest_hex, hex, Store};
-use super::{canonical, parse_config, ImageRecord, LayerRecord, FORMAT_VERSION};
 
 /// Whether a tarball holds an image (rather than an `env export` archive).
 pub fn is_image_archive(path: &Path) -> bool {
@@ -304,9 +306,9 @@ fn from_layout(store: &Store, dir: &Path, name: Option<&str>) -> Result<Found> {
             .find(|m| {
                 m.platform
                     .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == super::ARCH)
+                    .is_some_and(|p| p.os == "linux" && p.architecture == ARCH)
             })
-            .ok_or_else(|| super::wrong_platform(&digest, "an index without linux/amd64"))?;
+            .ok_or_else(|| wrong_platform(&digest, "an index without linux/amd64"))?;
         digest = pick.digest.clone();
     }
     let manifest_path = blob(&digest)?;

@@ -7,13 +7,13 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::PathBuf;
 
-use crate::environments::PruneReport;
+use crate::environments::report::PruneReport;
 use crate::error::Result;
 use crate::host::{self, FileLock};
 use crate::paths::Paths;
 
+use super::record::{image_rootfs, ImageRecord, PruneLimits};
 use super::store::Store;
-use super::{image_rootfs, PruneLimits};
 
 pub fn prune(
     paths: &Paths,
@@ -46,7 +46,7 @@ pub fn prune(
 
     let now = host::now_unix_ms();
     let refs = store.all_refs();
-    let mut live: Vec<(PathBuf, super::ImageRecord, u64)> = Vec::new();
+    let mut live: Vec<(PathBuf, ImageRecord, u64)> = Vec::new();
     for (path, r) in &refs {
         match store.image(&r.digest) {
             Some((dir, record)) => {

@@ -24,7 +24,7 @@ use crate::paths::Paths;
 use crate::progress::Progress;
 
 use super::layers::{self, Extra};
-use super::{ImageDefaults, ImageRecord, FORMAT_VERSION};
+use super::record::{ImageDefaults, ImageRecord, FORMAT_VERSION};
 use crate::environments::build::{make_image, open_up};
 use crate::environments::catalog::write_stamp;
 
