@@ -39,7 +39,7 @@ pub fn run(agent: &Agent, stream: u32, req: ExecRequest, tx: Sender<Event>, rx: 
             // The login shell's environment, resolved once (`login`); if it
             // cannot be had, the command runs as a login shell itself.
             let mut c = Command::new("/bin/sh");
-            login_env = agent.login.get(&base, &agent.reaper);
+            login_env = agent.login.get(&base, &agent.reaper, &agent.image);
             c.arg(if login_env.is_some() { "-c" } else { "-lc" }).arg(s);
             c
         }

@@ -541,6 +541,7 @@ pub fn install_secrets(
     dir: &Path,
     secrets: &std::collections::BTreeMap<String, String>,
     on_tmpfs: bool,
+    owner: Option<(u32, u32)>,
 ) -> Result<()> {
     let shown = dir.display().to_string();
     if dir.exists() {
@@ -558,6 +559,10 @@ pub fn install_secrets(
         ));
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(&shown, e))?;
+    // Readable by the user commands run as (an image's), and nobody else.
+    if let Some((uid, gid)) = owner {
+        crate::sys::lchown(dir, uid, gid).map_err(|e| err(&shown, e))?;
+    }
     for (name, value) in secrets {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("bad secret name {name:?}"));
@@ -571,6 +576,9 @@ pub fn install_secrets(
             .map_err(|e| err(&path.to_string_lossy(), e))?;
         f.write_all(value.as_bytes())
             .map_err(|e| err(&path.to_string_lossy(), e))?;
+        if let Some((uid, gid)) = owner {
+            crate::sys::lchown(&path, uid, gid).map_err(|e| err(&path.to_string_lossy(), e))?;
+        }
     }
     Ok(())
 }

@@ -113,7 +113,13 @@ impl Image {
     }
 }
 
-/// `name`, `uid`, `name:group` or `uid:gid`, as Docker reads `User`.
+/// Who an unknown name or group runs as: nobody, never root.
+const NOBODY: u32 = 65534;
+
+/// `name`, `uid`, `name:group` or `uid:gid`, as Docker reads `User`: a
+/// name is looked up in the image's `passwd`, a numeric uid without an
+/// entry there gets gid 0 (as under Docker), and a name or group the image
+/// does not know runs as nobody rather than failing open to root.
 fn resolve(user: &str, passwd: &str, group: &str) -> Identity {
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -123,12 +129,11 @@ fn resolve(user: &str, passwd: &str, group: &str) -> Identity {
     let entry = passwd
         .lines()
         .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 7 && (f[0] == u || f[2] == u));
-    let uid = entry
-        .as_ref()
-        .and_then(|f| f[2].parse().ok())
-        .or_else(|| u.parse().ok())
-        .unwrap_or(0);
+        .find(|f| f.len() >= 7 && (f[0] == u || f[2] == u) && f[2].parse::<u32>().is_ok());
+    let uid = match &entry {
+        Some(f) => f[2].parse().unwrap_or(NOBODY),
+        None => u.parse().unwrap_or(NOBODY),
+    };
     let gid = match g {
         Some(g) => g.parse().ok().or_else(|| {
             group
@@ -137,9 +142,13 @@ fn resolve(user: &str, passwd: &str, group: &str) -> Identity {
                 .find(|f| f.len() >= 3 && f[0] == g)
                 .and_then(|f| f[2].parse().ok())
         }),
-        None => entry.as_ref().and_then(|f| f[3].parse().ok()),
+        None => match &entry {
+            Some(f) => f[3].parse().ok(),
+            None if uid == NOBODY => Some(NOBODY),
+            None => Some(0),
+        },
     }
-    .unwrap_or(uid);
+    .unwrap_or(NOBODY);
     Identity {
         uid,
         gid,
@@ -174,6 +183,10 @@ mod tests {
             (unknown.uid, unknown.gid, unknown.home.as_str()),
             (4242, 4343, "/")
         );
-        assert_eq!(resolve("4242", PASSWD, GROUP).gid, 4242);
+        assert_eq!(resolve("4242", PASSWD, GROUP).gid, 0);
+        // Unknown names fail closed.
+        let ghost = resolve("ghost", PASSWD, GROUP);
+        assert_eq!((ghost.uid, ghost.gid), (NOBODY, NOBODY));
+        assert_eq!(resolve("app:nogroup", PASSWD, GROUP).gid, NOBODY);
     }
 }

@@ -19,6 +19,7 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use crate::image::Image;
 use crate::reaper::Reaper;
 
 /// The agent prints its environment (NUL-separated) when started with this
@@ -69,7 +70,7 @@ pub struct LoginEnv {
 impl LoginEnv {
     /// The environment a login shell started with `base` exports, if it
     /// can be had; `None` means "run `sh -lc` instead".
-    pub fn get(&self, base: &[(&str, &str)], reaper: &Reaper) -> Option<Env> {
+    pub fn get(&self, base: &[(&str, &str)], reaper: &Reaper, image: &Image) -> Option<Env> {
         let home = base
             .iter()
             .find(|(k, _)| *k == "HOME")
@@ -81,14 +82,15 @@ impl LoginEnv {
                 return Some(env.clone());
             }
         }
-        let env = capture(base, reaper)?;
+        let env = capture(base, reaper, image)?;
         *cached = Some((now, env.clone()));
         Some(env)
     }
 }
 
-/// Runs the login shell once and reads what it exports.
-fn capture(base: &[(&str, &str)], reaper: &Reaper) -> Option<Env> {
+/// Runs the login shell once, as the user commands run as (it reads that
+/// user's `~/.profile`), and reads what it exports.
+fn capture(base: &[(&str, &str)], reaper: &Reaper, image: &Image) -> Option<Env> {
     let me = format!("/proc/{}/exe", std::process::id());
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-lc")
@@ -99,6 +101,7 @@ fn capture(base: &[(&str, &str)], reaper: &Reaper) -> Option<Env> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+    image.apply(&mut cmd);
     let (tx, rx) = mpsc::channel();
     let mut child = reaper.spawn(&mut cmd, tx, |status| status).ok()?;
     let mut out = child.stdout.take()?;

@@ -431,7 +431,12 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
                 .map(|v| v.as_bytes().to_vec())
                 .collect();
             let on_tmpfs = agent.config.system;
-            match files::install_secrets(&agent.config.secrets, &secrets, on_tmpfs) {
+            match files::install_secrets(
+                &agent.config.secrets,
+                &secrets,
+                on_tmpfs,
+                agent.image.owner(),
+            ) {
                 Ok(()) => reply(Message::Done),
                 Err(message) => reply(Message::Error { message }),
             }

@@ -498,10 +498,23 @@ fn fetch_registry_kernel(paths: &Paths, reference: &str) -> Result<()> {
         artifact_layer(&session, &manifest, artifact::KERNEL, &tarball)?;
         let file = fs::File::open(&tarball).ctx(|| "open the kernel layer".into())?;
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-        // Paths inside the destination only (the tar crate refuses `..`).
-        archive
-            .unpack(stage.join("unpacked"))
-            .ctx(|| "unpack the kernel layer".into())?;
+        // Regular files and directories only, inside the destination (the
+        // tar crate refuses `..`): a link could make the checks below, and
+        // the initramfs, read a host file.
+        let dest = stage.join("unpacked");
+        fs::create_dir_all(&dest).ctx(|| "create the kernel stage".into())?;
+        for entry in archive.entries().ctx(|| "read the kernel layer".into())? {
+            let mut entry = entry.ctx(|| "read the kernel layer".into())?;
+            let t = entry.header().entry_type();
+            if !(t.is_file() || t.is_dir()) {
+                return Err(Error::InvalidArgument(format!(
+                    "the kernel layer of {reference} holds something other than files and directories"
+                )));
+            }
+            entry
+                .unpack_in(&dest)
+                .ctx(|| "unpack the kernel layer".into())?;
+        }
         install_kernel(paths, &stage.join("unpacked/kernel"))
     })();
     let _ = host::remove_tree(&stage);

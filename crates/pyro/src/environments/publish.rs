@@ -87,6 +87,7 @@ pub fn publish(
     let kernel = if kernel_dir.join("kernel.json").is_file() {
         Some(gzip(|enc| {
             let mut b = tar::Builder::new(enc);
+            b.follow_symlinks(false);
             b.append_dir_all("kernel", &kernel_dir)?;
             b.finish()
         })?)

@@ -74,9 +74,13 @@ fn keys(registry: &str) -> Vec<String> {
 pub fn lookup(registry: &str) -> Result<RegistryAuth> {
     for file in auth_files() {
         let Ok(bytes) = fs::read(&file) else { continue };
-        let parsed: AuthFile = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::InvalidArgument(format!("{} is not a valid auth file: {e}", file.display()))
-        })?;
+        let parsed: AuthFile = match serde_json::from_slice(&bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("{} is not a valid auth file, skipped: {e}", file.display());
+                continue;
+            }
+        };
         let Some(entry) = keys(registry).iter().find_map(|k| parsed.auths.get(k)) else {
             continue;
         };

@@ -153,10 +153,28 @@ impl Session {
         }
     }
 
-    /// A small blob, verified against its digest, in memory.
+    /// A small blob (a configuration: at most 16 MiB), verified against
+    /// its digest, in memory.
     pub fn blob_bytes(&self, desc: &OciDescriptor) -> Result<Vec<u8>> {
+        const LIMIT: i64 = 16 << 20;
+        if !(0..=LIMIT).contains(&desc.size) {
+            return Err(Error::Registry {
+                reference: self.reference.whole(),
+                detail: format!(
+                    "{} is {} bytes, more than a configuration may be",
+                    desc.digest, desc.size
+                ),
+                kind: ErrorKind::InvalidArgument,
+            });
+        }
         let mut out = Vec::new();
-        self.block(self.client.pull_blob(&self.reference, desc, &mut out))
+        let writer = Counting {
+            inner: &mut out,
+            done: Arc::new(AtomicU64::new(0)),
+            written: 0,
+            limit: desc.size as u64,
+        };
+        self.block(self.client.pull_blob(&self.reference, desc, writer))
             .map_err(|e| self.fail(e))?;
         Ok(out)
     }
@@ -182,6 +200,8 @@ impl Session {
                     let out = Counting {
                         inner: tokio::io::BufWriter::with_capacity(1 << 20, file),
                         done,
+                        written: 0,
+                        limit: desc.size.max(0) as u64,
                     };
                     client.pull_blob(&reference, &desc, out).await
                 });
@@ -422,10 +442,15 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A writer that counts what passes through it.
+/// A writer that counts what passes through it and refuses more than the
+/// descriptor's size (a registry that sends more is not sending the blob,
+/// and would otherwise fill the disk before the digest is checked).
 struct Counting<W> {
     inner: W,
+    /// Progress, shared by every download of a pull.
     done: Arc<AtomicU64>,
+    written: u64,
+    limit: u64,
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for Counting<W> {
@@ -434,8 +459,15 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Counting<W> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.written + buf.len() as u64 > self.limit {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the registry sent more than the blob's size",
+            )));
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
             self.done.fetch_add(n as u64, Ordering::Relaxed);
         }
         r

@@ -82,12 +82,33 @@ fn clean(p: &Path) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
-fn kind_of(t: EntryType) -> Kind {
+/// The entry types an image's files may have; anything else (device
+/// nodes, sparse files, extension headers the reader did not take up) is
+/// left out, so the stream GNU tar reads holds only what was checked.
+fn kind_of(t: EntryType) -> Option<Kind> {
     match t {
-        EntryType::Directory => Kind::Dir,
-        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
-        _ => Kind::Other,
+        EntryType::Directory => Some(Kind::Dir),
+        EntryType::Regular | EntryType::Continuous => Some(Kind::File),
+        EntryType::Symlink | EntryType::Link | EntryType::Fifo => Some(Kind::Other),
+        _ => None,
     }
+}
+
+/// How much an image may unpack to, in bytes of file data and entries
+/// (`PYRO_IMAGE_MAX_BYTES`, default 64 GiB; a million entries per GiB).
+fn limits() -> (u64, u64) {
+    let bytes = std::env::var("PYRO_IMAGE_MAX_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64u64 << 30);
+    (bytes, (bytes >> 30).max(1) * 1_000_000)
+}
+
+fn too_big(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the image unpacks to more {what} than PYRO_IMAGE_MAX_BYTES allows"),
+    )
 }
 
 fn split(path: &str) -> (&str, &str) {
@@ -98,6 +119,8 @@ fn split(path: &str) -> (&str, &str) {
 #[derive(Default)]
 struct Plan {
     paths: BTreeMap<String, (usize, Kind)>,
+    /// Directories made opaque, by layer (each is emptied once).
+    opaque: std::collections::HashSet<(usize, String)>,
 }
 
 impl Plan {
@@ -123,8 +146,13 @@ impl Plan {
     fn add(&mut self, layer: usize, path: &str, kind: Kind) {
         let (dir, name) = split(path);
         if name == OPAQUE {
-            self.remove_below(dir, layer);
+            if self.opaque.insert((layer, dir.to_owned())) {
+                self.remove_below(dir, layer);
+            }
         } else if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            if hidden.is_empty() {
+                return;
+            }
             let hidden = if dir.is_empty() {
                 hidden.to_owned()
             } else {
@@ -196,6 +224,8 @@ pub(crate) fn flatten(
     extras: &[Extra],
     out: impl Write,
 ) -> io::Result<Flattened> {
+    let (max_bytes, max_entries) = limits();
+    let (mut bytes, mut entries) = (0u64, 0u64);
     let mut plan = Plan::default();
     for (i, layer) in layers.iter().enumerate() {
         let mut archive = Archive::new(open(layer)?);
@@ -204,7 +234,18 @@ pub(crate) fn flatten(
             let Some(path) = clean(&entry.path()?) else {
                 continue;
             };
-            plan.add(i, &path, kind_of(entry.header().entry_type()));
+            let Some(kind) = kind_of(entry.header().entry_type()) else {
+                continue;
+            };
+            entries += 1;
+            bytes += if kind == Kind::File { entry.size() } else { 0 };
+            if entries > max_entries {
+                return Err(too_big("entries"));
+            }
+            if bytes > max_bytes {
+                return Err(too_big("bytes"));
+            }
+            plan.add(i, &path, kind);
         }
     }
 
@@ -229,17 +270,39 @@ pub(crate) fn flatten(
             let Some(path) = clean(&entry.path()?) else {
                 continue;
             };
+            let t = entry.header().entry_type();
+            if kind_of(t).is_none() {
+                // Named in the report, unless an extension header.
+                if !matches!(
+                    t,
+                    EntryType::XGlobalHeader
+                        | EntryType::XHeader
+                        | EntryType::GNULongName
+                        | EntryType::GNULongLink
+                ) {
+                    result.skipped.push(path);
+                }
+                continue;
+            }
             if split(&path).1.starts_with(WHITEOUT) || plan.paths.get(&path).map(|p| p.0) != Some(i)
             {
                 continue;
             }
-            let t = entry.header().entry_type();
-            if matches!(t, EntryType::Block | EntryType::Char) || !plan.reachable(&path) {
+            if !plan.reachable(&path) {
                 result.skipped.push(path);
                 continue;
             }
             let pax = pax_records(&mut entry)?;
-            let mut header = entry.header().clone();
+            let size = if t == EntryType::Directory
+                || t == EntryType::Symlink
+                || t == EntryType::Link
+                || t == EntryType::Fifo
+            {
+                0
+            } else {
+                entry.size()
+            };
+            let mut header = fresh(entry.header(), t, size);
             if t == EntryType::Link {
                 let target = entry.link_name()?.as_deref().and_then(clean);
                 match target {
@@ -253,11 +316,6 @@ pub(crate) fn flatten(
                 let target = entry.link_name()?.unwrap_or_default().into_owned();
                 builder.append_link(&mut header, &path, target)?;
             } else {
-                if t == EntryType::GNUSparse {
-                    // The reader expanded the holes; write it as a plain file.
-                    header.set_entry_type(EntryType::Regular);
-                }
-                header.set_size(entry.size());
                 builder.append_data(&mut header, &path, &mut entry)?;
             }
             result.entries += 1;
@@ -306,8 +364,26 @@ pub(crate) fn flatten(
     Ok(result)
 }
 
-/// An entry's PAX records other than its names and size (which the copy
-/// writes itself): ownership, times, extended attributes.
+/// A new header for a copied entry: its type, permission bits, owner and
+/// time, nothing else of what the layer said.
+fn fresh(from: &Header, t: EntryType, size: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(if t == EntryType::Continuous {
+        EntryType::Regular
+    } else {
+        t
+    });
+    // An empty field (some writers leave them so) reads as zero.
+    h.set_mode(from.mode().unwrap_or(0o644) & 0o7777);
+    h.set_uid(from.uid().unwrap_or(0));
+    h.set_gid(from.gid().unwrap_or(0));
+    h.set_mtime(from.mtime().unwrap_or(0));
+    h.set_size(size);
+    h
+}
+
+/// The PAX records an entry may carry over: numeric owner, times and
+/// extended attributes (names and sizes are the copy's own).
 fn pax_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
     let Some(exts) = entry.pax_extensions()? else {
         return Ok(Vec::new());
@@ -316,7 +392,9 @@ fn pax_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String
     for ext in exts {
         let ext = ext?;
         let Ok(key) = ext.key() else { continue };
-        if matches!(key, "path" | "linkpath" | "size") {
+        let kept = matches!(key, "uid" | "gid" | "mtime" | "atime" | "ctime")
+            || key.starts_with("SCHILY.xattr.");
+        if !kept {
             continue;
         }
         records.push((key.to_owned(), ext.value_bytes().to_vec()));
@@ -362,6 +440,7 @@ mod tests {
         Link(&'a str, &'a str),
         Sym(&'a str, &'a str),
         Char(&'a str),
+        Global(&'a str),
     }
 
     fn layer(dir: &Path, n: usize, entries: &[E]) -> std::path::PathBuf {
@@ -395,6 +474,12 @@ mod tests {
                     h.set_entry_type(EntryType::Char);
                     h.set_size(0);
                     b.append_data(&mut h, p, io::empty()).unwrap();
+                }
+                E::Global(body) => {
+                    h.set_entry_type(EntryType::XGlobalHeader);
+                    h.set_size(body.len() as u64);
+                    b.append_data(&mut h, "pax_global_header", body.as_bytes())
+                        .unwrap();
                 }
             }
         }
@@ -478,6 +563,28 @@ mod tests {
             ]
         );
         assert_eq!(report.skipped, ["dev/sda", "etc/passwd"]);
+    }
+
+    #[test]
+    fn only_checked_entry_types_reach_the_stream() {
+        let d = tempfile::tempdir().unwrap();
+        // A global header whose body would be read as the next headers if
+        // it were copied as an ordinary entry.
+        let l0 = layer(
+            d.path(),
+            0,
+            &[
+                E::Global("27 path=dev/evil-override\n"),
+                E::Char("dev/null"),
+                E::File("ok", "fine"),
+            ],
+        );
+        let (listing, report) = flat(&[l0]);
+        assert_eq!(listing, [("ok".to_string(), "fine 4755".to_string())]);
+        assert!(
+            report.skipped.contains(&"dev/null".to_string()),
+            "{report:?}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::host::{self, FileLock};
@@ -129,9 +130,9 @@ pub fn import_image(
             )?;
             staging.clone()
         };
-        let found = if dir.join("index.json").is_file() {
+        let found = if fs::symlink_metadata(dir.join("index.json")).is_ok_and(|m| m.is_file()) {
             from_layout(&store, &dir, name)?
-        } else if dir.join("manifest.json").is_file() {
+        } else if fs::symlink_metadata(dir.join("manifest.json")).is_ok_and(|m| m.is_file()) {
             from_docker_archive(&store, &dir)?
         } else {
             return Err(Error::InvalidArgument(format!(
@@ -210,28 +211,51 @@ fn store_file(store: &Store, file: &Path, digest: Option<&str>) -> Result<(Strin
     Ok((digest, size))
 }
 
-/// A path inside the archive, refusing any that leaves it.
+/// A regular file inside the archive or layout, reached through real
+/// directories only: the archive's own symlinks, devices and FIFOs (tar
+/// creates them as it finds them) are refused, so nothing outside is read.
 fn inside(dir: &Path, rel: &str) -> Result<PathBuf> {
+    let bad = |why: &str| Error::InvalidArgument(format!("the archive names {rel:?}, which {why}"));
     let p = Path::new(rel);
     if p.is_absolute()
         || p.components()
             .any(|c| matches!(c, std::path::Component::ParentDir))
     {
-        return Err(Error::InvalidArgument(format!(
-            "the archive names a path outside itself: {rel}"
-        )));
+        return Err(bad("is outside it"));
     }
-    Ok(dir.join(p))
+    let mut at = dir.to_path_buf();
+    let parts: Vec<_> = p.components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        at.push(c);
+        let meta = fs::symlink_metadata(&at).map_err(|_| bad("does not exist"))?;
+        let last = i + 1 == parts.len();
+        if (last && !meta.file_type().is_file()) || (!last && !meta.file_type().is_dir()) {
+            return Err(bad("is not a regular file in a directory"));
+        }
+    }
+    Ok(at)
 }
 
+/// The most of a manifest or configuration that is read.
+const JSON_LIMIT: u64 = 16 << 20;
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let size = fs::symlink_metadata(path)
+        .ctx(|| format!("stat {}", path.display()))?
+        .len();
+    if size > JSON_LIMIT {
+        return Err(Error::InvalidArgument(format!(
+            "{} is too large to be a manifest",
+            path.display()
+        )));
+    }
     let bytes = fs::read(path).ctx(|| format!("read {}", path.display()))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::InvalidArgument(format!("{} is not valid: {e}", path.display())))
 }
 
 fn from_docker_archive(store: &Store, dir: &Path) -> Result<Found> {
-    let manifests: Vec<DockerManifest> = read_json(&dir.join("manifest.json"))?;
+    let manifests: Vec<DockerManifest> = read_json(&inside(dir, "manifest.json")?)?;
     let m = match manifests.as_slice() {
         [one] => one,
         [] => {
@@ -246,21 +270,28 @@ fn from_docker_archive(store: &Store, dir: &Path) -> Result<Found> {
         }
     };
     let config_path = inside(dir, &m.config)?;
+    // Parsed first: a check of its size and form before it is kept.
+    let _: serde_json::Value = read_json(&config_path)?;
     let config = fs::read(&config_path).ctx(|| format!("read {}", config_path.display()))?;
-    let config_digest = format!(
-        "sha256:{}",
-        hex(&<sha2::Sha256 as sha2::Digest>::digest(&config))
-    );
+    let config_digest = format!("sha256:{}", hex(&Sha256::digest(&config)));
     store.put_blob(&config_digest, &config)?;
     let layers = m
         .layers
         .iter()
         .map(|l| store_file(store, &inside(dir, l)?, None))
         .collect::<Result<Vec<_>>>()?;
+    check_diff_ids(store, &config, &layers)?;
+    // No manifest: the image is known by a digest of its configuration
+    // and layers, in a space of its own (no registry manifest has it).
+    let mut key = Sha256::new();
+    key.update(b"pyro docker-archive image\n");
+    key.update(config_digest.as_bytes());
+    for (d, _) in &layers {
+        key.update(b"\n");
+        key.update(d.as_bytes());
+    }
     Ok(Found {
-        // No manifest: the image is known by its configuration's digest
-        // (Docker's image id).
-        key: config_digest.clone(),
+        key: format!("sha256:{}", hex(&key.finalize())),
         config_digest,
         config,
         layers,
@@ -269,11 +300,42 @@ fn from_docker_archive(store: &Store, dir: &Path) -> Result<Found> {
     })
 }
 
+/// The configuration's `rootfs.diff_ids` name each layer's uncompressed
+/// tar: an uncompressed layer must be it.
+fn check_diff_ids(store: &Store, config: &[u8], layers: &[(String, u64)]) -> Result<()> {
+    let v: serde_json::Value = serde_json::from_slice(config).map_err(|e| {
+        Error::InvalidArgument(format!("the image configuration is not valid JSON: {e}"))
+    })?;
+    let Some(ids) = v["rootfs"]["diff_ids"].as_array() else {
+        return Ok(());
+    };
+    if ids.len() != layers.len() {
+        return Err(Error::InvalidArgument(format!(
+            "the configuration lists {} layers and the archive has {}",
+            ids.len(),
+            layers.len()
+        )));
+    }
+    for (id, (digest, _)) in ids.iter().zip(layers) {
+        let mut head = [0u8; 2];
+        let compressed = fs::File::open(store.blob(digest)?)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok_and(|()| head == [0x1f, 0x8b]);
+        if !compressed && id.as_str() != Some(digest.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "layer {digest} is not the {} the configuration names",
+                id.as_str().unwrap_or("?")
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn from_layout(store: &Store, dir: &Path, name: Option<&str>) -> Result<Found> {
     let blob = |digest: &str| -> Result<PathBuf> {
-        Ok(dir.join("blobs/sha256").join(digest_hex(digest)?))
+        inside(dir, &format!("blobs/sha256/{}", digest_hex(digest)?))
     };
-    let index: Index = read_json(&dir.join("index.json"))?;
+    let index: Index = read_json(&inside(dir, "index.json")?)?;
     // With a name given, the entry of that name (its tag, as the
     // `ref.name` annotation holds it), else the only one.
     let tag = name.and_then(|n| n.rsplit_once(':').map(|(_, t)| t.to_owned()));
@@ -339,4 +401,29 @@ fn from_layout(store: &Store, dir: &Path, name: Option<&str>) -> Result<Found> {
         name,
         source: "oci-layout",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_archive_cannot_name_what_lies_outside_it() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("blobs")).unwrap();
+        fs::write(d.path().join("blobs/layer.tar"), b"ok").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("blobs/link.tar")).unwrap();
+        std::os::unix::fs::symlink("/etc", d.path().join("etc")).unwrap();
+        assert!(inside(d.path(), "blobs/layer.tar").is_ok());
+        for bad in [
+            "blobs/link.tar",
+            "etc/passwd",
+            "../x",
+            "/etc/passwd",
+            "blobs",
+            "missing",
+        ] {
+            assert!(inside(d.path(), bad).is_err(), "{bad} was accepted");
+        }
+    }
 }
