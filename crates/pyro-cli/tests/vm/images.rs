@@ -837,6 +837,26 @@ fn a_tampered_blob_is_refused_and_a_killed_pull_is_cleaned_up() {
     assert!(reasons.contains(&"image nothing refers to"), "{r}");
     assert!(reasons.contains(&"blob no image uses"), "{r}");
     assert!(!blobs.join(hex).exists());
+
+    // And by size: the least recently used go first.
+    let out = run(&sb, &env, &["env", "pull", &reference]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = json(&run(
+        &sb,
+        &env,
+        &["env", "prune", "--json", "--max-size", "1M"],
+    ));
+    let reasons: Vec<&str> = r["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.ends_with("over the size limit")),
+        "{r}"
+    );
+    assert!(!blobs.join(hex).exists());
 }
 
 #[test]

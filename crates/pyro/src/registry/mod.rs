@@ -485,6 +485,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn registry_answers_are_sorted_into_what_a_user_can_do() {
+        let server = |code: u16| OciDistributionError::ServerError {
+            code,
+            url: "https://r.example/v2/x/manifests/1".into(),
+            message: String::new(),
+        };
+        let cases = [
+            (server(401), ErrorKind::InvalidArgument, "unauthorized"),
+            (server(404), ErrorKind::NotFound, "not found"),
+            (server(429), ErrorKind::Unavailable, "rate-limited"),
+        ];
+        for (e, kind, words) in cases {
+            let f = Failure::from(e);
+            assert_eq!(f.kind, kind);
+            assert!(f.detail.starts_with(words), "{}", f.detail);
+            assert!(!f.connection);
+        }
+        let envelope: oci_client::errors::OciEnvelope = serde_json::from_str(
+            r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+        )
+        .unwrap();
+        let f = Failure::from(OciDistributionError::RegistryError {
+            envelope,
+            url: String::new(),
+        });
+        assert_eq!(f.kind, ErrorKind::Unavailable);
+    }
+
+    #[test]
     fn plain_http_only_for_loopback_or_named_registries() {
         assert!(insecure_allowed("127.0.0.1:5000", &[]));
         assert!(insecure_allowed("localhost:5000", &[]));
