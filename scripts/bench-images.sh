@@ -69,7 +69,8 @@ skopeo_s=$(seconds "$t0" "$t1")
 sync
 t0=$(date +%s%N)
 PYRO_HOME="$work/home" PYRO_ENVIRONMENT_CACHE_DIR="$work/envs" PYRO_TEMPLATE_CACHE_DIR="$work/templates" \
-    "$pyro" env pull "$reference" 2>"$work/pull.log"
+    "$pyro" env pull "$reference" 2>&1 >/dev/null | python3 -c 'import sys, time; t0 = time.time()
+for line in sys.stdin: sys.stdout.write(f"{time.time() - t0:7.2f} {line}")' >"$work/pull.log"
 t1=$(date +%s%N)
 pull_s=$(seconds "$t0" "$t1")
 download_s=$(sed -n 's/.*phase=downloaded .* seconds=\([0-9.]*\).*/\1/p' "$work/pull.log")
@@ -78,5 +79,7 @@ printf '%-50s %8s %8s\n' "pulling $(python3 -c "print(f'{$bytes / 2**30:.2f}')")
 printf '%-50s %8s %8s\n' "  skopeo copy docker:// dir:" "$skopeo_s" "$(mbs "$bytes" "$skopeo_s")"
 printf '%-50s %8s %8s\n' "  pyro env pull: download (verified)" "$download_s" "$(mbs "$bytes" "$download_s")"
 printf '%-50s %8s %8s\n' "  pyro env pull: all (download, flatten, ext4)" "$pull_s" "$(mbs "$bytes" "$pull_s")"
+echo "pyro's phases (seconds since the pull started):"
+grep -E 'phase=(download |downloaded|unpack|image|ready)' "$work/pull.log" | sed 's/^/  /'
 printf 'ratio to skopeo: download %.2fx, whole pull %.2fx\n' \
     "$(python3 -c "print($download_s / $skopeo_s)")" "$(python3 -c "print($pull_s / $skopeo_s)")"
