@@ -22,7 +22,8 @@ pub fn tool(cmd: &mut Command) -> Result<String> {
 
 /// Runs a host tool whose standard input `feed` writes (from this thread,
 /// while the tool runs); the tool's failure is reported before the
-/// feeder's, which is usually only the broken pipe it caused.
+/// feeder's (usually only the broken pipe it caused), unless the feeder
+/// refused its own input (`InvalidData`).
 pub fn tool_with_input<T>(
     cmd: &mut Command,
     feed: impl FnOnce(&mut std::process::ChildStdin) -> io::Result<T>,
@@ -100,6 +101,13 @@ fn tool_fed<T>(
     let status = child.wait().map_err(failed)?;
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
+    // The feeder refusing its input (`InvalidData`) is the story; the
+    // tool's complaint about the input ending early is only its echo.
+    if let Some(Err(e)) = &fed {
+        if e.kind() == io::ErrorKind::InvalidData {
+            return Err(Error::InvalidArgument(format!("{name}'s input: {e}")));
+        }
+    }
     if !status.success() {
         let stderr = String::from_utf8_lossy(&stderr);
         return Err(Error::Tool {

@@ -818,6 +818,18 @@ fn a_tampered_blob_is_refused_and_a_killed_pull_is_cleaned_up() {
         std::fs::remove_dir_all(cache.path().join("environments/oci")).unwrap();
     }
 
+    // An image larger than the host allows is refused, and says why.
+    let mut capped = env.clone();
+    capped.push(("PYRO_IMAGE_MAX_BYTES", "1000000"));
+    let out = run(&sb, &capped, &["env", "pull", &reference]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("PYRO_IMAGE_MAX_BYTES"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(partials(cache.path()), Vec::<PathBuf>::new());
+
     // Pruning by age removes the image and then its layers.
     let out = run(&sb, &env, &["env", "pull", &reference]);
     assert!(out.status.success(), "{}", stderr(&out));
