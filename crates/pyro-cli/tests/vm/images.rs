@@ -8,16 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{stderr, stdout, Sandbox};
+use crate::common::{json, stderr, stdout, Sandbox};
 
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}): stdout={} stderr={}",
-            stdout(out),
-            stderr(out)
-        )
-    })
+/// The reasons an `env prune --json` report gives.
+fn prune_reasons(r: &serde_json::Value) -> Vec<&str> {
+    r["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect()
 }
 
 fn tool(cmd: &mut Command) -> String {
@@ -839,12 +839,7 @@ fn a_tampered_blob_is_refused_and_a_killed_pull_is_cleaned_up() {
         &env,
         &["env", "prune", "--json", "--unused-for", "1s"],
     ));
-    let reasons: Vec<&str> = r["deleted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["reason"].as_str().unwrap())
-        .collect();
+    let reasons = prune_reasons(&r);
     assert!(reasons.iter().any(|r| r.ends_with("unused")), "{r}");
     assert!(reasons.contains(&"image nothing refers to"), "{r}");
     assert!(reasons.contains(&"blob no image uses"), "{r}");
@@ -858,12 +853,7 @@ fn a_tampered_blob_is_refused_and_a_killed_pull_is_cleaned_up() {
         &env,
         &["env", "prune", "--json", "--max-size", "1M"],
     ));
-    let reasons: Vec<&str> = r["deleted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["reason"].as_str().unwrap())
-        .collect();
+    let reasons = prune_reasons(&r);
     assert!(
         reasons.iter().any(|r| r.ends_with("over the size limit")),
         "{r}"
