@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::host::{self, FileLock};
+use crate::host::{self, hex, FileLock};
 use crate::paths::Paths;
 use crate::progress::Progress;
 
@@ -83,10 +83,6 @@ fn unavailable(reason: impl Into<String>, remedy: impl Into<String>) -> Error {
 
 pub fn agent_sha256() -> String {
     hex(&Sha256::digest(AGENT))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where a kernel comes from and which modules go with it.

@@ -383,6 +383,11 @@ pub fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes as lowercase hex (how digests are written).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut f = File::open(path).ctx(|| format!("open {}", path.display()))?;
@@ -398,7 +403,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
 }
 
 /// Copies `from` into the new file `to`, leaving holes where the data is

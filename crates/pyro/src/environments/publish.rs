@@ -14,7 +14,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::host;
+use crate::host::{self, hex};
 use crate::paths::Paths;
 use crate::progress::Progress;
 use crate::registry::{self, artifact, Session};
@@ -45,10 +45,6 @@ fn descriptor(media_type: &str, data: &[u8], title: Option<&str>) -> OciDescript
         }),
         ..OciDescriptor::default()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn gzip(

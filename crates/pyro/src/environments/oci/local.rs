@@ -10,14 +10,14 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::host::{self, FileLock};
+use crate::host::{self, hex, FileLock};
 use crate::paths::Paths;
 use crate::progress::Progress;
 
 use super::record::{
     canonical, parse_config, wrong_platform, ImageRecord, LayerRecord, ARCH, FORMAT_VERSION,
 };
-use super::store::{digest_hex, hex, Store};
+use super::store::{digest_hex, Store};
 
 /// Whether a tarball holds an image (rather than an `env export` archive).
 pub fn is_image_archive(path: &Path) -> bool {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::host::{self, FileLock};
+use crate::host::{self, hex, FileLock};
 use crate::paths::Paths;
 use crate::progress::Progress;
 
@@ -325,10 +325,6 @@ pub(crate) fn digest_mismatch(expected: &str, actual: &str) -> Error {
         detail: format!("digest mismatch: the content's digest is {actual}, expected {expected}; nothing was installed"),
         remedy: None,
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the guest agent reads at boot from `/etc/pyro/image.json`: the
