@@ -30,6 +30,8 @@ packages=(
     # The image tests: a registry on loopback, images built and pushed by
     # the tests, a test CA and basic auth, a static busybox to fill them.
     docker-registry umoci skopeo openssl apache2-utils busybox-static
+    # The Ray tests: a cluster whose nodes live in network namespaces.
+    iproute2
 )
 # The guest kernel is fetched with `apt-get download`, which needs fresh lists.
 echo "[setup] apt-get update"
@@ -60,7 +62,7 @@ tools=(
     mkfs.ext4:e2fsprogs cpio:cpio depmod:kmod passt:passt fakeroot:fakeroot
     newuidmap:uidmap python3:python3 dnsmasq:dnsmasq-base nft:nftables
     docker-registry:docker-registry umoci:umoci skopeo:skopeo openssl:openssl
-    htpasswd:apache2-utils busybox:busybox-static
+    htpasswd:apache2-utils busybox:busybox-static ip:iproute2
 )
 absent=()
 for t in "${tools[@]}"; do

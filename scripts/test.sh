@@ -9,7 +9,8 @@
 #      target/test-cache, never in the machine's own cache.
 #   3. the Python tier: builds the pyro-mcp wheel (scripts/build-wheel.sh)
 #      and runs crates/pyro-py/tests with pytest on real guests: the SDK,
-#      the wheel installed into fresh venvs and through uvx, the examples.
+#      the wheel installed into fresh venvs and through uvx, the examples,
+#      and pyro_mcp.ray on a three-node Ray cluster the tests start (root).
 # The second tier runs even when the first fails, so one run shows both.
 # Ends with one line totalling every test binary's results.
 set -euo pipefail
@@ -51,11 +52,11 @@ if [ "${PYRO_TEST_FAST_ONLY:-0}" != 1 ]; then
         status=1
     fi
     py=target/py-venv
-    if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c 'import pytest, mcp, langchain_core, openai, mypy' 2>/dev/null \
+    if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c 'import pytest, mcp, langchain_core, openai, mypy, ray' 2>/dev/null \
         || [ ! -x "$py/bin/uvx" ]; then
         python3 -m venv "$py"
         "$py/bin/pip" install --quiet "pytest==9.2.0" "mcp==1.26.0" "langchain-core==1.8.3" \
-            "openai==3.57.0" "uv==0.13.9" "mypy==1.19.1"
+            "openai==3.57.0" "uv==0.13.9" "mypy==1.19.1" "ray==2.60.0"
     fi
     wheel=$(ls dist/pyro_mcp-*.whl 2>/dev/null || true)
     [ -n "$wheel" ] && "$py/bin/pip" install --quiet --force-reinstall --no-deps "$wheel"

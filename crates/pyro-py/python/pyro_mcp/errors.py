@@ -17,6 +17,7 @@ __all__ = [
     "UnavailableError",
     "GuestError",
     "InternalError",
+    "WorkspaceLostError",
 ]
 
 
@@ -54,3 +55,7 @@ class GuestError(PyroRuntimeError):
 
 class InternalError(PyroRuntimeError):
     """A failure of pyro itself or of the host (I/O)."""
+
+
+class WorkspaceLostError(PyroRuntimeError):
+    """The workspace's process or node went away mid-call (on a cluster: its Ray actor died)."""

