@@ -5,6 +5,7 @@ the test asserts on. The tasks here are imported by the cluster's workers
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import subprocess
@@ -58,8 +59,10 @@ def recipe(ws: RayWorkspace, tag: str) -> Dict[str, Any]:
     exported = ws.export_workspace("/workspace")
     with tarfile.open(fileobj=io.BytesIO(exported["archive"])) as tar:
         names = sorted(tar.getnames())
-        member = tar.extractfile("message.txt")
-        message = member.read().decode() if member else ""
+    # The same export written on this task's side, as Pyro.export_workspace would.
+    with tempfile.TemporaryDirectory() as tmp:
+        ws.export_workspace("/workspace", output_path=Path(tmp, "out"))
+        message = Path(tmp, "out", "message.txt").read_text()
     return {
         "task_node": ray.get_runtime_context().get_node_id(),
         "workspace_node": ws.node_id,
@@ -126,9 +129,17 @@ def fetch(url: str) -> str:
         return f"unreachable: {e}"
 
 
-def published_port() -> Dict[str, Any]:
+@ray.remote(num_cpus=0)
+def workspace_ids() -> List[str]:
+    """The workspaces in this node's PYRO_HOME."""
+    return [w["workspace_id"] for w in Pyro().list_workspaces()["workspaces"]]
+
+
+def handle_surface() -> Dict[str, Any]:
+    """Ports, pushes, shells and snapshots through a handle; a dropped handle."""
     nodes = connect()
     ws = RayWorkspace.create(environment="debian:12-build", network_policy="egress+published-ports")
+    ws.push_workspace_sync(repo_tar("pushed"))
     ws.write_workspace_file("index.txt", text="served-from-guest\n")
     svc = ws.start_service(
         "web",
@@ -142,9 +153,33 @@ def published_port() -> Dict[str, Any]:
     other = next(n for n in nodes if n != ws.node_id)
     strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(other, soft=False)
     elsewhere = fetch.options(scheduling_strategy=strategy).remote(url)
-    out = {"service": svc, "on_its_node": ray.get(here), "on_another_node": ray.get(elsewhere),
-           "node_id": ws.node_id}
+    out = {"service": svc, "on_its_node": ray.get(here), "on_another_node": ray.get(elsewhere), "node_id": ws.node_id}
+
+    ws.create_snapshot("served")
+    ws.write_workspace_file("index.txt", text="changed\n")
+    ws.reset_workspace(snapshot="served")
+    shell = ws.open_shell()
+    ws.write_shell(shell["shell_id"], input="cat index.txt check.sh | head -2; echo shell-$((6*7))")
+    screen = ""
+    for _ in range(30):
+        screen = ws.read_shell(shell["shell_id"], plain=True, wait_for_idle_ms=500)["output"]
+        if "shell-42" in screen:
+            break
+    ws.close_shell(shell["shell_id"])
+    out["shell"] = screen
     ws.delete_workspace()
+
+    # Every handle dropped: Ray ends the actor, and the actor the workspace.
+    dropped = RayWorkspace.create(environment="debian:12", mem_mib=512)
+    wid, on = dropped.workspace_id, dropped.scheduling_strategy()
+    out["dropped_was_listed"] = wid in ray.get(workspace_ids.options(scheduling_strategy=on).remote())
+    del dropped
+    gc.collect()
+    deadline = time.monotonic() + 60
+    while wid in ray.get(workspace_ids.options(scheduling_strategy=on).remote()):
+        assert time.monotonic() < deadline, f"workspace {wid} outlived its handles"
+        time.sleep(1)
+    out["dropped_gone_after"] = 60 - (deadline - time.monotonic())
     return out
 
 

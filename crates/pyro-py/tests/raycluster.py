@@ -99,7 +99,7 @@ class Cluster:
         args = [
             "--node-ip-address", n.ip,
             "--num-cpus", "4",
-            "--resources", json.dumps({"pyro_slots": n.slots}),
+            "--resources", self._resources(n.slots),
             "--object-store-memory", str(200 * 1024 * 1024),
             "--temp-dir", str(n.temp),
             "--disable-usage-stats",
@@ -110,6 +110,14 @@ class Cluster:
             args = ["--address", self.address, *args]
         out = self.exec(n, [str(self.bin / "ray"), "start", *args], timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
+
+    def _resources(self, slots: int) -> str:
+        """What ``python -m pyro_mcp.ray resources`` says a node advertises."""
+        out = subprocess.run(
+            [sys.executable, "-m", "pyro_mcp.ray", "resources", str(slots)],
+            capture_output=True, text=True, check=True,
+        )
+        return out.stdout.strip()
 
     def exec(self, node: Node, argv: List[str], timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(

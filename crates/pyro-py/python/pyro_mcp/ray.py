@@ -34,13 +34,9 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
-import shutil
 import sys
 import tarfile
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -51,7 +47,8 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the installation
     raise ImportError("pyro_mcp.ray needs Ray: pip install 'pyro-mcp[ray]'") from e
 
-from pyro_mcp._sdk import Command, Pyro
+from pyro_mcp._ray_node import Actor, run
+from pyro_mcp._sdk import Command
 from pyro_mcp.errors import InvalidArgumentError, PyroError, UnavailableError, WorkspaceLostError
 
 __all__ = [
@@ -68,15 +65,8 @@ RESOURCE = "pyro_slots"
 _GRACE_SECONDS = 60
 #: How long a cut connection may take to turn out as a dead actor or a live one.
 _SETTLE_SECONDS = 45
-#: The checkpoint's files in its directory.
-_CHECKPOINT_TAR = "workspace.tar"
-_CHECKPOINT_JSON = "checkpoint.json"
-#: The settings a checkpoint keeps (secrets' values never leave their node).
-_KEPT = ("environment", "vcpu_count", "mem_mib", "ttl_seconds", "network_policy", "name", "labels")
 
 Source = Union[bytes, str, "os.PathLike[str]"]
-
-logger = logging.getLogger("pyro_mcp.ray")
 
 
 def node_resources(slots: Optional[int] = None) -> Dict[str, float]:
@@ -105,27 +95,6 @@ def node_resources(slots: Optional[int] = None) -> Dict[str, float]:
     return {RESOURCE: float(slots)}
 
 
-# -- what runs on the nodes ---------------------------------------------------
-
-_local_lock = threading.Lock()
-_local_pyro: Optional[Pyro] = None
-
-
-def _pyro() -> Pyro:
-    """This worker process's client (its node's ``PYRO_HOME``)."""
-    global _local_pyro
-    with _local_lock:
-        if _local_pyro is None:
-            _local_pyro = Pyro()
-        return _local_pyro
-
-
-def _node() -> Dict[str, str]:
-    ctx = ray.get_runtime_context()
-    ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-    return {"node_id": ctx.get_node_id(), "node_ip": ip}
-
-
 def _pack(source: Source) -> bytes:
     """A tar archive of bytes, a directory, or a tar file on this side."""
     if isinstance(source, (bytes, bytearray)):
@@ -141,143 +110,6 @@ def _pack(source: Source) -> bytes:
             tar.add(child, arcname=child.name)
     return buf.getvalue()
 
-
-class _Scratch:
-    """A private directory on the node for one call's files."""
-
-    def __enter__(self) -> Path:
-        self._dir = tempfile.TemporaryDirectory(prefix="pyro-ray-")
-        return Path(self._dir.name)
-
-    def __exit__(self, *exc: object) -> None:
-        self._dir.cleanup()
-
-
-def _tar_of(path: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        if path.is_dir():
-            for child in sorted(path.iterdir()):
-                tar.add(child, arcname=child.name)
-        else:
-            tar.add(path, arcname=path.name)
-    return buf.getvalue()
-
-
-class _WorkspaceActor:
-    """One workspace on the node Ray placed this actor on."""
-
-    def __init__(self) -> None:
-        self._id: Optional[str] = None
-        self._pyro = _pyro()
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-    def __repr__(self) -> str:
-        # Ray prefixes the actor's log lines with this.
-        return f"PyroWorkspace({self._id or 'new'})"
-
-    def _log(self, message: str) -> None:
-        logger.info("pyro workspace %s: %s", self._id, message)
-
-    def create(self, args: Dict[str, Any], seed: Optional[bytes]) -> Dict[str, Any]:
-        with _Scratch() as tmp:
-            if seed is not None:
-                (tmp / "seed.tar").write_bytes(seed)
-                args = dict(args, seed_path=tmp / "seed.tar")
-            r = self._pyro.create_workspace(**args)
-        self._id = r["workspace_id"]
-        node = _node()
-        self._log(f"created on node {node['node_ip']} ({node['node_id']}) in {self._pyro.manager.base_dir}")
-        r.update(node)
-        return r
-
-    def restore(self, checkpoint: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
-        path = Path(checkpoint)
-        try:
-            kept = json.loads((path / _CHECKPOINT_JSON).read_text())
-            tar = (path / _CHECKPOINT_TAR).read_bytes()
-        except (OSError, ValueError) as e:
-            raise InvalidArgumentError(f"{path} is not a readable pyro checkpoint: {e}") from None
-        args = {k: kept["settings"][k] for k in _KEPT if k in kept["settings"]}
-        args.update(overrides)
-        r = self.create(args, tar)
-        self._log(f"restored from checkpoint {path} of workspace {kept['workspace_id']}")
-        r["restored_from"] = kept["workspace_id"]
-        return r
-
-    def call(self, method: str, args: List[Any], kwargs: Dict[str, Any]) -> Any:
-        self._log(method)
-        r = getattr(self._pyro, method)(self._id, *args, **kwargs)
-        if isinstance(r, dict):
-            r.update(_node())
-        return r
-
-    def push(self, archive: bytes, dest: str) -> Dict[str, Any]:
-        self._log(f"push_workspace_sync to {dest}")
-        with _Scratch() as tmp:
-            (tmp / "push.tar").write_bytes(archive)
-            return self._pyro.push_workspace_sync(self._id or "", tmp / "push.tar", dest=dest)
-
-    def export(self, path: str) -> Dict[str, Any]:
-        self._log(f"export_workspace {path}")
-        with _Scratch() as tmp:
-            out = tmp / "out"
-            r = self._pyro.export_workspace(self._id or "", path, output_path=out)
-            r["archive"] = _tar_of(out)
-        r["output_path"] = None
-        return r
-
-    def checkpoint(self, directory: str) -> Dict[str, Any]:
-        assert self._id is not None
-        status = self._pyro.status_workspace(self._id)
-        dest = Path(directory) / self._id
-        partial = Path(directory) / f".{self._id}.partial"
-        if dest.exists():
-            raise InvalidArgumentError(f"{dest} exists already")
-        partial.mkdir(parents=True)
-        try:
-            with _Scratch() as tmp:
-                out = tmp / "out"
-                self._pyro.export_workspace(self._id, "/workspace", output_path=out)
-                (partial / _CHECKPOINT_TAR).write_bytes(_tar_of(out))
-            record = {"workspace_id": self._id, "settings": {k: status.get(k) for k in _KEPT}, **_node()}
-            (partial / _CHECKPOINT_JSON).write_text(json.dumps(record, indent=2))
-            partial.rename(dest)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        self._log(f"checkpointed to {dest}")
-        return {"workspace_id": self._id, "path": str(dest), **_node()}
-
-    def ping(self) -> Dict[str, str]:
-        return _node()
-
-    def delete(self) -> Dict[str, Any]:
-        self._log("delete_workspace")
-        r = self._pyro.delete_workspace(self._id or "")
-        self._id = None
-        return r
-
-    def __ray_shutdown__(self) -> None:
-        # Every handle is gone: the workspace goes with its actor.
-        if self._id is not None:
-            try:
-                self.delete()
-            except PyroError as e:
-                logger.warning("pyro workspace %s was not deleted: %s", self._id, e)
-
-
-_Actor = ray.remote(_WorkspaceActor)
-
-
-@ray.remote
-def _run(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    r = _pyro().run_in_vm(**kwargs)
-    r.update(_node())
-    return r
 
 
 # -- what the caller holds ------------------------------------------------------
@@ -303,7 +135,7 @@ def submit_run_in_vm(*, slots: float = 1, node_id: Optional[str] = None, **kwarg
 
     ``kwargs`` are ``run_in_vm``'s; the result also has ``node_id`` and ``node_ip``.
     """
-    return _run.options(**_placement(slots, node_id)).remote(kwargs)
+    return run.options(**_placement(slots, node_id)).remote(kwargs)
 
 
 def run_in_vm(
@@ -358,7 +190,7 @@ class RayWorkspace:
         ``kwargs`` are :meth:`Pyro.create_workspace`'s. Waits for a free
         slot; ``timeout`` bounds that wait and the creation.
         """
-        actor: Any = _Actor.options(max_concurrency=16, **_placement(slots, node_id)).remote()
+        actor: Any = Actor.options(max_concurrency=16, **_placement(slots, node_id)).remote()
         args = dict(kwargs, environment=environment)
         data = None if seed is None else ray.put(_pack(seed))
         return cls._start(actor, actor.create.remote(args, data), timeout, call_timeout)
@@ -380,7 +212,7 @@ class RayWorkspace:
         node sees. ``overrides`` replace the kept settings and give what a
         checkpoint never holds (``secrets``).
         """
-        actor: Any = _Actor.options(max_concurrency=16, **_placement(slots, node_id)).remote()
+        actor: Any = Actor.options(max_concurrency=16, **_placement(slots, node_id)).remote()
         ref = actor.restore.remote(os.fspath(checkpoint), overrides)
         return cls._start(actor, ref, timeout, call_timeout)
 
@@ -535,7 +367,7 @@ class RayWorkspace:
         return self._call("open_shell", **kwargs)
 
     def read_shell(self, shell_id: str, **kwargs: Any) -> Dict[str, Any]:
-        wait = float(kwargs.get("wait_seconds") or 0)
+        wait = float(kwargs.get("wait_for_idle_ms") or 0) / 1000
         return self._call("read_shell", shell_id, timeout=self.call_timeout + wait, **kwargs)
 
     def write_shell(self, shell_id: str, **kwargs: Any) -> Dict[str, Any]:
@@ -617,7 +449,11 @@ def _main(argv: List[str]) -> int:
     if argv[:1] != ["resources"] or len(argv) > 2:
         print("usage: python -m pyro_mcp.ray resources [SLOTS]", file=sys.stderr)
         return 2
-    print(json.dumps(node_resources(int(argv[1]) if len(argv) == 2 else None)))
+    try:
+        print(json.dumps(node_resources(int(argv[1]) if len(argv) == 2 else None)))
+    except (ValueError, OSError) as e:
+        print(f"pyro_mcp.ray: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
