@@ -257,3 +257,23 @@ def lose_a_node(victim_ip: str, survivor_ip: str, raylet_pid: int, checkpoint_di
     for ws in [*survivors, restored]:
         ws.delete_workspace()
     return out
+
+
+def abandoned() -> Dict[str, Any]:
+    """A workspace whose driver exits without deleting it."""
+    connect()
+    ws = RayWorkspace.create(environment="debian:12", mem_mib=512)
+    return {"workspace_id": ws.workspace_id, "node_ip": ws.node_ip}
+
+
+def killed_actor() -> Dict[str, Any]:
+    """A workspace whose actor is killed outright (no shutdown hook runs)."""
+    connect()
+    ws = RayWorkspace.create(environment="debian:12", mem_mib=512)
+    on = ws.scheduling_strategy()
+    ray.kill(ws._actor, no_restart=True)
+    start = time.monotonic()
+    while ws.workspace_id in ray.get(workspace_ids.options(scheduling_strategy=on).remote()):
+        assert time.monotonic() - start < 60, f"workspace {ws.workspace_id} outlived its killed actor"
+        time.sleep(0.5)
+    return {"workspace_id": ws.workspace_id, "node_ip": ws.node_ip, "gone_after": time.monotonic() - start}

@@ -99,6 +99,20 @@ def test_a_handle_serves_ports_on_its_node_shells_snapshots_and_ends_with_its_la
     assert r["dropped_was_listed"], r
     print(f"a dropped handle's workspace was deleted after {r['dropped_gone_after']:.1f} s")
 
+    # A driver that exits without deleting: Ray ends its actors with it.
+    r = cluster.driver("abandoned()")
+    node = next(n for n in cluster.nodes if n.ip == r["node_ip"])
+    deadline = time.monotonic() + 60
+    while r["workspace_id"] in [w["workspace_id"] for w in Pyro(base_dir=node.home).list_workspaces()["workspaces"]]:
+        assert time.monotonic() < deadline, f"{r['workspace_id']} outlived its driver"
+        time.sleep(1)
+    # An actor killed outright runs no shutdown hook: its watcher deletes the workspace.
+    r = cluster.driver("killed_actor()")
+    node = next(n for n in cluster.nodes if n.ip == r["node_ip"])
+    said = f"pyro workspace {r['workspace_id']}: its actor ended; deleting it"
+    assert any(said in p.read_text(errors="replace") for p in node.logs.glob("worker-*")), said
+    print(f"a killed actor's workspace was deleted after {r['gone_after']:.1f} s")
+
 
 @needs_root
 def test_a_burst_of_forty_runs_loses_none(cluster: Cluster) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -18,6 +20,7 @@ from typing import Any, Dict, List, Optional
 import ray
 
 from pyro_mcp._sdk import Pyro
+from pyro_mcp.cli import binary
 from pyro_mcp.errors import InvalidArgumentError, PyroError
 
 #: The checkpoint's files in its directory.
@@ -27,6 +30,14 @@ CHECKPOINT_JSON = "checkpoint.json"
 KEPT = ("environment", "vcpu_count", "mem_mib", "ttl_seconds", "network_policy", "name", "labels")
 
 logger = logging.getLogger("pyro_mcp.ray")
+
+#: The watcher of a workspace's actor ($0 the pyro binary, $1 the id): its
+#: stdin is the actor's pipe, which reads as end-of-file once the actor is
+#: gone for any reason.
+WATCH = (
+    'IFS= read -r said; [ "$said" = released ] && exit 0; '
+    'echo "pyro workspace $1: its actor ended; deleting it" >&2; exec "$0" workspace delete "$1"'
+)
 
 _local_lock = threading.Lock()
 _local_pyro: Optional[Pyro] = None
@@ -75,6 +86,7 @@ class _WorkspaceActor:
 
     def __init__(self) -> None:
         self._id: Optional[str] = None
+        self._watcher: Optional["subprocess.Popen[bytes]"] = None
         self._pyro = _pyro()
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -95,10 +107,31 @@ class _WorkspaceActor:
                 args = dict(args, seed_path=tmp / "seed.tar")
             r = self._pyro.create_workspace(**args)
         self._id = r["workspace_id"]
+        self._watch()
         node = where()
         self._log(f"created on node {node['node_ip']} ({node['node_id']}) in {self._pyro.manager.base_dir}")
         r.update(node)
         return r
+
+    def _watch(self) -> None:
+        """Ties the workspace to this process: when it ends, however it
+        ends (its owner gone, killed, its node's raylet dead), a small
+        shell holding the other end of a pipe deletes the workspace, unless
+        it was told ``released`` first."""
+        env = dict(os.environ, PYRO_HOME=str(self._pyro.manager.base_dir))
+        # Started through a shell that exits at once, so that it is not this
+        # worker's child: Ray ends a worker's children with the worker.
+        self._watcher = subprocess.Popen(
+            ["/bin/sh", "-c", 'exec 3<&0; /bin/sh -c "$0" "$@" <&3 3<&- & exit 0', WATCH, str(binary()), self._id or ""],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+        self._watcher.wait()
+
+    def _release(self) -> None:
+        if self._watcher is not None and self._watcher.stdin is not None:
+            self._watcher.stdin.write(b"released\n")
+            self._watcher.stdin.close()
+            self._watcher = None
 
     def restore(self, checkpoint: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
         path = Path(checkpoint)
@@ -164,6 +197,7 @@ class _WorkspaceActor:
     def delete(self) -> Dict[str, Any]:
         self._log("delete_workspace")
         r = self._pyro.delete_workspace(self._id or "")
+        self._release()
         self._id = None
         return r
 
