@@ -77,6 +77,13 @@ def recipe(ws: RayWorkspace, tag: str) -> Dict[str, Any]:
 def recipe_on_eight(status_cmd: List[str]) -> Dict[str, Any]:
     nodes = connect()
     ids = sorted(nodes)
+
+    def on_another_node(ws: RayWorkspace, tag: str) -> Any:
+        """The recipe in a task on a node other than the workspace's."""
+        other = ids[(ids.index(ws.node_id) + 1) % len(ids)]
+        strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(other, soft=False)
+        return recipe.options(scheduling_strategy=strategy).remote(ws, tag)
+
     with ThreadPoolExecutor(8) as pool:
         made = list(pool.map(
             lambda i: RayWorkspace.create(environment="debian:12", seed=repo_tar(f"ws{i}"), mem_mib=512),
@@ -84,39 +91,32 @@ def recipe_on_eight(status_cmd: List[str]) -> Dict[str, Any]:
         ))
     status = subprocess.run(status_cmd, capture_output=True, text=True).stdout
 
-    # A ninth waits while every slot is taken, and starts once one is freed.
+    # A ninth is asked for while the eight run their recipes: it waits.
     ninth: List[RayWorkspace] = []
     waiter = threading.Thread(
         target=lambda: ninth.append(RayWorkspace.create(environment="debian:12", seed=repo_tar("ws8"), mem_mib=512))
     )
     waiter.start()
-    time.sleep(15)
+    results = ray.get([on_another_node(ws, f"ws{i}") for i, ws in enumerate(made)], timeout=600)
     waited = not ninth
+
+    # Once one is deleted, the ninth takes its slot and runs the recipe too.
     freed = made[0]
-    freed_node = freed.node_id
     freed.delete_workspace()
     waiter.join(300)
-    workspaces = made[1:] + ninth
-
-    # Each recipe runs in a task on a node other than its workspace's.
-    refs = []
-    for i, ws in enumerate(workspaces):
-        other = ids[(ids.index(ws.node_id) + 1) % len(ids)]
-        strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(other, soft=False)
-        refs.append(recipe.options(scheduling_strategy=strategy).remote(ws, f"ws{i + 1}"))
-    results = ray.get(refs, timeout=600)
-    ws_ids = [ws.workspace_id for ws in workspaces]
-    for ws in workspaces:
+    if ninth:
+        results.append(ray.get(on_another_node(ninth[0], "ws8"), timeout=600))
+    for ws in made[1:] + ninth:
         ws.delete_workspace()
     return {
         "nodes": nodes,
         "placed": [nodes[w.node_id] for w in made],
         "status": status,
         "ninth_waited": waited,
-        "ninth_node_is_freed_node": bool(ninth) and ninth[0].node_id == freed_node,
+        "ninth_node_is_freed_node": bool(ninth) and ninth[0].node_id == freed.node_id,
         "ninth_placed": bool(ninth),
         "results": results,
-        "workspace_ids": ws_ids + [freed.workspace_id],
+        "workspace_ids": [w.workspace_id for w in made + ninth],
     }
 
 

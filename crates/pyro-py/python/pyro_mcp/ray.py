@@ -130,19 +130,32 @@ def _unwrap(e: BaseException) -> BaseException:
     return cause if isinstance(cause, PyroError) else e
 
 
-def submit_run_in_vm(*, slots: float = 1, node_id: Optional[str] = None, **kwargs: Any) -> "ray.ObjectRef[Dict[str, Any]]":
+def submit_run_in_vm(
+    *, slots: float = 1, node_id: Optional[str] = None, max_retries: int = 3, **kwargs: Any
+) -> "ray.ObjectRef[Dict[str, Any]]":
     """Starts :meth:`Pyro.run_in_vm` as a Ray task on a node with ``slots`` free; its result's ref.
 
-    ``kwargs`` are ``run_in_vm``'s; the result also has ``node_id`` and ``node_ip``.
+    ``kwargs`` are ``run_in_vm``'s; the result also has ``node_id`` and
+    ``node_ip``. A run whose node or worker dies is run again elsewhere,
+    up to ``max_retries`` times (Ray's default; 0 for commands that must
+    not run twice). A command that fails is a result, never retried.
     """
-    return run.options(**_placement(slots, node_id)).remote(kwargs)
+    return run.options(max_retries=max_retries, **_placement(slots, node_id)).remote(kwargs)
 
 
 def run_in_vm(
-    *, environment: str, command: Command, slots: float = 1, node_id: Optional[str] = None, **kwargs: Any
+    *,
+    environment: str,
+    command: Command,
+    slots: float = 1,
+    node_id: Optional[str] = None,
+    max_retries: int = 3,
+    **kwargs: Any,
 ) -> Dict[str, Any]:
     """:meth:`Pyro.run_in_vm` as a Ray task: waits for a free slot, runs, returns its result."""
-    ref = submit_run_in_vm(slots=slots, node_id=node_id, environment=environment, command=command, **kwargs)
+    ref = submit_run_in_vm(
+        slots=slots, node_id=node_id, max_retries=max_retries, environment=environment, command=command, **kwargs
+    )
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
