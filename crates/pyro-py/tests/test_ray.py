@@ -65,9 +65,10 @@ def test_eight_workspaces_fill_the_slots_and_run_the_recipe_from_other_nodes(clu
     assert re.search(r"\b8\.0/8\.0 pyro_slots\b", r["status"]), r["status"]
     # The ninth waited for a slot while the eight ran, and took the one a delete freed.
     assert r["ninth_waited"] and r["ninth_placed"] and r["ninth_node_is_freed_node"], r
+    assert r["gave_up"].startswith("no workspace within 5 s"), r["gave_up"]
     assert len(r["results"]) == 9
     for i, res in enumerate(r["results"]):
-        assert res["task_node"] != res["workspace_node"], res
+        assert res["exec_node"] == res["workspace_node"] != res["task_node"], res
         assert res["before"] != 0, res
         assert res["after"] == [0, f"ws{i} passed\n"], res
         assert res["git"] == f" M message.txt\nrepo ws{i}\n", res
@@ -94,6 +95,9 @@ def test_a_handle_serves_ports_on_its_node_shells_snapshots_and_ends_with_its_la
     assert port["host"] == "127.0.0.1" and r["service"]["node_id"] == r["node_id"], r
     assert r["on_its_node"] == "served-from-guest\n", r
     assert r["on_another_node"].startswith("unreachable"), r
+    assert r["missing"] == "NotFoundError", r
+    assert r["exported_file"] == ["file", "served-from-guest\n"], r
+    assert "absolute path" in r["refused"][0] and "seed=" in r["refused"][1], r
     # The pushed repository and the snapshot's file, read through a shell.
     assert "served-from-guest\nset -eu" in r["shell"] and "shell-42" in r["shell"], r["shell"]
     assert r["dropped_was_listed"], r
@@ -148,5 +152,8 @@ def test_a_lost_node_fails_its_handles_and_a_checkpoint_comes_back_elsewhere(
     assert r["restored_node"] != victim.ip, r
     assert r["restored_from"] == r["victim_ids"][0], r
     assert r["restored_files"] == "written before the node was lost\n42\n750\n", r
+    # Its settings came along, but not network access, and it has its new actor's label.
+    assert r["restored_settings"] == [512, "off", ["ray-actor", "team"]], r
+    assert r["checkpoint"]["skipped"] == [], r
     assert time.monotonic() - start < 600
     print(f"lost after {r['lost_within']:.1f} s: {r['lost'][0]['lost']}; restored on {r['restored_node']}")

@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import shutil
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -47,9 +50,16 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the installation
     raise ImportError("pyro_mcp.ray needs Ray: pip install 'pyro-mcp[ray]'") from e
 
-from pyro_mcp._ray_node import Actor, run
+from pyro_mcp._ray_node import Actor, run, write_tar
 from pyro_mcp._sdk import Command
-from pyro_mcp.errors import InvalidArgumentError, PyroError, UnavailableError, WorkspaceLostError
+from pyro_mcp.errors import (
+    ConflictError,
+    InternalError,
+    InvalidArgumentError,
+    PyroError,
+    UnavailableError,
+    WorkspaceLostError,
+)
 
 __all__ = [
     "RESOURCE",
@@ -65,6 +75,9 @@ RESOURCE = "pyro_slots"
 _GRACE_SECONDS = 60
 #: How long a cut connection may take to turn out as a dead actor or a live one.
 _SETTLE_SECONDS = 45
+#: What a default guest takes (guest memory and QEMU's share): one slot.
+_OVERHEAD_MIB = 128
+_SLOT_MIB = 1024 + _OVERHEAD_MIB
 
 Source = Union[bytes, str, "os.PathLike[str]"]
 
@@ -72,24 +85,24 @@ Source = Union[bytes, str, "os.PathLike[str]"]
 def node_resources(slots: Optional[int] = None) -> Dict[str, float]:
     """The resources this node should advertise to Ray.
 
-    ``slots`` defaults to what pyro's admission lets run at once:
-    ``$PYRO_MAX_RUNNING_VMS`` if set, else the guest memory limit
-    (``$PYRO_MAX_GUEST_MEMORY_MIB``, or three quarters of the host's) over
-    a default workspace (1024 MiB plus 128 MiB for QEMU).
+    ``slots`` defaults to what pyro's admission lets run at once: the
+    guest memory limit (``$PYRO_MAX_GUEST_MEMORY_MIB``, or three quarters
+    of the host's) over a default guest (1024 MiB plus 128 MiB for QEMU),
+    and at most ``$PYRO_MAX_RUNNING_VMS`` if that is set. A guest asks for
+    as many slots as its memory fills.
     """
     if slots is None:
+        mem = os.environ.get("PYRO_MAX_GUEST_MEMORY_MIB")
+        if mem:
+            mib = int(mem)
+        else:
+            with open("/proc/meminfo") as f:
+                kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+            mib = kib // 1024 * 3 // 4
+        slots = mib // _SLOT_MIB
         limit = os.environ.get("PYRO_MAX_RUNNING_VMS")
         if limit:
-            slots = int(limit)
-        else:
-            mem = os.environ.get("PYRO_MAX_GUEST_MEMORY_MIB")
-            if mem:
-                mib = int(mem)
-            else:
-                with open("/proc/meminfo") as f:
-                    kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
-                mib = kib // 1024 * 3 // 4
-            slots = mib // (1024 + 128)
+            slots = min(slots, int(limit))
     if slots < 1:
         raise InvalidArgumentError(f"a pyro node needs at least one slot, not {slots}")
     return {RESOURCE: float(slots)}
@@ -105,10 +118,38 @@ def _pack(source: Source) -> bytes:
     if not path.is_dir():
         raise InvalidArgumentError(f"{path} is not a directory or a tar archive")
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for child in sorted(path.iterdir()):
-            tar.add(child, arcname=child.name)
+    write_tar(path, buf)
     return buf.getvalue()
+
+
+def _slots(slots: Optional[float], mem_mib: int) -> float:
+    """A guest's slots: what it asks for over a default guest's share."""
+    return slots if slots is not None else float(max(1, math.ceil((mem_mib + _OVERHEAD_MIB) / _SLOT_MIB)))
+
+
+def _node_args(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Creation arguments as they go to a node: no host path of this side
+    or of the node. A secret's ``file_path`` is read here, on the caller's
+    side, and sent as its value."""
+    if "seed_path" in kwargs:
+        raise InvalidArgumentError("a RayWorkspace takes seed= (bytes, or a directory or archive on this side)")
+    secrets = kwargs.get("secrets")
+    if secrets:
+        sent = []
+        for secret in secrets:
+            secret = dict(secret)
+            if "file_path" in secret:
+                secret["value"] = Path(os.fspath(secret.pop("file_path"))).read_text()
+            sent.append(secret)
+        kwargs = dict(kwargs, secrets=sent)
+    return kwargs
+
+
+def _absolute(directory: Union[str, "os.PathLike[str]"]) -> str:
+    path = os.fspath(directory)
+    if not os.path.isabs(path):
+        raise InvalidArgumentError(f"a checkpoint directory is read on other nodes: give an absolute path, not {path!r}")
+    return path
 
 
 
@@ -131,23 +172,24 @@ def _unwrap(e: BaseException) -> BaseException:
 
 
 def submit_run_in_vm(
-    *, slots: float = 1, node_id: Optional[str] = None, max_retries: int = 3, **kwargs: Any
+    *, slots: Optional[float] = None, node_id: Optional[str] = None, max_retries: int = 3, **kwargs: Any
 ) -> "ray.ObjectRef[Dict[str, Any]]":
     """Starts :meth:`Pyro.run_in_vm` as a Ray task on a node with ``slots`` free; its result's ref.
 
-    ``kwargs`` are ``run_in_vm``'s; the result also has ``node_id`` and
-    ``node_ip``. A run whose node or worker dies is run again elsewhere,
+    ``kwargs`` are ``run_in_vm``'s; ``slots`` defaults to what ``mem_mib``
+    fills. The result also has ``node_id`` and ``node_ip``. A run whose node or worker dies is run again elsewhere,
     up to ``max_retries`` times (Ray's default; 0 for commands that must
     not run twice). A command that fails is a result, never retried.
     """
-    return run.options(max_retries=max_retries, **_placement(slots, node_id)).remote(kwargs)
+    placement = _placement(_slots(slots, kwargs.get("mem_mib", 1024)), node_id)
+    return run.options(max_retries=max_retries, **placement).remote(kwargs)
 
 
 def run_in_vm(
     *,
     environment: str,
     command: Command,
-    slots: float = 1,
+    slots: Optional[float] = None,
     node_id: Optional[str] = None,
     max_retries: int = 3,
     **kwargs: Any,
@@ -160,6 +202,8 @@ def run_in_vm(
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
         raise _unwrap(e) from None
+    except ray.exceptions.RayError as e:
+        raise UnavailableError(f"the run was lost with its worker or node, {max_retries} retries included: {_first_line(e)}") from e
 
 
 class RayWorkspace:
@@ -190,7 +234,7 @@ class RayWorkspace:
         *,
         environment: str,
         seed: Optional[Source] = None,
-        slots: float = 1,
+        slots: Optional[float] = None,
         node_id: Optional[str] = None,
         timeout: Optional[float] = None,
         call_timeout: float = 600,
@@ -200,11 +244,14 @@ class RayWorkspace:
 
         ``seed`` is a tar archive's bytes, or a directory or tar archive on
         the caller's side (packed here and sent through Ray's object store).
-        ``kwargs`` are :meth:`Pyro.create_workspace`'s. Waits for a free
-        slot; ``timeout`` bounds that wait and the creation.
+        ``kwargs`` are :meth:`Pyro.create_workspace`'s (a secret's
+        ``file_path`` is read on this side); ``slots`` defaults to what
+        ``mem_mib`` fills. Waits for free slots; ``timeout`` bounds that wait
+        and the creation.
         """
-        actor: Any = Actor.options(max_concurrency=16, **_placement(slots, node_id)).remote()
-        args = dict(kwargs, environment=environment)
+        args = dict(_node_args(kwargs), environment=environment)
+        placement = _placement(_slots(slots, kwargs.get("mem_mib", 1024)), node_id)
+        actor: Any = Actor.options(max_concurrency=16, **placement).remote()
         data = None if seed is None else ray.put(_pack(seed))
         return cls._start(actor, actor.create.remote(args, data), timeout, call_timeout)
 
@@ -213,7 +260,7 @@ class RayWorkspace:
         cls,
         checkpoint: Union[str, "os.PathLike[str]"],
         *,
-        slots: float = 1,
+        slots: Optional[float] = None,
         node_id: Optional[str] = None,
         timeout: Optional[float] = None,
         call_timeout: float = 600,
@@ -223,10 +270,13 @@ class RayWorkspace:
 
         The directory is read on that node, so it must be on storage every
         node sees. ``overrides`` replace the kept settings and give what a
-        checkpoint never holds (``secrets``).
+        checkpoint never holds: ``secrets``, and ``network_policy`` (a
+        restored workspace has no network unless it is given). ``slots``
+        defaults to what ``mem_mib`` fills, if it is given, else one.
         """
-        actor: Any = Actor.options(max_concurrency=16, **_placement(slots, node_id)).remote()
-        ref = actor.restore.remote(os.fspath(checkpoint), overrides)
+        placement = _placement(_slots(slots, overrides.get("mem_mib", 1024)), node_id)
+        actor: Any = Actor.options(max_concurrency=16, **placement).remote()
+        ref = actor.restore.remote(_absolute(checkpoint), _node_args(overrides))
         return cls._start(actor, ref, timeout, call_timeout)
 
     @classmethod
@@ -276,13 +326,16 @@ class RayWorkspace:
         while True:
             try:
                 ray.get(self._actor.ping.remote(), timeout=max(1.0, deadline - time.monotonic()))
-            except ray.exceptions.ActorDiedError as e:
-                return self._lost(what, e)
             except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
                 if time.monotonic() < deadline:
                     time.sleep(1)
                     continue
-                return self._lost(what, cut)
+                return UnavailableError(
+                    f"workspace {self.workspace_id} on node {self.node_ip} has not answered for "
+                    f"{_SETTLE_SECONDS} s since the connection was cut during {what}; it may be lost"
+                )
+            except ray.exceptions.RayActorError as e:
+                return self._lost(what, e)
             return UnavailableError(
                 f"the connection to workspace {self.workspace_id} on node {self.node_ip} was cut during "
                 f"{what}, which may or may not have run; the workspace is still there"
@@ -421,7 +474,7 @@ class RayWorkspace:
         network filesystem, or a bucket mounted as one). Memory, processes
         and files outside ``/workspace`` are not kept, nor secrets' values.
         """
-        ref = self._actor.checkpoint.remote(os.fspath(directory))
+        ref = self._actor.checkpoint.remote(_absolute(directory))
         return self._get(ref, "checkpoint", self.call_timeout)  # type: ignore[no-any-return]
 
     def delete_workspace(self) -> Dict[str, Any]:
@@ -442,20 +495,36 @@ def _first_line(e: BaseException) -> str:
 
 
 def _unpack(archive: bytes, out: Path, directory: bool, force: bool) -> None:
-    """Writes an export on this side: a directory's contents into ``out``, a file as ``out``."""
-    if out.exists() and not force:
-        raise InvalidArgumentError(f"{out} exists; pass force=True to replace it")
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+    """Writes an export on this side, as ``Pyro.export_workspace`` would: a
+    directory as ``out`` (its contents), a file or symlink as ``out``; built
+    beside ``out`` and renamed into place, replacing it only with ``force``."""
+    if not hasattr(tarfile, "data_filter"):
+        raise UnavailableError(
+            "writing an export here needs tarfile's extraction filters "
+            "(Python 3.9.17, 3.10.12, 3.11.4, 3.12 or later); use the result's archive"
+        )
+    if (out.exists() or out.is_symlink()) and not force:
+        raise ConflictError(f"{out} exists; pass force=True to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        entries = list(tmp.iterdir())
+        if not directory and len(entries) != 1:
+            raise InternalError(f"the export held {len(entries)} entries, not one")
+        made = tmp if directory else entries[0]
         if directory:
-            out.mkdir(parents=True, exist_ok=True)
-            tar.extractall(out, filter="data")
-            return
-        member = tar.getmembers()[0]
-        data = tar.extractfile(member)
-        if data is None:
-            raise InvalidArgumentError(f"the export of {member.name} is not a regular file")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data.read())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+        elif out.exists() or out.is_symlink():
+            out.unlink()
+        os.rename(made, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _main(argv: List[str]) -> int:
