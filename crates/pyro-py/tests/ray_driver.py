@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 import ray
 
 from pyro_mcp import Pyro
-from pyro_mcp.errors import InvalidArgumentError, NotFoundError, UnavailableError, WorkspaceLostError
+from pyro_mcp.errors import InvalidArgumentError, PyroError, UnavailableError, WorkspaceLostError
 from pyro_mcp.ray import RayWorkspace, run_in_vm, submit_run_in_vm
 
 PATCH = "--- a/message.txt\n+++ b/message.txt\n@@ -1 +1 @@\n-broken\n+fixed\n"
@@ -178,9 +178,9 @@ def handle_surface() -> Dict[str, Any]:
     out["shell"] = screen
     # pyro's errors arrive as pyro's classes; a file export lands on this side.
     try:
-        ws.read_workspace_file("no-such-file")
-        out["missing"] = "read"
-    except NotFoundError as e:
+        ws.delete_snapshot("no-such-snapshot")
+        out["missing"] = "deleted"
+    except PyroError as e:
         out["missing"] = type(e).__name__
     with tempfile.TemporaryDirectory() as tmp:
         r = ws.export_workspace("index.txt", output_path=Path(tmp, "copy.txt"))

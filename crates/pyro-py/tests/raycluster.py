@@ -62,6 +62,8 @@ class Cluster:
     def env(self, node: Node) -> Dict[str, str]:
         env = dict(os.environ)
         env.update(
+            # Ray keeps files in HOME (~/.ray); each node has its own.
+            HOME=str(node.temp),
             PYRO_HOME=str(node.home),
             PYTHONPATH=str(HERE),
             RAY_USAGE_STATS_ENABLED="0",
@@ -119,15 +121,19 @@ class Cluster:
         )
         return out.stdout.strip()
 
-    def exec(self, node: Node, argv: List[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    def exec(
+        self, node: Node, argv: List[str], timeout: float = 600, cwd: Optional[Path] = None
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             ["ip", "netns", "exec", node.netns, *argv],
-            env=self.env(node), capture_output=True, text=True, timeout=timeout,
+            env=self.env(node), capture_output=True, text=True, timeout=timeout, cwd=cwd,
         )
 
-    def python(self, code: str, node: Optional[Node] = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    def python(
+        self, code: str, node: Optional[Node] = None, timeout: float = 900, cwd: Optional[Path] = None
+    ) -> subprocess.CompletedProcess:
         """Runs ``code`` as a Ray driver on ``node`` (the head by default)."""
-        return self.exec(node or self.nodes[0], [sys.executable, "-c", code], timeout=timeout)
+        return self.exec(node or self.nodes[0], [sys.executable, "-c", code], timeout, cwd)
 
     def driver(self, call: str, node: Optional[Node] = None, timeout: float = 900) -> Dict:
         """Runs ``ray_driver.<call>`` on a node and returns the JSON it printed last."""

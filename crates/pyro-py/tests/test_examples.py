@@ -199,6 +199,8 @@ def test_pyro_demo_ollama(child_env: Dict[str, str], scripted: Any) -> None:
 def test_readme_python_snippets(child_env: Dict[str, str]) -> None:
     readme = (EXAMPLES.parent / "README.md").read_text()
     snippets = [block.split("```", 1)[0] for block in readme.split("```python\n")[1:]]
+    # The Ray snippet needs a cluster: test_ray runs it on one.
+    snippets = [code for code in snippets if "import ray" not in code]
     assert len(snippets) >= 2, "the README's Python quickstart is gone"
     outputs = []
     for code in snippets:

@@ -119,6 +119,26 @@ def test_a_handle_serves_ports_on_its_node_shells_snapshots_and_ends_with_its_la
 
 
 @needs_root
+def test_the_readmes_ray_snippet_runs_on_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    [code] = [b for b in blocks if "pyro_mcp.ray" in b]
+    shared = tmp_path / "shared"
+    code = code.replace("/mnt/shared/checkpoints", str(shared))
+    repo = tmp_path / "my-repo"
+    repo.mkdir()
+    (repo / "message.txt").write_text("broken\n")
+    (repo / "Makefile").write_text("test:\n\tgrep -q fixed message.txt\n")
+    (tmp_path / "fix.patch").write_text("--- a/message.txt\n+++ b/message.txt\n@@ -1 +1 @@\n-broken\n+fixed\n")
+    out = cluster.python(code, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-4000:]
+    lines = out.stdout.splitlines()
+    # make test failed before the patch (make exits 2); the restored copy has the fix; 8 runs came back.
+    assert re.fullmatch(r"2 10\.213\.0\.[123]", lines[0]), out.stdout
+    assert lines[1:] == ["fixed", " 8"], out.stdout
+
+
+@needs_root
 def test_a_burst_of_forty_runs_loses_none(cluster: Cluster) -> None:
     r = cluster.driver("burst(40)")
     assert r["exit_codes"] == [0] * 40
