@@ -32,6 +32,7 @@ new workspace from it on whichever node Ray picks.
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
@@ -51,7 +52,7 @@ except ImportError as e:  # pragma: no cover - depends on the installation
     raise ImportError("pyro_mcp.ray needs Ray: pip install 'pyro-mcp[ray]'") from e
 
 from pyro_mcp._ray_node import Actor, run, write_tar
-from pyro_mcp._sdk import Command
+from pyro_mcp._sdk import Command, Pyro
 from pyro_mcp.errors import (
     ConflictError,
     InternalError,
@@ -76,8 +77,9 @@ _GRACE_SECONDS = 60
 #: How long a cut connection may take to turn out as a dead actor or a live one.
 _SETTLE_SECONDS = 45
 #: What a default guest takes (guest memory and QEMU's share): one slot.
+_DEFAULT_MEM_MIB: int = inspect.signature(Pyro.create_workspace).parameters["mem_mib"].default
 _OVERHEAD_MIB = 128
-_SLOT_MIB = 1024 + _OVERHEAD_MIB
+_SLOT_MIB = _DEFAULT_MEM_MIB + _OVERHEAD_MIB
 
 Source = Union[bytes, str, "os.PathLike[str]"]
 
@@ -87,7 +89,7 @@ def node_resources(slots: Optional[int] = None) -> Dict[str, float]:
 
     ``slots`` defaults to what pyro's admission lets run at once: the
     guest memory limit (``$PYRO_MAX_GUEST_MEMORY_MIB``, or three quarters
-    of the host's) over a default guest (1024 MiB plus 128 MiB for QEMU),
+    of the host's) over a default guest (its default memory plus 128 MiB for QEMU),
     and at most ``$PYRO_MAX_RUNNING_VMS`` if that is set. A guest asks for
     as many slots as its memory fills.
     """
@@ -122,11 +124,6 @@ def _pack(source: Source) -> bytes:
     return buf.getvalue()
 
 
-def _slots(slots: Optional[float], mem_mib: int) -> float:
-    """A guest's slots: what it asks for over a default guest's share."""
-    return slots if slots is not None else float(max(1, math.ceil((mem_mib + _OVERHEAD_MIB) / _SLOT_MIB)))
-
-
 def _node_args(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Creation arguments as they go to a node: no host path of this side
     or of the node. A secret's ``file_path`` is read here, on the caller's
@@ -152,17 +149,21 @@ def _absolute(directory: Union[str, "os.PathLike[str]"]) -> str:
     return path
 
 
-
-# -- what the caller holds ------------------------------------------------------
-
-
-def _placement(slots: float, node_id: Optional[str]) -> Dict[str, Any]:
+def _placement(slots: Optional[float], args: Dict[str, Any], node_id: Optional[str]) -> Dict[str, Any]:
+    """Ray options for a guest made with ``args``: ``slots``, or as many as its memory fills."""
+    if slots is None:
+        slots = float(max(1, math.ceil((args.get("mem_mib", _DEFAULT_MEM_MIB) + _OVERHEAD_MIB) / _SLOT_MIB)))
     if slots <= 0:
         raise InvalidArgumentError(f"slots must be positive, not {slots}")
     options: Dict[str, Any] = {"num_cpus": 0, "resources": {RESOURCE: slots}}
     if node_id is not None:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
     return options
+
+
+def _new_actor(placement: Dict[str, Any]) -> Any:
+    """A workspace's actor, placed; 16 calls at once (a shell read need not wait behind an exec)."""
+    return Actor.options(max_concurrency=16, **placement).remote()
 
 
 def _unwrap(e: BaseException) -> BaseException:
@@ -181,7 +182,7 @@ def submit_run_in_vm(
     up to ``max_retries`` times (Ray's default; 0 for commands that must
     not run twice). A command that fails is a result, never retried.
     """
-    placement = _placement(_slots(slots, kwargs.get("mem_mib", 1024)), node_id)
+    placement = _placement(slots, kwargs, node_id)
     return run.options(max_retries=max_retries, **placement).remote(kwargs)
 
 
@@ -250,8 +251,7 @@ class RayWorkspace:
         and the creation.
         """
         args = dict(_node_args(kwargs), environment=environment)
-        placement = _placement(_slots(slots, kwargs.get("mem_mib", 1024)), node_id)
-        actor: Any = Actor.options(max_concurrency=16, **placement).remote()
+        actor = _new_actor(_placement(slots, kwargs, node_id))
         data = None if seed is None else ray.put(_pack(seed))
         return cls._start(actor, actor.create.remote(args, data), timeout, call_timeout)
 
@@ -274,8 +274,7 @@ class RayWorkspace:
         restored workspace has no network unless it is given). ``slots``
         defaults to what ``mem_mib`` fills, if it is given, else one.
         """
-        placement = _placement(_slots(slots, overrides.get("mem_mib", 1024)), node_id)
-        actor: Any = Actor.options(max_concurrency=16, **placement).remote()
+        actor = _new_actor(_placement(slots, overrides, node_id))
         ref = actor.restore.remote(_absolute(checkpoint), _node_args(overrides))
         return cls._start(actor, ref, timeout, call_timeout)
 
